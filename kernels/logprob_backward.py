@@ -1,0 +1,67 @@
+"""Backward epilogue: turns logits into dZ = g * (onehot(label) - softmax(z)) * dz/dlogit, where g is
+each row's upstream gradient. Writes in place when the output is the logits workspace itself (each
+element is read before it is written, by the same program), or into another buffer."""
+import torch
+import triton
+import triton.language as tl
+
+from .logits_math import transform, transform_grad
+
+
+@triton.jit
+def logprob_bwd_kernel(
+    z_ptr, stride_z, out_ptr, stride_out, row_idx_ptr, labels_ptr, lse_ptr, g_ptr,
+    M, V, inv_temp, softcap,
+    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    if HAS_ROW_IDX:
+        rows = tl.load(row_idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    z_base = z_ptr + rows * stride_z
+    out_base = out_ptr + rows * stride_out
+    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+    lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
+    g = tl.load(g_ptr + offs_m, mask=row_ok, other=0.0)
+    cols0 = tl.arange(0, BLOCK_V)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + cols0
+        mask = row_ok[:, None] & (cols < V)[None, :]
+        raw = tl.load(z_base[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        p = tl.exp(transform(raw, inv_temp, softcap, HAS_SOFTCAP) - lse[:, None])
+        onehot = (cols[None, :] == labels[:, None]).to(tl.float32)
+        dz = g[:, None] * (onehot - p)
+        if HAS_SOFTCAP:
+            dz = dz * transform_grad(raw, inv_temp, softcap, HAS_SOFTCAP)
+        else:
+            dz = dz * inv_temp
+        tl.store(out_base[:, None] + cols[None, :], dz.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def bwd_blocks(V: int, interpreted: bool):
+    if interpreted:
+        return 64, min(triton.next_power_of_2(V), 4096), 1
+    return 1, 2048, 8
+
+
+def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, temperature=1.0, softcap=None,
+                     interpreted=False):
+    """dZ for the M rows given (see logprob_forward for row_idx). out=None writes in place into z."""
+    out = z if out is None else out
+    M = labels.numel()
+    if M == 0:
+        return out
+    V = z.shape[1]
+    BLOCK_M, BLOCK_V, warps = bwd_blocks(V, interpreted)
+    grid = (triton.cdiv(M, BLOCK_M),)
+    logprob_bwd_kernel[grid](
+        z, z.stride(0), out, out.stride(0), row_idx if row_idx is not None else labels, labels, lse, g,
+        M, V, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
+        HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None,
+        BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
+    )
+    return out

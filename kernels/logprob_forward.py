@@ -1,0 +1,94 @@
+"""Forward epilogue over a block of ready logits: per row the logsumexp, the target logit, the log-prob
+of the label, and, fused, the per-sequence sums of log-probs and of logits (for TRL's logits/* metrics).
+
+Rows are processed BLOCK_M at a time, the vocabulary in BLOCK_V tiles with an online (running max)
+logsumexp in fp32, so one pass over the logits suffices whatever their dtype. Row offsets are int64:
+rows * V exceeds 2^31 at real sizes.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .logits_math import transform
+
+
+@triton.jit
+def logprob_fwd_kernel(
+    z_ptr, stride_z, row_idx_ptr, labels_ptr, seq_ptr,
+    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr,
+    M, V, inv_temp, softcap,
+    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    if HAS_ROW_IDX:
+        rows = tl.load(row_idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    row_base = z_ptr + rows * stride_z
+    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+
+    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_M], tl.float32)
+    logit_sum = tl.zeros([BLOCK_M], tl.float32)
+    cols0 = tl.arange(0, BLOCK_V)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + cols0
+        col_ok = cols < V
+        mask = row_ok[:, None] & col_ok[None, :]
+        z = tl.load(row_base[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = transform(z, inv_temp, softcap, HAS_SOFTCAP)
+        logit_sum += tl.sum(tl.where(mask, z, 0.0), axis=1)
+        # Padding columns are -inf so they vanish from the max and the sum; padded rows keep finite
+        # zeros (not -inf) so no inf - inf NaN appears in rows that are never stored.
+        z = tl.where(col_ok[None, :], z, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(z, axis=1))
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+        run_max = new_max
+    lse = run_max + tl.log(run_sum)
+
+    target = tl.load(row_base + labels, mask=row_ok, other=0.0).to(tl.float32)
+    target = transform(target, inv_temp, softcap, HAS_SOFTCAP)
+    logp = target - lse
+    tl.store(lse_ptr + offs_m, lse, mask=row_ok)
+    tl.store(logp_ptr + offs_m, logp, mask=row_ok)
+    if HAS_SEQ:
+        seq = tl.load(seq_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+        tl.atomic_add(seq_logp_ptr + seq, logp, mask=row_ok)
+        tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
+
+
+def fwd_blocks(V: int, interpreted: bool):
+    """(BLOCK_M, BLOCK_V, num_warps). On the GPU: one row per program streams the vocabulary in
+    wide tiles (the op is bandwidth-bound, 16k+ programs fill the SMs). Under the interpreter the cost
+    is per program and per loop step, so take many rows and the whole (small) vocabulary at once."""
+    if interpreted:
+        return 64, min(triton.next_power_of_2(V), 4096), 1
+    return 1, 2048, 8
+
+
+def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
+                    temperature=1.0, softcap=None, interpreted=False):
+    """z: [rows, V] logits (any float dtype, last dim contiguous). labels/seq_ids: [M] for the M rows
+    processed (row_idx maps them to rows of z; None means the first M rows). seq_logp / seq_logit:
+    fp32 [S] accumulators, added into. Returns (lse [M], logp [M]) in fp32."""
+    M = labels.numel()
+    V = z.shape[1]
+    lse = torch.empty(M, device=z.device, dtype=torch.float32)
+    logp = torch.empty_like(lse)
+    if M == 0:
+        return lse, logp
+    BLOCK_M, BLOCK_V, warps = fwd_blocks(V, interpreted)
+    has_seq = seq_ids is not None
+    grid = (triton.cdiv(M, BLOCK_M),)
+    logprob_fwd_kernel[grid](
+        z, z.stride(0), row_idx if row_idx is not None else labels, labels,
+        seq_ids if has_seq else labels,
+        lse, logp, seq_logp if has_seq else lse, seq_logit if has_seq else lse,
+        M, V, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
+        HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None, HAS_SEQ=has_seq,
+        BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
+    )
+    return lse, logp

@@ -1,0 +1,95 @@
+"""Input validation for the public ops: every bad input is a ValueError (or TypeError for wrong types)
+that names the argument, raised before any kernel runs."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_labels(labels, expected_shape, V, ignore_index, device, name="labels"):
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor (int64 class ids), got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(expected_shape):
+        raise ValueError(f"{name} has shape {tuple(labels.shape)} but the input's leading dimensions are "
+                         f"{tuple(expected_shape)}")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but the input is on {device}")
+    valid = labels != ignore_index
+    # One reduction and one host sync: cheap next to the GEMMs, and an out-of-range label would
+    # otherwise read out of bounds inside the kernel.
+    bad = valid & ((labels < 0) | (labels >= V))
+    if bool(bad.any()):
+        first = labels[bad].flatten()[0].item()
+        raise ValueError(f"{name} holds {first}, outside [0, {V}) and not ignore_index={ignore_index}")
+
+
+def check_transform(temperature, softcap):
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if softcap is not None and not (isinstance(softcap, (int, float)) and math.isfinite(softcap)
+                                    and softcap > 0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+
+
+def check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap):
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have shape [..., H], got a scalar")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [V, H], got {tuple(weight.shape)}")
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"hidden dtype {hidden.dtype} is not supported (float32, bfloat16, float16)")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
+    if weight.device != hidden.device:
+        raise ValueError(f"weight is on {weight.device} but hidden is on {hidden.device}")
+    V, H = weight.shape
+    if hidden.shape[-1] != H:
+        raise ValueError(f"hidden's last dimension is {hidden.shape[-1]} but weight is [V={V}, H={H}]")
+    if V == 0 or H == 0:
+        raise ValueError(f"weight is empty: shape {tuple(weight.shape)}")
+    if hidden.numel() == 0:
+        raise ValueError(f"hidden is empty: shape {tuple(hidden.shape)}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be None or a torch.Tensor, got {type(bias).__name__}")
+        if tuple(bias.shape) != (V,):
+            raise ValueError(f"bias must have shape [V={V}], got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise ValueError(f"bias dtype {bias.dtype} differs from hidden dtype {hidden.dtype}")
+        if bias.device != hidden.device:
+            raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
+    check_labels(labels, hidden.shape[:-1], V, ignore_index, hidden.device)
+    check_transform(temperature, softcap)
+
+
+def check_logits_inputs(logits, labels, ignore_index, temperature, softcap):
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() < 1 or logits.shape[-1] == 0 or logits.numel() == 0:
+        raise ValueError(f"logits must be a non-empty [..., V] tensor, got shape {tuple(logits.shape)}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"logits dtype {logits.dtype} is not supported (float32, bfloat16, float16)")
+    check_labels(labels, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
+    check_transform(temperature, softcap)
+
+
+def check_segment_ids(segment_ids, labels):
+    if not isinstance(segment_ids, torch.Tensor):
+        raise TypeError(f"segment_ids must be a torch.Tensor, got {type(segment_ids).__name__}")
+    if segment_ids.is_floating_point() or segment_ids.dtype == torch.bool:
+        raise ValueError(f"segment_ids must be an integer tensor, got dtype {segment_ids.dtype}")
+    if segment_ids.numel() != labels.numel():
+        raise ValueError(f"segment_ids has {segment_ids.numel()} entries but labels has {labels.numel()}; "
+                         "packed rows need one segment id per token")
+    if segment_ids.device != labels.device:
+        raise ValueError(f"segment_ids is on {segment_ids.device} but labels is on {labels.device}")
+    if bool((segment_ids < 0).any()):
+        raise ValueError("segment_ids must be >= 0")

@@ -1,0 +1,71 @@
+"""The two per-chunk epilogue steps on a block of logits, each with its Triton kernel and its torch
+twin, chosen by where the tensors live: CUDA -> compiled Triton; CPU with the kernels built under the
+Triton interpreter (TRITON_INTERPRET=1 before triton was imported) -> the same kernels interpreted;
+CPU otherwise -> torch on the same chunk, so the fallback keeps the bounded-workspace schedule too.
+
+    forward_epilogue: logsumexp, log p(label), and (added into accumulators) per-sequence sums of
+                      log-probs and of logits.
+    grad_epilogue:    dZ = g * (onehot(label) - softmax) * d transform, in place by default.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kernels.logprob_backward import logprob_backward, logprob_bwd_kernel
+from .kernels.logprob_forward import logprob_forward
+from .reference.logprobs import transform_logits
+
+
+def kernels_interpreted() -> bool:
+    return type(logprob_bwd_kernel).__name__ == "InterpretedFunction"
+
+
+def backend(t: torch.Tensor) -> str:
+    """'triton' (compiled), 'interpret' or 'torch'."""
+    if kernels_interpreted():
+        return "interpret"
+    return "triton" if t.is_cuda else "torch"
+
+
+def torch_workspace_factor(t: torch.Tensor) -> int:
+    """Bytes per logit the chosen backend holds at once: the torch twin keeps an fp32 copy too."""
+    return t.element_size() + (4 if backend(t) == "torch" else 0)
+
+
+def forward_epilogue(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
+                     temperature=1.0, softcap=None):
+    mode = backend(z)
+    if mode != "torch":
+        return logprob_forward(z, labels, row_idx=row_idx, seq_ids=seq_ids, seq_logp=seq_logp,
+                               seq_logit=seq_logit, temperature=temperature, softcap=softcap,
+                               interpreted=mode == "interpret")
+    rows = z[: labels.numel()] if row_idx is None else z[row_idx]
+    zt = transform_logits(rows.float(), temperature, softcap)
+    lse = torch.logsumexp(zt, dim=-1)
+    logp = zt.gather(1, labels.view(-1, 1)).squeeze(1) - lse
+    if seq_ids is not None:
+        seq_logp.index_add_(0, seq_ids, logp)
+        seq_logit.index_add_(0, seq_ids, zt.sum(-1))
+    return lse, logp
+
+
+def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, temperature=1.0, softcap=None):
+    mode = backend(z)
+    if mode != "torch":
+        return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, temperature=temperature,
+                                softcap=softcap, interpreted=mode == "interpret")
+    out = z if out is None else out
+    rows = z[: labels.numel()] if row_idx is None else z[row_idx]
+    raw = rows.float().requires_grad_(True)
+    with torch.enable_grad():
+        # Autograd through the transform gives the same chain rule as the kernel, without a copy of it.
+        zt = transform_logits(raw, temperature, softcap)
+    p = torch.exp(zt.detach() - lse[:, None])
+    dz = -g[:, None] * p
+    dz.scatter_add_(1, labels.view(-1, 1), g.view(-1, 1))
+    (dz,) = torch.autograd.grad(zt, raw, dz)
+    if row_idx is None:
+        out[: labels.numel()].copy_(dz)
+    else:
+        out[row_idx] = dz.to(out.dtype)
+    return out

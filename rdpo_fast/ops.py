@@ -1,0 +1,245 @@
+"""Autograd ops for per-token log-probs (SPEC section 3): linear_logprobs, sequence_logprobs, logprobs.
+
+Schedule of the linear ops: drop ignored rows first (they cost nothing after), then walk the kept rows
+in chunks whose logits fit a workspace budget. Forward per chunk: one logits GEMM into the workspace,
+then the fused epilogue (logsumexp, label log-prob, per-sequence sums). Only the logsumexp is kept for
+backward, because the upstream gradient of a per-token op is unknown in forward: backward recomputes
+each chunk's logits, turns them into dZ in place, and runs the dX and dW GEMMs (8NHV in all), with dW
+and d bias accumulated in fp32 across chunks. Under no_grad nothing is saved.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _checks
+from .epilogue import backend, forward_epilogue, grad_epilogue, torch_workspace_factor
+
+DEFAULT_WORKSPACE_BYTES = 512 * 2**20
+
+
+def workspace_bytes() -> int:
+    """The logits workspace budget: RDPO_FAST_WORKSPACE_MB in the environment, else 512 MiB."""
+    mb = os.environ.get("RDPO_FAST_WORKSPACE_MB")
+    return DEFAULT_WORKSPACE_BYTES if mb is None else int(float(mb) * 2**20)
+
+
+def chunk_rows(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
+    budget = workspace_bytes() if budget is None else budget
+    return max(1, min(n_rows, budget // (V * torch_workspace_factor(like))))
+
+
+def _logits_into(out, h, weight, bias):
+    if bias is None:
+        torch.mm(h, weight.t(), out=out)
+    else:
+        torch.addmm(bias, h, weight.t(), out=out)
+    return out
+
+
+def _accumulate_mm(acc32, a, b):
+    """acc32 += a @ b with an fp32 accumulator whatever a and b's dtype."""
+    if a.dtype == torch.float32:
+        acc32.addmm_(a, b)
+    elif a.is_cuda:
+        # cuBLAS adds into the fp32 accumulator inside its epilogue: no rounding of partial sums.
+        torch.addmm(acc32, a, b, out_dtype=torch.float32, out=acc32)
+    else:
+        acc32 += torch.mm(a, b).float()
+
+
+class _Opts:
+    """Non-tensor settings carried from forward to backward."""
+
+    def __init__(self, ignore_index, temperature, softcap, budget):
+        self.ignore_index = ignore_index
+        self.temperature = float(temperature)
+        self.softcap = None if softcap is None else float(softcap)
+        self.budget = budget
+
+
+def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse):
+    """Chunked forward over compacted rows. Returns (logp [M], lse [M] or None, seq_logp, seq_logit)."""
+    M = hc.shape[0]
+    V = weight.shape[0]
+    dev = hc.device
+    logp = torch.empty(M, device=dev, dtype=torch.float32)
+    lse = torch.empty(M, device=dev, dtype=torch.float32) if keep_lse else None
+    seq_logp = torch.zeros(num_seqs, device=dev, dtype=torch.float32)
+    seq_logit = torch.zeros(num_seqs, device=dev, dtype=torch.float32)
+    if M == 0:
+        return logp, lse, seq_logp, seq_logit
+    C = chunk_rows(M, V, hc, opts.budget)
+    ws = torch.empty(C, V, device=dev, dtype=hc.dtype)
+    for s in range(0, M, C):
+        e = min(M, s + C)
+        z = _logits_into(ws[: e - s], hc[s:e], weight, bias)
+        l, p = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
+                                seq_logp=seq_logp, seq_logit=seq_logit,
+                                temperature=opts.temperature, softcap=opts.softcap)
+        logp[s:e] = p
+        if keep_lse:
+            lse[s:e] = l
+    return logp, lse, seq_logp, seq_logit
+
+
+def _backward_chunks(hc, weight, bias, labels_c, lse, g, opts, need):
+    """Recompute each chunk's logits, make dZ in place, and run the dX / dW GEMMs.
+    need = (hidden, weight, bias) booleans. Returns (d hc [M, H] or None, dW32 or None, db32 or None)."""
+    M, H = hc.shape
+    V = weight.shape[0]
+    dev = hc.device
+    dh = torch.empty(M, H, device=dev, dtype=hc.dtype) if need[0] else None
+    dW = torch.zeros(V, H, device=dev, dtype=torch.float32) if need[1] else None
+    db = torch.zeros(V, device=dev, dtype=torch.float32) if need[2] else None
+    C = chunk_rows(M, V, hc, opts.budget)
+    ws = torch.empty(C, V, device=dev, dtype=hc.dtype)
+    for s in range(0, M, C):
+        e = min(M, s + C)
+        z = _logits_into(ws[: e - s], hc[s:e], weight, bias)
+        dz = grad_epilogue(z, labels_c[s:e], lse[s:e], g[s:e], temperature=opts.temperature,
+                           softcap=opts.softcap)
+        if dh is not None:
+            torch.mm(dz, weight, out=dh[s:e])
+        if dW is not None:
+            _accumulate_mm(dW, dz.t(), hc[s:e])
+        if db is not None:
+            db += dz.sum(0, dtype=torch.float32)
+    return dh, dW, db
+
+
+def _compact(hidden, labels, ignore_index):
+    """Kept-row indices into the flattened rows, and the kept rows' hidden states and labels."""
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    lab = labels.reshape(-1)
+    rows = (lab != ignore_index).nonzero().squeeze(1)
+    return h2, rows, h2.index_select(0, rows), lab.index_select(0, rows)
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, seq_ids, num_seqs, opts):
+        h2, rows, hc, labels_c = _compact(hidden, labels, opts.ignore_index)
+        seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
+        logp_c, lse, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs,
+                                                           opts, keep_lse=True)
+        logp = torch.zeros(h2.shape[0], device=hidden.device, dtype=torch.float32)
+        logp.index_copy_(0, rows, logp_c)
+        ctx.save_for_backward(hidden, weight, bias, rows, labels_c, seq_c, lse)
+        ctx.opts = opts
+        ctx.mark_non_differentiable(seq_logit)
+        return logp.view(labels.shape), seq_logp, seq_logit
+
+    @staticmethod
+    def backward(ctx, g_logp, g_seq, _g_logit):
+        hidden, weight, bias, rows, labels_c, seq_c, lse = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        g = torch.zeros(rows.numel(), device=hidden.device, dtype=torch.float32)
+        if g_logp is not None:
+            g += g_logp.reshape(-1).float().index_select(0, rows)
+        if g_seq is not None and seq_c is not None:
+            g += g_seq.float().index_select(0, seq_c)
+        h2 = hidden.reshape(-1, hidden.shape[-1])
+        hc = h2.index_select(0, rows)
+        dhc, dW, db = _backward_chunks(hc, weight, bias, labels_c, lse, g, ctx.opts, need)
+        d_hidden = None
+        if dhc is not None:
+            d_hidden = torch.zeros_like(h2).index_copy_(0, rows, dhc).view(hidden.shape)
+        return (d_hidden, None if dW is None else dW.to(weight.dtype),
+                None if db is None else db.to(bias.dtype), None, None, None, None)
+
+
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _linear_stats(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, temperature, softcap,
+                  workspace_budget):
+    """(per-token logp with labels' shape, per-sequence logp sums, per-sequence logit sums)."""
+    opts = _Opts(ignore_index, temperature, softcap, workspace_budget)
+    if _needs_grad(hidden, weight, bias):
+        return _LinearLogprobs.apply(hidden, weight, bias, labels, seq_ids, num_seqs, opts)
+    # Forward only (reference models, implicit-reward scoring): keep no logsumexp, save nothing.
+    h2, rows, hc, labels_c = _compact(hidden, labels, ignore_index)
+    seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
+    logp_c, _, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts,
+                                                     keep_lse=False)
+    logp = torch.zeros(h2.shape[0], device=hidden.device, dtype=torch.float32).index_copy_(0, rows, logp_c)
+    return logp.view(labels.shape), seq_logp, seq_logit
+
+
+def linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, temperature=1.0, softcap=None,
+                    workspace_budget=None):
+    """Per-token log p(label) from hidden [..., H] and the lm_head weight [V, H], never holding more than
+    a workspace of logits. Returns float32 with labels' shape, 0.0 where labels == ignore_index.
+    Differentiable w.r.t. hidden, weight and bias for any upstream gradient."""
+    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    return _linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
+                         workspace_budget)[0]
+
+
+def sequence_ids(labels, segment_ids):
+    """Flattened per-token sequence ids and the number of sequences: a row of a padded [B, T] batch is a
+    sequence; packed rows name theirs with segment_ids."""
+    if segment_ids is None:
+        if labels.dim() < 2:
+            b, t = 1, labels.numel()
+        else:
+            b, t = labels.shape[0], labels[0].numel()
+        ids = torch.arange(b, device=labels.device).repeat_interleave(t)
+        return ids, b
+    _checks.check_segment_ids(segment_ids, labels)
+    ids = segment_ids.reshape(-1).long()
+    return ids, int(ids.max().item()) + 1
+
+
+def sequence_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, segment_ids=None,
+                      temperature=1.0, softcap=None, workspace_budget=None):
+    """Per-sequence sums of label log-probs and token counts: (sums [B] float32, counts [B] int64).
+    Padded batches: hidden [B, T, H], labels [B, T]. Packed rows: segment_ids, one per token."""
+    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    ids, b = sequence_ids(labels, segment_ids)
+    _, sums, _ = _linear_stats(hidden, weight, labels, bias, ids, b, ignore_index, temperature, softcap,
+                               workspace_budget)
+    counts = torch.zeros(b, device=labels.device, dtype=torch.int64).index_add_(
+        0, ids, (labels.reshape(-1) != ignore_index).long())
+    return sums, counts
+
+
+class _Logprobs(torch.autograd.Function):
+    """From ready logits: the kept rows are addressed in place through an index (no copy)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, opts):
+        z = logits.reshape(-1, logits.shape[-1])
+        if z.stride(-1) != 1:
+            z = z.contiguous()
+        lab = labels.reshape(-1)
+        rows = (lab != opts.ignore_index).nonzero().squeeze(1)
+        labels_c = lab.index_select(0, rows)
+        lse, logp_c = forward_epilogue(z, labels_c, row_idx=rows, temperature=opts.temperature,
+                                       softcap=opts.softcap)
+        logp = torch.zeros(z.shape[0], device=z.device, dtype=torch.float32).index_copy_(0, rows, logp_c)
+        ctx.save_for_backward(z, rows, labels_c, lse)
+        ctx.opts = opts
+        ctx.logits_shape = logits.shape
+        return logp.view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, g_logp):
+        z, rows, labels_c, lse = ctx.saved_tensors
+        g = g_logp.reshape(-1).float().index_select(0, rows)
+        dz = torch.zeros_like(z)
+        grad_epilogue(z, labels_c, lse, g, out=dz, row_idx=rows, temperature=ctx.opts.temperature,
+                      softcap=ctx.opts.softcap)
+        return dz.view(ctx.logits_shape), None, None
+
+
+def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None):
+    """Per-token log p(label) from ready logits [..., V]: float32 with labels' shape, 0.0 where ignored."""
+    _checks.check_logits_inputs(logits, labels, ignore_index, temperature, softcap)
+    return _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
+
+
+__all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes", "backend"]

@@ -1,0 +1,23 @@
+"""Pure-torch reference implementations (the float64 oracle of every test, the CPU fallback's maths).
+
+Importable on its own: nothing here touches Triton.
+"""
+from .logprobs import (
+    logits_from_hidden,
+    ref_linear_logprobs,
+    ref_logprobs,
+    ref_sequence_logit_sums,
+    ref_sequence_logprobs,
+    ref_sequence_sums,
+    transform_logits,
+)
+
+__all__ = [
+    "logits_from_hidden",
+    "ref_linear_logprobs",
+    "ref_logprobs",
+    "ref_sequence_logit_sums",
+    "ref_sequence_logprobs",
+    "ref_sequence_sums",
+    "transform_logits",
+]
