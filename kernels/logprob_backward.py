@@ -34,11 +34,7 @@ def logprob_bwd_kernel(
         raw = tl.load(z_base[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         p = tl.exp(transform(raw, inv_temp, softcap, HAS_SOFTCAP) - lse[:, None])
         onehot = (cols[None, :] == labels[:, None]).to(tl.float32)
-        dz = g[:, None] * (onehot - p)
-        if HAS_SOFTCAP:
-            dz = dz * transform_grad(raw, inv_temp, softcap, HAS_SOFTCAP)
-        else:
-            dz = dz * inv_temp
+        dz = g[:, None] * (onehot - p) * transform_grad(raw, inv_temp, softcap, HAS_SOFTCAP)
         tl.store(out_base[:, None] + cols[None, :], dz.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -65,3 +61,30 @@ def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, temperature=1
         BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
     )
     return out
+
+
+def _compile_specs():
+    """Every variant the GPU launcher can produce, for ahead-of-time compilation checks (sm_80/sm_90)."""
+    BLOCK_M, BLOCK_V, warps = bwd_blocks(1 << 17, interpreted=False)
+    specs = []
+    for zt in ("bf16", "fp16", "fp32"):
+        for has_row_idx in (False, True):
+            for has_softcap in (False, True):
+                specs.append({
+                    "fn": logprob_bwd_kernel,
+                    "name": f"logprob_bwd[{zt},row_idx={has_row_idx},softcap={has_softcap}]",
+                    "signature": {
+                        "z_ptr": f"*{zt}", "stride_z": "i32", "out_ptr": f"*{zt}", "stride_out": "i32",
+                        "row_idx_ptr": "*i64", "labels_ptr": "*i64", "lse_ptr": "*fp32", "g_ptr": "*fp32",
+                        "M": "i32", "V": "i32", "inv_temp": "fp32", "softcap": "fp32",
+                        "HAS_ROW_IDX": "constexpr", "HAS_SOFTCAP": "constexpr",
+                        "BLOCK_M": "constexpr", "BLOCK_V": "constexpr",
+                    },
+                    "constexprs": {"HAS_ROW_IDX": has_row_idx, "HAS_SOFTCAP": has_softcap,
+                                   "BLOCK_M": BLOCK_M, "BLOCK_V": BLOCK_V},
+                    "num_warps": warps,
+                })
+    return specs
+
+
+COMPILE_SPECS = _compile_specs()

@@ -92,3 +92,31 @@ def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq
         BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
     )
     return lse, logp
+
+
+def _compile_specs():
+    """Every variant the GPU launcher can produce, for ahead-of-time compilation checks (sm_80/sm_90)."""
+    BLOCK_M, BLOCK_V, warps = fwd_blocks(1 << 17, interpreted=False)
+    specs = []
+    for zt in ("bf16", "fp16", "fp32"):
+        for has_row_idx in (False, True):
+            for has_softcap in (False, True):
+                for has_seq in (False, True):
+                    specs.append({
+                        "fn": logprob_fwd_kernel,
+                        "name": f"logprob_fwd[{zt},row_idx={has_row_idx},softcap={has_softcap},seq={has_seq}]",
+                        "signature": {
+                            "z_ptr": f"*{zt}", "stride_z": "i32", "row_idx_ptr": "*i64", "labels_ptr": "*i64",
+                            "seq_ptr": "*i64", "lse_ptr": "*fp32", "logp_ptr": "*fp32", "seq_logp_ptr": "*fp32",
+                            "seq_logit_ptr": "*fp32", "M": "i32", "V": "i32", "inv_temp": "fp32",
+                            "softcap": "fp32", "HAS_ROW_IDX": "constexpr", "HAS_SOFTCAP": "constexpr",
+                            "HAS_SEQ": "constexpr", "BLOCK_M": "constexpr", "BLOCK_V": "constexpr",
+                        },
+                        "constexprs": {"HAS_ROW_IDX": has_row_idx, "HAS_SOFTCAP": has_softcap,
+                                       "HAS_SEQ": has_seq, "BLOCK_M": BLOCK_M, "BLOCK_V": BLOCK_V},
+                        "num_warps": warps,
+                    })
+    return specs
+
+
+COMPILE_SPECS = _compile_specs()

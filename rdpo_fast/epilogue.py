@@ -28,8 +28,10 @@ def backend(t: torch.Tensor) -> str:
 
 
 def torch_workspace_factor(t: torch.Tensor) -> int:
-    """Bytes per logit the chosen backend holds at once: the torch twin keeps an fp32 copy too."""
-    return t.element_size() + (4 if backend(t) == "torch" else 0)
+    """Bytes per logit the chosen backend holds at once: the torch twin keeps up to two fp32
+    temporaries of the chunk beside the workspace; the interpreter copies each tensor argument."""
+    extra = {"triton": 0, "interpret": t.element_size(), "torch": 8}[backend(t)]
+    return t.element_size() + extra
 
 
 def forward_epilogue(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
@@ -56,14 +58,14 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, temperature=1.0,
                                 softcap=softcap, interpreted=mode == "interpret")
     out = z if out is None else out
     rows = z[: labels.numel()] if row_idx is None else z[row_idx]
-    raw = rows.float().requires_grad_(True)
-    with torch.enable_grad():
-        # Autograd through the transform gives the same chain rule as the kernel, without a copy of it.
-        zt = transform_logits(raw, temperature, softcap)
-    p = torch.exp(zt.detach() - lse[:, None])
-    dz = -g[:, None] * p
-    dz.scatter_add_(1, labels.view(-1, 1), g.view(-1, 1))
-    (dz,) = torch.autograd.grad(zt, raw, dz)
+    raw = rows.float()
+    zt = transform_logits(raw, temperature, softcap)
+    dz = (zt - lse[:, None]).exp_()  # softmax, in a fresh buffer: raw may alias the workspace
+    del zt
+    dz.mul_(-g[:, None]).scatter_add_(1, labels.view(-1, 1), g.view(-1, 1))
+    if softcap is not None:
+        dz.mul_(1.0 - torch.tanh(raw / softcap).square_())
+    dz.mul_(1.0 / temperature)
     if row_idx is None:
         out[: labels.numel()].copy_(dz)
     else:

@@ -1,0 +1,1 @@
+"""Benchmarks: CPU-size pytest-benchmark suites and the GPU script. Results go to bench/results/."""
