@@ -1,6 +1,7 @@
 """Backward epilogue: turns logits into dZ = g * (onehot(label) - softmax(z)) * dz/dlogit, where g is
-each row's upstream gradient. Writes in place when the output is the logits workspace itself (each
-element is read before it is written, by the same program), or into another buffer."""
+each row's upstream gradient and the row's logsumexp is already known. Writes in place when the output
+is the logits workspace itself (each element is read before it is written, by the same program), or
+into another buffer. The block may be a vocabulary slice: its column j is vocabulary entry v_offset + j."""
 import torch
 import triton
 import triton.language as tl
@@ -11,7 +12,7 @@ from .logits_math import transform, transform_grad
 @triton.jit
 def logprob_bwd_kernel(
     z_ptr, stride_z, out_ptr, stride_out, row_idx_ptr, labels_ptr, lse_ptr, g_ptr,
-    M, V, inv_temp, softcap,
+    M, V, v_offset, inv_temp, softcap,
     HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
@@ -24,7 +25,7 @@ def logprob_bwd_kernel(
         rows = offs_m.to(tl.int64)
     z_base = z_ptr + rows * stride_z
     out_base = out_ptr + rows * stride_out
-    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64) - v_offset
     lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + offs_m, mask=row_ok, other=0.0)
     cols0 = tl.arange(0, BLOCK_V)
@@ -44,9 +45,10 @@ def bwd_blocks(V: int, interpreted: bool):
     return 1, 2048, 8
 
 
-def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, temperature=1.0, softcap=None,
-                     interpreted=False):
-    """dZ for the M rows given (see logprob_forward for row_idx). out=None writes in place into z."""
+def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temperature=1.0,
+                     softcap=None, interpreted=False):
+    """dZ for the M rows given (see logprob_forward for row_idx). out=None writes in place into z.
+    z may hold the vocabulary slice starting at v_offset; lse is over the whole vocabulary."""
     out = z if out is None else out
     M = labels.numel()
     if M == 0:
@@ -56,7 +58,7 @@ def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, temperature=1
     grid = (triton.cdiv(M, BLOCK_M),)
     logprob_bwd_kernel[grid](
         z, z.stride(0), out, out.stride(0), row_idx if row_idx is not None else labels, labels, lse, g,
-        M, V, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
+        M, V, v_offset, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
         HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None,
         BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
     )
@@ -76,7 +78,7 @@ def _compile_specs():
                     "signature": {
                         "z_ptr": f"*{zt}", "stride_z": "i32", "out_ptr": f"*{zt}", "stride_out": "i32",
                         "row_idx_ptr": "*i64", "labels_ptr": "*i64", "lse_ptr": "*fp32", "g_ptr": "*fp32",
-                        "M": "i32", "V": "i32", "inv_temp": "fp32", "softcap": "fp32",
+                        "M": "i32", "V": "i32", "v_offset": "i32", "inv_temp": "fp32", "softcap": "fp32",
                         "HAS_ROW_IDX": "constexpr", "HAS_SOFTCAP": "constexpr",
                         "BLOCK_M": "constexpr", "BLOCK_V": "constexpr",
                     },

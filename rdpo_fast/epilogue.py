@@ -51,18 +51,22 @@ def forward_epilogue(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, se
     return lse, logp
 
 
-def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, temperature=1.0, softcap=None):
+def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temperature=1.0,
+                  softcap=None):
     mode = backend(z)
     if mode != "torch":
-        return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, temperature=temperature,
-                                softcap=softcap, interpreted=mode == "interpret")
+        return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, v_offset=v_offset,
+                                temperature=temperature, softcap=softcap, interpreted=mode == "interpret")
     out = z if out is None else out
     rows = z[: labels.numel()] if row_idx is None else z[row_idx]
     raw = rows.float()
     zt = transform_logits(raw, temperature, softcap)
     dz = (zt - lse[:, None]).exp_()  # softmax, in a fresh buffer: raw may alias the workspace
     del zt
-    dz.mul_(-g[:, None]).scatter_add_(1, labels.view(-1, 1), g.view(-1, 1))
+    dz.mul_(-g[:, None])
+    local = labels - v_offset
+    inside = (local >= 0) & (local < dz.shape[1])
+    dz.scatter_add_(1, local.clamp(0, dz.shape[1] - 1).view(-1, 1), (g * inside).view(-1, 1))
     if softcap is not None:
         dz.mul_(1.0 - torch.tanh(raw / softcap).square_())
     dz.mul_(1.0 / temperature)

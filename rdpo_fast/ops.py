@@ -1,11 +1,13 @@
 """Autograd ops for per-token log-probs (SPEC section 3): linear_logprobs, sequence_logprobs, logprobs.
 
-Schedule of the linear ops: drop ignored rows first (they cost nothing after), then walk the kept rows
-in chunks whose logits fit a workspace budget. Forward per chunk: one logits GEMM into the workspace,
-then the fused epilogue (logsumexp, label log-prob, per-sequence sums). Only the logsumexp is kept for
-backward, because the upstream gradient of a per-token op is unknown in forward: backward recomputes
-each chunk's logits, turns them into dZ in place, and runs the dX and dW GEMMs (8NHV in all), with dW
-and d bias accumulated in fp32 across chunks. Under no_grad nothing is saved.
+Schedule of the linear ops: drop ignored rows first (they cost nothing after). Forward walks the kept
+rows in chunks whose logits fit a workspace budget: per chunk one logits GEMM into the workspace, then
+the fused epilogue (logsumexp, label log-prob, per-sequence sums). Only the logsumexp is kept, because
+the upstream gradient of a per-token op is unknown in forward. Backward walks vocabulary slices of the
+same budget instead: with the logsumexp known, each slice's logits are recomputed, turned into dZ in
+place, and yield their own rows of dW in one GEMM, so the [V, H] gradient is written once rather than
+re-accumulated per chunk (8NHV in all; only d hidden, O(N), is accumulated in fp32). Under no_grad
+nothing is saved.
 """
 from __future__ import annotations
 
@@ -84,28 +86,45 @@ def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse)
     return logp, lse, seq_logp, seq_logit
 
 
-def _backward_chunks(hc, weight, bias, labels_c, lse, g, opts, need):
-    """Recompute each chunk's logits, make dZ in place, and run the dX / dW GEMMs.
-    need = (hidden, weight, bias) booleans. Returns (d hc [M, H] or None, dW32 or None, db32 or None)."""
+MIN_SLICE_COLS = 128
+
+
+def vocab_slice_cols(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
+    budget = workspace_bytes() if budget is None else budget
+    return max(min(V, MIN_SLICE_COLS), min(V, budget // (max(n_rows, 1) * torch_workspace_factor(like))))
+
+
+def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
+    """Backward over vocabulary slices, all kept rows at once: the logsumexp is known, so each slice's
+    logits are recomputed, turned into dZ in place, and give their own rows of dW and d bias in one
+    GEMM each (accumulated in fp32 inside the GEMM, never across slices); only d hidden [M, H], O(N),
+    is accumulated across slices, in fp32. need = (hidden, weight, bias) booleans.
+    Returns (d hc [M, H] fp32 or None, dW in weight's dtype or None, d bias or None)."""
     M, H = hc.shape
     V = weight.shape[0]
     dev = hc.device
-    dh = torch.empty(M, H, device=dev, dtype=hc.dtype) if need[0] else None
-    dW = torch.zeros(V, H, device=dev, dtype=torch.float32) if need[1] else None
-    db = torch.zeros(V, device=dev, dtype=torch.float32) if need[2] else None
-    C = chunk_rows(M, V, hc, opts.budget)
-    ws = torch.empty(C, V, device=dev, dtype=hc.dtype)
-    for s in range(0, M, C):
-        e = min(M, s + C)
-        z = _logits_into(ws[: e - s], hc[s:e], weight, bias)
-        dz = grad_epilogue(z, labels_c[s:e], lse[s:e], g[s:e], temperature=opts.temperature,
+    dh = torch.zeros(M, H, device=dev, dtype=torch.float32) if need[0] else None
+    dW = torch.empty_like(weight) if need[1] else None
+    db = torch.empty_like(bias) if need[2] else None
+    if M == 0:
+        for t in (dW, db):
+            if t is not None:
+                t.zero_()
+        return dh, dW, db
+    cols = vocab_slice_cols(M, V, hc, opts.budget)
+    ws = torch.empty(M * cols, device=dev, dtype=hc.dtype)
+    for v0 in range(0, V, cols):
+        v1 = min(V, v0 + cols)
+        z = _logits_into(ws[: M * (v1 - v0)].view(M, v1 - v0), hc, weight[v0:v1],
+                         None if bias is None else bias[v0:v1])
+        dz = grad_epilogue(z, labels_c, lse, g, v_offset=v0, temperature=opts.temperature,
                            softcap=opts.softcap)
         if dh is not None:
-            torch.mm(dz, weight, out=dh[s:e])
+            _accumulate_mm(dh, dz, weight[v0:v1])
         if dW is not None:
-            _accumulate_mm(dW, dz.t(), hc[s:e])
+            torch.mm(dz.t(), hc, out=dW[v0:v1])
         if db is not None:
-            db += dz.sum(0, dtype=torch.float32)
+            db[v0:v1] = dz.sum(0, dtype=torch.float32)
     return dh, dW, db
 
 
@@ -142,12 +161,11 @@ class _LinearLogprobs(torch.autograd.Function):
             g += g_seq.float().index_select(0, seq_c)
         h2 = hidden.reshape(-1, hidden.shape[-1])
         hc = h2.index_select(0, rows)
-        dhc, dW, db = _backward_chunks(hc, weight, bias, labels_c, lse, g, ctx.opts, need)
+        dhc, dW, db = _backward_slices(hc, weight, bias, labels_c, lse, g, ctx.opts, need)
         d_hidden = None
         if dhc is not None:
-            d_hidden = torch.zeros_like(h2).index_copy_(0, rows, dhc).view(hidden.shape)
-        return (d_hidden, None if dW is None else dW.to(weight.dtype),
-                None if db is None else db.to(bias.dtype), None, None, None, None)
+            d_hidden = torch.zeros_like(h2).index_copy_(0, rows, dhc.to(h2.dtype)).view(hidden.shape)
+        return d_hidden, dW, db, None, None, None, None
 
 
 def _needs_grad(*ts):

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One full pass on a lent GPU machine: CUDA tests without the interpreter, epilogue tuning, benchmarks.
+# Usage on the device: bash bench/device_pass.sh [suite...]; writes logs and JSON under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
+python3 -c "import rdpo_fast.kernels.logprob_forward" 2>/dev/null || {
+  echo "editable install failed; linking kernels/ into the package"; ln -sfn ../kernels rdpo_fast/kernels
+  export PYTHONPATH=$PWD:${PYTHONPATH:-}; }
+nvidia-smi -L; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
+for step in "$@"; do
+  case "$step" in
+    tests) timeout 400 python3 -m pytest -q tests -p no:cacheprovider -k "not memory" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    tune) timeout 200 python3 -m bench.tune_epilogue --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
+    logprobs) timeout 400 python3 -m bench.gpu --suite logprobs --out "$OUT/logprobs.json" 2>&1 | tee "$OUT/logprobs.log" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

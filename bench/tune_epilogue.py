@@ -1,0 +1,60 @@
+"""Sweeps block sizes and warps of the two epilogue kernels on a real-size logits chunk (GPU only) and
+reports achieved bandwidth against a device-to-device copy of the same bytes.
+
+    python -m bench.tune_epilogue [--rows 2048 --v 128256] [--out F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from bench.timing import device_info, median_ms
+from rdpo_fast.kernels import logprob_backward as kb, logprob_forward as kf
+
+CONFIGS = [(1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (1, 4096, 8), (1, 4096, 16), (2, 1024, 4),
+           (2, 2048, 8), (4, 1024, 8), (4, 512, 4)]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--v", type=int, default=128256)
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    z = torch.randn(a.rows, a.v, device=dev, dtype=torch.bfloat16) * 3
+    labels = torch.randint(0, a.v, (a.rows,), device=dev)
+    seq = torch.randint(0, 16, (a.rows,), device=dev)
+    acc1 = torch.zeros(16, device=dev)
+    acc2 = torch.zeros(16, device=dev)
+    g = torch.randn(a.rows, device=dev)
+    zbytes = z.numel() * z.element_size()
+    copy_ms = median_ms(lambda: z.clone(), dev)  # reads + writes zbytes
+    rows = []
+    orig_f, orig_b = kf.fwd_blocks, kb.bwd_blocks
+    lse, _ = kf.logprob_forward(z, labels, seq_ids=seq, seq_logp=acc1, seq_logit=acc2)
+    for cfg in CONFIGS:
+        kf.fwd_blocks = kb.bwd_blocks = lambda V, interpreted, cfg=cfg: cfg
+        f_ms = median_ms(lambda: kf.logprob_forward(z, labels, seq_ids=seq, seq_logp=acc1, seq_logit=acc2),
+                         dev)
+        out = torch.empty_like(z)
+        b_ms = median_ms(lambda: kb.logprob_backward(z, labels, lse, g, out=out), dev)
+        rows.append({"BLOCK_M": cfg[0], "BLOCK_V": cfg[1], "num_warps": cfg[2],
+                     "fwd_ms": f_ms, "fwd_TBps": zbytes / f_ms / 1e9,
+                     "bwd_ms": b_ms, "bwd_TBps": 2 * zbytes / b_ms / 1e9})
+    kf.fwd_blocks, kb.bwd_blocks = orig_f, orig_b
+    result = {**device_info(dev), "rows_in_chunk": a.rows, "V": a.v, "dtype": "bfloat16",
+              "copy_ms": copy_ms, "copy_TBps": 2 * zbytes / copy_ms / 1e9, "configs": rows}
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"copy: {copy_ms:.3f} ms = {result['copy_TBps']:.2f} TB/s (read+write)")
+    for r in rows:
+        print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d}  fwd {r['fwd_ms']:.3f} ms "
+              f"{r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s")
+
+
+if __name__ == "__main__":
+    main()
