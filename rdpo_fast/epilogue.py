@@ -1,7 +1,6 @@
 """The two per-chunk epilogue steps on a block of logits, each with its Triton kernel and its torch
-twin, chosen by where the tensors live: CUDA -> compiled Triton; CPU with the kernels built under the
-Triton interpreter (TRITON_INTERPRET=1 before triton was imported) -> the same kernels interpreted;
-CPU otherwise -> torch on the same chunk, so the fallback keeps the bounded-workspace schedule too.
+twin, chosen by rdpo_fast.backend: compiled Triton on CUDA, the same kernels interpreted on CPU under
+TRITON_INTERPRET=1, torch otherwise, on the same chunk, so the fallback keeps the bounded workspace.
 
     forward_epilogue: logsumexp, log p(label), and (added into accumulators) per-sequence sums of
                       log-probs and of logits.
@@ -11,20 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .kernels.logprob_backward import logprob_backward, logprob_bwd_kernel
+from .backend import backend
+from .kernels.logprob_backward import logprob_backward
 from .kernels.logprob_forward import logprob_forward
 from .reference.logprobs import transform_logits
-
-
-def kernels_interpreted() -> bool:
-    return type(logprob_bwd_kernel).__name__ == "InterpretedFunction"
-
-
-def backend(t: torch.Tensor) -> str:
-    """'triton' (compiled), 'interpret' or 'torch'."""
-    if kernels_interpreted():
-        return "interpret"
-    return "triton" if t.is_cuda else "torch"
 
 
 def torch_workspace_factor(t: torch.Tensor) -> int:

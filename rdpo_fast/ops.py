@@ -260,4 +260,4 @@ def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None
     return _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
 
 
-__all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes", "backend"]
+__all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes"]

@@ -11,8 +11,10 @@ from .logprobs import (
     ref_sequence_sums,
     transform_logits,
 )
+from .preference import ref_preference_loss
 
 __all__ = [
+    "ref_preference_loss",
     "logits_from_hidden",
     "ref_linear_logprobs",
     "ref_logprobs",

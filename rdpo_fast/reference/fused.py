@@ -1,0 +1,67 @@
+"""Unfused reference of FusedLinearPreferenceLoss: full logits, log_softmax, gather, per-sequence sums,
+the reference preference head, NLL and TRL's logits/* means, written plainly (tests run it in float64)."""
+from __future__ import annotations
+
+import torch
+
+from .logprobs import logits_from_hidden, ref_linear_logprobs
+from .preference import ref_preference_loss
+
+
+def ref_ld_tail(target, ignore_index):
+    """True for completion tokens past the pair's shorter completion (LD-DPO's verbose tail)."""
+    P = target.shape[0] // 2
+    keep = target != ignore_index
+    counts = keep.sum(1)
+    public = torch.minimum(counts[:P], counts[P:]).repeat(2)
+    rank = keep.long().cumsum(1) - 1
+    return keep & (rank >= public[:, None])
+
+
+def ref_sequence_logps(hidden, weight, target, bias, ignore_index, average_log_prob, ld_alpha):
+    logp = ref_linear_logprobs(hidden, weight, target, bias=bias, ignore_index=ignore_index)
+    if ld_alpha is not None:
+        logp = torch.where(ref_ld_tail(target, ignore_index), ld_alpha * logp, logp)
+    seq = logp.sum(1)
+    if average_log_prob:
+        seq = seq / (target != ignore_index).sum(1)
+    return seq
+
+
+def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=None, ref_weight=None,
+                              ref_bias=None, ref_chosen_logps=None, ref_rejected_logps=None,
+                              soft_labels=None, ignore_index=-100, beta=0.1, alpha=1.0,
+                              compute_nll_loss=False, use_ref_model=True, average_log_prob=False,
+                              loss_type="sigmoid", label_smoothing=0.0, tau=0.05, gamma=0.0, ld_alpha=None,
+                              num_pairs=None, num_chosen_tokens=None):
+    P = _input.shape[0] // 2
+    keep = target != ignore_index
+    counts = keep.sum(1)
+    seq = ref_sequence_logps(_input, weight, target, bias, ignore_index, average_log_prob, ld_alpha)
+    c, r = seq[:P], seq[P:]
+    if not use_ref_model:
+        cref = rref = None if loss_type == "simpo" else torch.zeros_like(c)
+    elif ref_chosen_logps is not None:
+        cref, rref = ref_chosen_logps.to(c.dtype), ref_rejected_logps.to(c.dtype)
+    else:
+        with torch.no_grad():
+            ref = ref_sequence_logps(ref_input, ref_weight, target, ref_bias, ignore_index, average_log_prob,
+                                     ld_alpha)
+        cref, rref = ref[:P], ref[P:]
+    uses_len = loss_type in ("ipo", "sigmoid_norm", "simpo")
+    losses, rew_c, rew_r = ref_preference_loss(
+        c, r, cref, rref, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing,
+        soft_labels=None if soft_labels is None else soft_labels.to(c.dtype),
+        chosen_lengths=counts[:P].to(c.dtype) if uses_len else None,
+        rejected_lengths=counts[P:].to(c.dtype) if uses_len else None, gamma=gamma, tau=tau)
+    n_pairs = P if num_pairs is None else num_pairs
+    n_tok = int(counts[:P].sum()) if num_chosen_tokens is None else num_chosen_tokens
+    raw = ref_linear_logprobs(_input, weight, target, bias=bias, ignore_index=ignore_index)
+    nll = -raw[:P].sum() / n_tok if compute_nll_loss else torch.zeros((), dtype=c.dtype)
+    loss = losses.sum() / n_pairs + (alpha * nll if compute_nll_loss else 0.0)
+    with torch.no_grad():
+        logit_rows = logits_from_hidden(_input, weight, bias).sum(-1) * keep
+        V = weight.shape[0]
+        chosen_mean = logit_rows[:P].sum() / (counts[:P].sum() * V)
+        rejected_mean = logit_rows[P:].sum() / (counts[P:].sum() * V)
+    return loss, (c, r, chosen_mean, rejected_mean, nll, rew_c, rew_r)
