@@ -245,3 +245,18 @@ def test_bad_soft_labels():
         FusedLinearPreferenceLoss(loss_type="ipo")(w, x, target, b, ref_x, ref_w, soft_labels=torch.rand(2))
     with pytest.raises(ValueError, match="use_ref_model=False, yet"):
         FusedLinearPreferenceLoss(use_ref_model=False)(w, x, target, b, ref_x, ref_w)
+
+
+def test_metrics_use_trl_names_and_values(device):
+    from rdpo_fast.metrics import preference_metrics
+
+    x, w, b, target, ref_x, ref_w = batch(3, 11, 8, 200, device)
+    loss, aux = FusedLinearPreferenceLoss(compute_nll_loss=True)(w, x, target, b, ref_x, ref_w)
+    m = preference_metrics(aux, prefix="eval_")
+    assert set(m) == {"eval_" + k for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                            "rewards/margins", "logps/chosen", "logps/rejected",
+                                            "logits/chosen", "logits/rejected", "nll_loss")}
+    chosen, rejected = aux[5], aux[6]
+    assert m["eval_rewards/accuracies"] == pytest.approx((chosen > rejected).float().mean().item())
+    assert m["eval_rewards/margins"] == pytest.approx((chosen - rejected).mean().item(), rel=1e-6)
+    assert m["eval_logps/chosen"] == pytest.approx(aux[0].mean().item(), rel=1e-6)
