@@ -16,9 +16,10 @@ python3 -c "import rdpo_fast.kernels.logprob_forward" 2>/dev/null || {
 nvidia-smi -L; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
 for step in "$@"; do
   case "$step" in
-    tests) timeout 400 python3 -m pytest -q tests -p no:cacheprovider -k "not memory" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    tests) timeout 400 python3 -m pytest -q ${TESTS:-tests} -p no:cacheprovider -k "not memory" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     tune) timeout 200 python3 -m bench.tune_epilogue --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
     logprobs) timeout 400 python3 -m bench.gpu --suite logprobs --out "$OUT/logprobs.json" 2>&1 | tee "$OUT/logprobs.log" ;;
+    loss) timeout 500 python3 -m bench.gpu --suite loss --out "$OUT/loss.json" 2>&1 | tee "$OUT/loss.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

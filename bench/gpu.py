@@ -2,7 +2,9 @@
 run. Writes bench/results/<device>-<date>-<suite>.json (or --out). `--cpu-smoke` runs tiny shapes on CPU.
 
 FLOP convention: one logits GEMM is 2NHV. linear_logprobs forward is 2NHV; forward+backward 8NHV
-(forward GEMM, recomputed logits, dX, dW). The roofline is the same GEMMs timed alone in cuBLAS.
+(forward GEMM, recomputed logits, dX, dW); the fused DPO loss 6NHV (logits, dX, dW); a reference
+forward 2NHV. TF/s are those useful FLOPs over the measured time, whatever an implementation
+actually computes. The roofline is the same GEMMs timed alone in cuBLAS.
 
     python -m bench.gpu [--suite logprobs] [--n 16384 --h 4096 --v 128256] [--cpu-smoke] [--out F]
 """
@@ -16,6 +18,7 @@ import os
 import torch
 
 import rdpo_fast
+from bench.loss_suite import check_loss_accuracy, loss_suite
 from bench.timing import device_info, median_ms, peak_mib
 
 
@@ -116,7 +119,8 @@ def check_against_naive(n, h, v, dtype, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suite", default="logprobs", choices=["logprobs"])
+    ap.add_argument("--suite", default="logprobs", choices=["logprobs", "loss"])
+    ap.add_argument("--pairs", type=int, default=8, help="loss suite: pairs of T tokens each")
     ap.add_argument("--n", type=int, default=16384)
     ap.add_argument("--h", type=int, default=4096)
     ap.add_argument("--v", type=int, default=128256)
@@ -125,17 +129,24 @@ def main(argv=None):
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.cpu_smoke:
-        device, a.n, a.h, a.v = torch.device("cpu"), 256, 64, 2000
+        device, a.n, a.h, a.v, a.pairs = torch.device("cpu"), 256, 64, 2000, 2
     else:
         device = torch.device("cuda")
     dtype = getattr(torch, a.dtype)
     result = {"suite": a.suite, **device_info(device), "date": datetime.date.today().isoformat(),
               "shape": {"N": a.n, "H": a.h, "V": a.v, "dtype": a.dtype},
               "flop_convention": "2NHV per logits GEMM; fwd 2NHV, fwd+bwd 8NHV"}
-    result["accuracy_vs_float64"] = check_against_naive(min(a.n, 1024), a.h, min(a.v, 32768), dtype, device)
-    result["random"] = logprobs_suite(a.n, a.h, a.v, dtype, device, realistic=False)
-    result["realistic"] = logprobs_suite(a.n, a.h, a.v, dtype, device, realistic=True)
-    base = next(r["median_ms"] for r in result["random"] if r["pass"] == "one 2NHV GEMM")
+    if a.suite == "logprobs":
+        result["accuracy_vs_float64"] = check_against_naive(min(a.n, 1024), a.h, min(a.v, 32768), dtype, device)
+        result["random"] = logprobs_suite(a.n, a.h, a.v, dtype, device, realistic=False)
+        result["realistic"] = logprobs_suite(a.n, a.h, a.v, dtype, device, realistic=True)
+    else:
+        T = a.n // (2 * a.pairs)
+        result["shape"].update(pairs=a.pairs, T=T)
+        result["accuracy_vs_float64"] = check_loss_accuracy(2, min(T, 128), a.h, min(a.v, 32768), dtype, device)
+        result["random"] = loss_suite(a.pairs, T, a.h, a.v, dtype, device, realistic=False)
+        result["realistic"] = loss_suite(a.pairs, T, a.h, a.v, dtype, device, realistic=True)
+    base = next(r["median_ms"] for r in result["random"] if "error" not in r)
     for r in result["random"] + result["realistic"]:
         if "median_ms" in r:
             r["x_one_gemm"] = r["median_ms"] / base
@@ -149,10 +160,10 @@ def main(argv=None):
         print(f"-- {kind} hidden states, N={a.n} H={a.h} V={a.v} {a.dtype} on {result['device']}")
         for r in result[kind]:
             if "error" in r:
-                print(f"{r['impl']:12s} {r['pass']:24s} {r['error']}")
+                print(f"{r['impl']:16s} {r['pass']:24s} {r['error']}")
             else:
                 mem = "" if r["peak_mib"] is None else f"{r['peak_mib']:9.0f} MiB"
-                print(f"{r['impl']:12s} {r['pass']:24s} {r['median_ms']:9.2f} ms  x{r['x_one_gemm']:5.2f} GEMM"
+                print(f"{r['impl']:16s} {r['pass']:24s} {r['median_ms']:9.2f} ms  x{r['x_one_gemm']:5.2f}"
                       f"  {r['tflops'] or 0:6.0f} TF/s {mem}")
     return result
 
