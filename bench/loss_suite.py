@@ -1,6 +1,7 @@
 """The fused DPO loss side by side with its peers (SPEC section 6), one run, one device:
 
-    rdpo_fast   FusedLinearPreferenceLoss, reference log-probs given (6NHV)
+    rdpo_fast   FusedLinearPreferenceLoss, reference log-probs given (6NHV); also with dW summed in
+                the weight's dtype, and with a 1 GiB workspace (fewer chunks)
     liger       liger_kernel LigerFusedLinearDPOLoss (use_ref_model=False: 0.8.5 takes no precomputed
                 reference, and the policy-side work is the same)
     cce         cut_cross_entropy linear_cross_entropy(reduction="none") per token + the DPO head in torch
@@ -74,12 +75,17 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
     add("cublas", "3 GEMMs (6NHV)", lambda: (x2 @ w.t(), dz @ w, dz.t() @ x2), 3 * gemm)
     del dz
 
-    ours = rdpo_fast.FusedLinearPreferenceLoss(beta=0.1)
+    variants = {"rdpo_fast": {}, "rdpo_fast dW=weight": {"dw_accumulation": "weight"},
+                "rdpo_fast 1GiB ws": {"workspace_budget": 2**30}}
+    for name, opts in variants.items():
+        ours = rdpo_fast.FusedLinearPreferenceLoss(beta=0.1, **opts)
 
-    def run_ours():
-        xx, ww = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
-        loss, _ = ours(ww, xx, target, ref_chosen_logps=ref[:pairs], ref_rejected_logps=ref[pairs:])
-        loss.backward()
+        def run_ours(ours=ours):
+            xx, ww = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+            loss, _ = ours(ww, xx, target, ref_chosen_logps=ref[:pairs], ref_rejected_logps=ref[pairs:])
+            loss.backward()
+
+        add(name, "DPO fwd+bwd", run_ours, 3 * gemm)
 
     def run_plain(fn):
         def run():
@@ -87,7 +93,6 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
             fn(xx, ww, target, ref).backward()
         return run
 
-    add("rdpo_fast", "DPO fwd+bwd", run_ours, 3 * gemm)
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
 

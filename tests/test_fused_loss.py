@@ -35,7 +35,9 @@ def rel(a, b):
 def batch(P, T, H, V, device, dtype=torch.float32, prompt=4):
     x = torch.randn(2 * P, T, H, device=device).to(dtype)
     w = (torch.randn(V, H, device=device) / H**0.5).to(dtype)
-    b = (torch.randn(V, device=device) * 0.1).to(dtype)
+    # A bias with a clear mean keeps the logits/* means away from zero, where a float32 sum of
+    # cancelling terms has no relative precision to compare.
+    b = (0.5 + torch.randn(V, device=device) * 0.1).to(dtype)
     target = torch.randint(0, V, (2 * P, T), device=device)
     target[:, :prompt] = -100  # prompt
     lengths = torch.randint(1, T - prompt + 1, (2 * P,), device=device)
@@ -59,6 +61,7 @@ def run_ref(opts, x, w, b, target, **fwd):
     if "discopop_tau" in opts:
         opts["tau"] = opts.pop("discopop_tau")
     opts.pop("workspace_budget", None)
+    opts.pop("dw_accumulation", None)
     for k in ("ref_input", "ref_weight", "ref_bias"):
         if fwd.get(k) is not None:
             fwd[k] = fwd[k].double()
@@ -125,10 +128,11 @@ def test_nll_average_and_ld_dpo(opts, device):
                  beta=opts.get("beta", 0.1))
 
 
-def test_bf16_inputs(device):
+@pytest.mark.parametrize("dw_accumulation", ["fp32", "weight"])
+def test_bf16_inputs(dw_accumulation, device):
     P, T, H, V = 2, 21, 32, 700
     x, w, b, target, ref_x, ref_w = batch(P, T, H, V, device, dtype=torch.bfloat16)
-    opts = {"compute_nll_loss": True}
+    opts = {"compute_nll_loss": True, "dw_accumulation": dw_accumulation, "workspace_budget": 20 * V * 8}
     fwd = {"ref_input": ref_x, "ref_weight": ref_w}
     ours = run_ours(opts, x, w, b, target, **fwd)
     assert all(g.dtype == torch.bfloat16 for g in ours[2])
@@ -142,9 +146,10 @@ def test_in_pass_reference_equals_precomputed(device):
     with torch.no_grad():
         sums, _ = rdpo_fast.sequence_logprobs(ref_x, ref_w, target)
     pre = run_ours({}, x, w, b, target, ref_chosen_logps=sums[:P], ref_rejected_logps=sums[P:])
-    assert torch.equal(in_pass[0], pre[0])
+    # Equal up to the order of float32 atomic additions in the sequence sums (bitwise equal on CPU).
+    assert rel(in_pass[0], pre[0]) <= 1e-6
     for a, c in zip(in_pass[1] + in_pass[2], pre[1] + pre[2]):
-        assert torch.equal(a, c)
+        assert rel(a, c) <= 1e-6
 
 
 def test_gradient_accumulation_is_exact(device):
