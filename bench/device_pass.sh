@@ -19,6 +19,7 @@ for step in "$@"; do
     tests) timeout 400 python3 -m pytest -q ${TESTS:-tests} -p no:cacheprovider -k "not memory" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     tune) timeout 200 python3 -m bench.tune_epilogue --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
     logprobs) timeout 400 python3 -m bench.gpu --suite logprobs --out "$OUT/logprobs.json" 2>&1 | tee "$OUT/logprobs.log" ;;
+    profile) timeout 200 python3 -m bench.profile_loss --out "$OUT/profile.txt" 2>&1 | tail -40 ;;
     loss) timeout 500 python3 -m bench.gpu --suite loss --out "$OUT/loss.json" 2>&1 | tee "$OUT/loss.log" ;;
     *) echo "unknown step $step" ;;
   esac

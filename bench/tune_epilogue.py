@@ -13,8 +13,9 @@ import torch
 from bench.timing import device_info, median_ms
 from rdpo_fast.kernels import logprob_backward as kb, logprob_forward as kf
 
-CONFIGS = [(1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (1, 4096, 8), (1, 4096, 16), (2, 1024, 4),
-           (2, 2048, 8), (4, 1024, 8), (4, 512, 4)]
+# (BLOCK_M, BLOCK_V, num_warps, num_stages)
+CONFIGS = [(1, 2048, 4, 3), (1, 2048, 4, 1), (1, 2048, 4, 4), (1, 4096, 4, 3), (1, 4096, 8, 1),
+           (1, 4096, 8, 3), (1, 8192, 8, 2), (1, 8192, 16, 2), (2, 2048, 8, 3), (1, 1024, 2, 4)]
 
 
 def main(argv=None):
@@ -41,7 +42,7 @@ def main(argv=None):
                          dev)
         out = torch.empty_like(z)
         b_ms = median_ms(lambda: kb.logprob_backward(z, labels, lse, g, out=out), dev)
-        rows.append({"BLOCK_M": cfg[0], "BLOCK_V": cfg[1], "num_warps": cfg[2],
+        rows.append({"BLOCK_M": cfg[0], "BLOCK_V": cfg[1], "num_warps": cfg[2], "num_stages": cfg[3],
                      "fwd_ms": f_ms, "fwd_TBps": zbytes / f_ms / 1e9,
                      "bwd_ms": b_ms, "bwd_TBps": 2 * zbytes / b_ms / 1e9})
     kf.fwd_blocks, kb.bwd_blocks = orig_f, orig_b
@@ -52,7 +53,7 @@ def main(argv=None):
             json.dump(result, f, indent=1)
     print(f"copy: {copy_ms:.3f} ms = {result['copy_TBps']:.2f} TB/s (read+write)")
     for r in rows:
-        print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d}  fwd {r['fwd_ms']:.3f} ms "
+        print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d} S={r['num_stages']}  fwd {r['fwd_ms']:.3f} ms "
               f"{r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s")
 
 

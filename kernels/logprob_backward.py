@@ -41,8 +41,8 @@ def logprob_bwd_kernel(
 
 def bwd_blocks(V: int, interpreted: bool):
     if interpreted:
-        return 64, min(triton.next_power_of_2(V), 4096), 1
-    return 1, 2048, 8
+        return 64, min(triton.next_power_of_2(V), 4096), 1, 1
+    return 1, 2048, 8, 3
 
 
 def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temperature=1.0,
@@ -54,20 +54,20 @@ def logprob_backward(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, t
     if M == 0:
         return out
     V = z.shape[1]
-    BLOCK_M, BLOCK_V, warps = bwd_blocks(V, interpreted)
+    BLOCK_M, BLOCK_V, warps, stages = bwd_blocks(V, interpreted)
     grid = (triton.cdiv(M, BLOCK_M),)
     logprob_bwd_kernel[grid](
         z, z.stride(0), out, out.stride(0), row_idx if row_idx is not None else labels, labels, lse, g,
         M, V, v_offset, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
         HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None,
-        BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
+        BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps, num_stages=stages,
     )
     return out
 
 
 def _compile_specs():
     """Every variant the GPU launcher can produce, for ahead-of-time compilation checks (sm_80/sm_90)."""
-    BLOCK_M, BLOCK_V, warps = bwd_blocks(1 << 17, interpreted=False)
+    BLOCK_M, BLOCK_V, warps, stages = bwd_blocks(1 << 17, interpreted=False)
     specs = []
     for zt in ("bf16", "fp16", "fp32"):
         for has_row_idx in (False, True):
@@ -84,7 +84,7 @@ def _compile_specs():
                     },
                     "constexprs": {"HAS_ROW_IDX": has_row_idx, "HAS_SOFTCAP": has_softcap,
                                    "BLOCK_M": BLOCK_M, "BLOCK_V": BLOCK_V},
-                    "num_warps": warps,
+                    "num_warps": warps, "num_stages": stages,
                 })
     return specs
 

@@ -66,8 +66,8 @@ def fwd_blocks(V: int, interpreted: bool):
     2.43 TB/s on an H100, against 2.99 TB/s for a copy (bench/results, tune). Under the interpreter the cost
     is per program and per loop step, so take many rows and the whole (small) vocabulary at once."""
     if interpreted:
-        return 64, min(triton.next_power_of_2(V), 4096), 1
-    return 1, 2048, 4
+        return 64, min(triton.next_power_of_2(V), 4096), 1, 1
+    return 1, 2048, 4, 3
 
 
 def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
@@ -81,7 +81,7 @@ def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq
     logp = torch.empty_like(lse)
     if M == 0:
         return lse, logp
-    BLOCK_M, BLOCK_V, warps = fwd_blocks(V, interpreted)
+    BLOCK_M, BLOCK_V, warps, stages = fwd_blocks(V, interpreted)
     has_seq = seq_ids is not None
     grid = (triton.cdiv(M, BLOCK_M),)
     logprob_fwd_kernel[grid](
@@ -90,14 +90,14 @@ def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq
         lse, logp, seq_logp if has_seq else lse, seq_logit if has_seq else lse,
         M, V, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
         HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None, HAS_SEQ=has_seq,
-        BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps,
+        BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps, num_stages=stages,
     )
     return lse, logp
 
 
 def _compile_specs():
     """Every variant the GPU launcher can produce, for ahead-of-time compilation checks (sm_80/sm_90)."""
-    BLOCK_M, BLOCK_V, warps = fwd_blocks(1 << 17, interpreted=False)
+    BLOCK_M, BLOCK_V, warps, stages = fwd_blocks(1 << 17, interpreted=False)
     specs = []
     for zt in ("bf16", "fp16", "fp32"):
         for has_row_idx in (False, True):
@@ -115,7 +115,7 @@ def _compile_specs():
                         },
                         "constexprs": {"HAS_ROW_IDX": has_row_idx, "HAS_SOFTCAP": has_softcap,
                                        "HAS_SEQ": has_seq, "BLOCK_M": BLOCK_M, "BLOCK_V": BLOCK_V},
-                        "num_warps": warps,
+                        "num_warps": warps, "num_stages": stages,
                     })
     return specs
 

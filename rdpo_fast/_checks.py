@@ -9,7 +9,18 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def check_labels(labels, expected_shape, V, ignore_index, device, name="labels"):
+def out_of_range(labels, V, ignore_index):
+    """Device-side count of labels outside [0, V) that are not ignore_index (no host sync)."""
+    return ((labels != ignore_index) & ((labels < 0) | (labels >= V))).sum()
+
+
+def raise_out_of_range(labels, V, ignore_index, name="labels"):
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
+    first = labels[bad].flatten()[0].item()
+    raise ValueError(f"{name} holds {first}, outside [0, {V}) and not ignore_index={ignore_index}")
+
+
+def check_labels(labels, expected_shape, V, ignore_index, device, name="labels", check_range=True):
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -19,13 +30,11 @@ def check_labels(labels, expected_shape, V, ignore_index, device, name="labels")
                          f"{tuple(expected_shape)}")
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the input is on {device}")
-    valid = labels != ignore_index
     # One reduction and one host sync: cheap next to the GEMMs, and an out-of-range label would
-    # otherwise read out of bounds inside the kernel.
-    bad = valid & ((labels < 0) | (labels >= V))
-    if bool(bad.any()):
-        first = labels[bad].flatten()[0].item()
-        raise ValueError(f"{name} holds {first}, outside [0, {V}) and not ignore_index={ignore_index}")
+    # otherwise read out of bounds inside the kernel. Callers that sync anyway pass check_range=False
+    # and fold out_of_range() into their own single transfer.
+    if check_range and int(out_of_range(labels, V, ignore_index)):
+        raise_out_of_range(labels, V, ignore_index, name)
 
 
 def check_transform(temperature, softcap):
@@ -36,7 +45,7 @@ def check_transform(temperature, softcap):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
 
 
-def check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap):
+def check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap, check_range=True):
     for name, t in (("hidden", hidden), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -66,7 +75,7 @@ def check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature,
             raise ValueError(f"bias dtype {bias.dtype} differs from hidden dtype {hidden.dtype}")
         if bias.device != hidden.device:
             raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
-    check_labels(labels, hidden.shape[:-1], V, ignore_index, hidden.device)
+    check_labels(labels, hidden.shape[:-1], V, ignore_index, hidden.device, check_range=check_range)
     check_transform(temperature, softcap)
 
 

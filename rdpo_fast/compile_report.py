@@ -77,7 +77,8 @@ def compile_all(archs=(90,)):
             for arch in archs:
                 src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"])
                 ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                    options={"num_warps": spec["num_warps"]})
+                                    options={"num_warps": spec["num_warps"],
+                                             "num_stages": spec.get("num_stages", 3)})
                 stats = _ptxas_stats(ck.asm["ptx"])
                 rows.append({"module": mod.__name__.rsplit(".", 1)[1], "function": spec["fn"].__name__,
                              "kernel": _spec_name(spec),

@@ -73,7 +73,7 @@ class _Config:
 
 def _pair_order(labels2d, ignore_index):
     """Kept rows (flat indices), grouped pair by pair (chosen rows, then the matching rejected rows),
-    with each row's sequence index and the per-pair row counts."""
+    with each row's sequence index and the per-sequence token counts."""
     n_seq, T = labels2d.shape
     P = n_seq // 2
     keep = labels2d != ignore_index
@@ -82,8 +82,7 @@ def _pair_order(labels2d, ignore_index):
     pair = seq % P
     order = torch.sort(pair, stable=True).indices
     rows, seq = rows[order], seq[order]
-    counts = keep.sum(1)
-    return rows, seq, counts, (counts[:P] + counts[P:])
+    return rows, seq, keep.sum(1)
 
 
 def _chunks_of_pairs(rows_per_pair, max_rows):
@@ -113,13 +112,13 @@ def ld_tail(labels2d, ignore_index):
 
 class _FusedPreferenceFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad):
+    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad, host_counts):
         n_seq, T, H = _input.shape
         P = n_seq // 2
         V = weight.shape[0]
         dev = _input.device
         x2 = _input.reshape(-1, H)
-        rows, seq, counts, rows_per_pair = _pair_order(target, cfg.ignore_index)
+        rows, seq, counts = _pair_order(target, cfg.ignore_index)
         labels = target.reshape(-1).index_select(0, rows)
         slot = seq
         if cfg.ld_alpha is not None:
@@ -128,7 +127,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
         n_slots = 2 * n_seq if cfg.ld_alpha is not None else n_seq
         num_pairs, num_chosen_tokens = norms
         num_pairs = P if num_pairs is None else num_pairs
-        num_chosen_tokens = int(counts[:P].sum()) if num_chosen_tokens is None else num_chosen_tokens
+        num_chosen_tokens = sum(host_counts[:P]) if num_chosen_tokens is None else num_chosen_tokens
 
         sums = torch.zeros(n_slots, device=dev, dtype=torch.float32)
         logit_sums = torch.zeros(n_slots, device=dev, dtype=torch.float32)
@@ -141,16 +140,16 @@ class _FusedPreferenceFn(torch.autograd.Function):
         # dW sums one GEMM per chunk: in fp32 by default, or (dw_accumulation="weight") in the weight's
         # own dtype, which halves the traffic of re-reading and re-writing dW once per chunk.
         w_acc = torch.float32 if cfg.dw_accumulation == "fp32" else weight.dtype
-        grad_w = torch.zeros(V, H, device=dev, dtype=w_acc) if need_grad[1] else None
+        grad_w = torch.empty(V, H, device=dev, dtype=w_acc) if need_grad[1] else None
         grad_b = torch.zeros(V, device=dev, dtype=torch.float32) if need_grad[2] else None
         any_grad = any(need_grad)
 
         # Chunks of whole pairs within the budget; a single pair longer than that gets its own chunk.
-        per_pair = rows_per_pair.tolist()
+        per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
         cap = chunk_rows(rows.numel(), V, _input, cfg.workspace_budget)
         chunks = _chunks_of_pairs(per_pair, cap)
         ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=_input.dtype)
-        for p0, p1, r0, r1 in chunks:
+        for k, (p0, p1, r0, r1) in enumerate(chunks):
             xc = x2.index_select(0, rows[r0:r1])
             z = _logits_into(ws[: r1 - r0], xc, weight, bias)
             lse, _ = forward_epilogue(z, labels[r0:r1], seq_ids=slot[r0:r1], seq_logp=sums,
@@ -184,11 +183,11 @@ class _FusedPreferenceFn(torch.autograd.Function):
             dz = grad_epilogue(z, labels[r0:r1], lse, g_tok)
             if grad_x is not None:
                 grad_x.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
-            if grad_w is not None:
+            if grad_w is not None:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
                 if grad_w.dtype == torch.float32:
-                    _accumulate_mm(grad_w, dz.t(), xc)
+                    _accumulate_mm(grad_w, dz.t(), xc, first=k == 0)
                 else:
-                    grad_w.addmm_(dz.t(), xc)
+                    grad_w.addmm_(dz.t(), xc, beta=0.0 if k == 0 else 1.0)
             if grad_b is not None:
                 grad_b += dz.sum(0, dtype=torch.float32)
 
@@ -218,7 +217,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
         out = []
         for g, need in zip((gx, gw, gb), ctx.needs_input_grad[:3]):
             out.append(g * grad_loss.to(g.dtype) if need and g is not None else None)
-        return (*out, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None)
 
 
 def _combine(sums, sc, sr, n_seq, ld_alpha):
@@ -261,13 +260,18 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         _check_batch(_input, lin_weight, target, bias, cfg)
         n_seq = _input.shape[0]
         P = n_seq // 2
-        counts = (target != cfg.ignore_index).sum(1)
-        if bool((counts == 0).any()):
-            bad = (counts == 0).nonzero()[0].item()
-            raise ValueError(f"sequence {bad} of the batch has no completion token (all targets are "
-                             f"ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        V = lin_weight.shape[0]
+        # One host transfer for every count the schedule and the checks need.
+        host = torch.cat([(target != cfg.ignore_index).sum(1),
+                          _checks.out_of_range(target, V, cfg.ignore_index).view(1)]).tolist()
+        counts, n_bad = host[:n_seq], host[n_seq]
+        if n_bad:
+            _checks.raise_out_of_range(target, V, cfg.ignore_index, "target")
+        if 0 in counts:
+            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
+                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P)
+                                       ref_rejected_logps, P, V)
         if soft_labels is not None:
             if cfg.loss_type not in ("rdpo", "sigmoid"):
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not {cfg.loss_type!r}")
@@ -286,10 +290,10 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
         need = tuple(torch.is_grad_enabled() and n for n in need)
         out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
-                                       (num_pairs, num_chosen_tokens), need)
+                                       (num_pairs, num_chosen_tokens), need, counts)
         return out[0], tuple(out[1:])
 
-    def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P):
+    def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V):
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -314,6 +318,9 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_chosen_logps and "
                              "ref_rejected_logps")
         _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_")
+        if ref_weight.shape[0] != V:
+            raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: "
+                             "the reference must score the same token ids")
         with torch.no_grad():
             seq_ids = torch.arange(2 * P, device=target.device).repeat_interleave(target.shape[1])
             ld = cfg.ld_alpha
@@ -339,4 +346,4 @@ def _check_batch(_input, weight, target, bias, cfg, prefix=""):
                          "non-zero number (chosen rows first, then rejected)")
     if not isinstance(target, torch.Tensor) or target.dim() != 2:
         raise ValueError(f"target must be [2B, T], got {getattr(target, 'shape', type(target).__name__)}")
-    _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None)
+    _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False)

@@ -40,13 +40,17 @@ def _logits_into(out, h, weight, bias):
     return out
 
 
-def _accumulate_mm(acc32, a, b):
-    """acc32 += a @ b with an fp32 accumulator whatever a and b's dtype."""
+def _accumulate_mm(acc32, a, b, first=False):
+    """acc32 += a @ b (acc32 = a @ b when first: acc32 may then hold garbage, it is not read) with an
+    fp32 accumulator whatever a and b's dtype."""
+    beta = 0.0 if first else 1.0
     if a.dtype == torch.float32:
-        acc32.addmm_(a, b)
+        acc32.addmm_(a, b, beta=beta)
     elif a.is_cuda:
         # cuBLAS adds into the fp32 accumulator inside its epilogue: no rounding of partial sums.
-        torch.addmm(acc32, a, b, out_dtype=torch.float32, out=acc32)
+        torch.addmm(acc32, a, b, beta=beta, out_dtype=torch.float32, out=acc32)
+    elif first:
+        acc32.copy_(torch.mm(a, b))
     else:
         acc32 += torch.mm(a, b).float()
 
@@ -103,11 +107,11 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
     M, H = hc.shape
     V = weight.shape[0]
     dev = hc.device
-    dh = torch.zeros(M, H, device=dev, dtype=torch.float32) if need[0] else None
+    dh = torch.empty(M, H, device=dev, dtype=torch.float32) if need[0] else None
     dW = torch.empty_like(weight) if need[1] else None
     db = torch.empty_like(bias) if need[2] else None
     if M == 0:
-        for t in (dW, db):
+        for t in (dh, dW, db):
             if t is not None:
                 t.zero_()
         return dh, dW, db
@@ -120,7 +124,7 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
         dz = grad_epilogue(z, labels_c, lse, g, v_offset=v0, temperature=opts.temperature,
                            softcap=opts.softcap)
         if dh is not None:
-            _accumulate_mm(dh, dz, weight[v0:v1])
+            _accumulate_mm(dh, dz, weight[v0:v1], first=v0 == 0)
         if dW is not None:
             torch.mm(dz.t(), hc, out=dW[v0:v1])
         if db is not None:

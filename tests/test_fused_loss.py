@@ -233,6 +233,10 @@ def test_bad_forward_inputs():
     empty[3] = -100
     with pytest.raises(ValueError, match="sequence 3 .* no completion token"):
         f(w, x, empty, b, ref_x, ref_w)
+    with pytest.raises(ValueError, match="target holds 100"):
+        f(w, x, target.masked_fill(target == target[0, -1], 100), b, ref_x, ref_w)
+    with pytest.raises(ValueError, match="ref_weight has a vocabulary of 99"):
+        f(w, x, target.clamp_max(98), b, ref_x, ref_w[:99])
     with pytest.raises(ValueError, match="num_pairs"):
         f(w, x, target, b, ref_x, ref_w, num_pairs=0)
 
