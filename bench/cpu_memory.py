@@ -1,8 +1,9 @@
-"""Peak memory of linear_logprobs forward+backward against the naive path (full logits, log_softmax,
-gather) on CPU. Each variant runs in a fresh process; its peak is the rise of the process's maximum
-resident set over what it held after building the inputs (torch has no CPU allocator counter).
+"""Peak CPU memory of each benchmark case's forward+backward (bench/cases.py). Each case runs in a fresh
+process; its peak is the rise of the process's maximum resident set over what it held after building
+the inputs and warming up on a small slice (torch has no CPU allocator counter). Compiled peers (CCE's
+torch.compile path) may count some compiler memory too.
 
-    python -m bench.cpu_memory [--n 4096 --h 256 --v 32000] [--json FILE]
+    python -m bench.cpu_memory [--kind logprobs|dpo] [--json FILE]
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import resource
 import subprocess
 import sys
 
-VARIANTS = ("naive", "rdpo_fast")
+from bench.cases import CPU_SHAPES, DPO_CASES, LOGPROB_CASES
 
 
 def _rss_mib():
@@ -22,75 +23,58 @@ def _rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(variant, n, h, v, ignore_frac, seed):
-    import torch
+def _child(name, shape):
+    import torch  # noqa: F401
 
-    import rdpo_fast
+    from bench.cases import make_inputs, run_case
+    from rdpo_fast.backend import backend
 
-    torch.manual_seed(seed)
-    hidden = torch.randn(n, h, requires_grad=True)
-    weight = (torch.randn(v, h) / h**0.5).requires_grad_(True)
-    labels = torch.randint(0, v, (n,))
-    labels[torch.rand(n) < ignore_frac] = -100
-    upstream = torch.randn(n)
-    # Warm the allocator and code paths on a tiny problem so only the real run's rise is counted.
-    rdpo_fast.linear_logprobs(hidden[:2], weight, labels[:2]).sum().backward()
-    hidden.grad = None
-    weight.grad = None
+    small = dict(shape)
+    small["n" if "n" in small else "t"] = 8
+    run_case(name, make_inputs(name, small))  # warm code paths and the allocator
+    inp = make_inputs(name, shape)
     base = _rss_mib()
-    if variant == "naive":
-        logits = hidden @ weight.t()
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        mask = labels != -100
-        out = logp.gather(1, labels.clamp_min(0)[:, None]).squeeze(1) * mask
-    else:
-        out = rdpo_fast.linear_logprobs(hidden, weight, labels)
-    out.backward(upstream)
-    peak = _rss_mib() - base
-    print(json.dumps({"variant": variant, "peak_mib": peak, "backend": rdpo_fast.ops.backend(hidden)}))
+    run_case(name, inp)
+    print(json.dumps({"case": name, "peak_mib": _rss_mib() - base, "backend": backend(inp["hidden"])}))
 
 
-def run(n=4096, h=256, v=32000, ignore_frac=0.0, seed=0, env=None):
-    rows = []
-    for variant in VARIANTS:
-        cmd = [sys.executable, "-m", "bench.cpu_memory", "--child", variant, "--n", str(n), "--h", str(h),
-               "--v", str(v), "--ignore-frac", str(ignore_frac), "--seed", str(seed)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                             env={**os.environ, **(env or {})})
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+def measure(name, shape, env=None):
+    res = subprocess.run([sys.executable, "-m", "bench.cpu_memory", "--child", name, "--shape", json.dumps(shape)],
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if res.returncode:
+        raise RuntimeError(f"{name} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(kind="logprobs", shape=None, env=None):
+    shape = shape or CPU_SHAPES[kind]
+    cases = LOGPROB_CASES if kind == "logprobs" else DPO_CASES
+    rows = [measure(c, shape, env) for c in cases]
     naive = rows[0]["peak_mib"]
-    out = {
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "shape": {"N": n, "H": h, "V": v, "dtype": "float32", "ignored_fraction": ignore_frac},
-        "logits_mib": n * v * 4 / 2**20, "rows": rows,
-        "ratio_rdpo_fast_to_naive": rows[1]["peak_mib"] / naive,
-    }
+    for r in rows:
+        r["ratio_to_naive"] = r["peak_mib"] / naive
     import torch
 
-    out["torch"] = torch.__version__
-    return out
+    return {"machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
+            "kind": kind, "shape": {**shape, "dtype": "float32"}, "rows": rows}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
-    ap.add_argument("--n", type=int, default=4096)
-    ap.add_argument("--h", type=int, default=256)
-    ap.add_argument("--v", type=int, default=32000)
-    ap.add_argument("--ignore-frac", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape")
+    ap.add_argument("--kind", default="logprobs", choices=["logprobs", "dpo"])
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     if a.child:
-        return _child(a.child, a.n, a.h, a.v, a.ignore_frac, a.seed)
-    out = run(a.n, a.h, a.v, a.ignore_frac, a.seed)
+        return _child(a.child, json.loads(a.shape))
+    out = run(a.kind)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
+    print(f"{a.kind} {out['shape']} on {out['machine']}")
     for r in out["rows"]:
-        print(f"{r['variant']:10s} peak +{r['peak_mib']:8.1f} MiB  ({r['backend']})")
-    print(f"ratio rdpo_fast / naive: {out['ratio_rdpo_fast_to_naive']:.3f}   "
-          f"(full logits would be {out['logits_mib']:.0f} MiB)")
+        print(f"{r['case']:22s} peak +{r['peak_mib']:8.1f} MiB  x{r['ratio_to_naive']:.3f} of naive  ({r['backend']})")
 
 
 if __name__ == "__main__":

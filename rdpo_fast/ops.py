@@ -28,8 +28,13 @@ def workspace_bytes() -> int:
 
 
 def chunk_rows(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
+    """Rows of logits per chunk within the budget; a multiple of 128 when that large, so the GEMM's
+    row tiles are all full."""
     budget = workspace_bytes() if budget is None else budget
-    return max(1, min(n_rows, budget // (V * torch_workspace_factor(like))))
+    rows = max(1, budget // (V * torch_workspace_factor(like)))
+    if rows > 256:
+        rows -= rows % 128
+    return min(n_rows, rows)
 
 
 def _logits_into(out, h, weight, bias):
