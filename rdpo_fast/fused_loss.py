@@ -289,8 +289,10 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 raise ValueError(f"{name} must be a positive int (the whole batch's count), got {v!r}")
         need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
         need = tuple(torch.is_grad_enabled() and n for n in need)
-        out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
-                                       (num_pairs, num_chosen_tokens), need, counts)
+        # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
+        with torch.autocast(_input.device.type, enabled=False):
+            out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
+                                           (num_pairs, num_chosen_tokens), need, counts)
         return out[0], tuple(out[1:])
 
     def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V):

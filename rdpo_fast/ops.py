@@ -185,6 +185,12 @@ def _linear_stats(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index,
                   workspace_budget):
     """(per-token logp with labels' shape, per-sequence logp sums, per-sequence logit sums)."""
     opts = _Opts(ignore_index, temperature, softcap, workspace_budget)
+    # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts)
+
+
+def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts):
     if _needs_grad(hidden, weight, bias):
         return _LinearLogprobs.apply(hidden, weight, bias, labels, seq_ids, num_seqs, opts)
     # Forward only (reference models, implicit-reward scoring): keep no logsumexp, save nothing.
@@ -266,7 +272,8 @@ class _Logprobs(torch.autograd.Function):
 def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None):
     """Per-token log p(label) from ready logits [..., V]: float32 with labels' shape, 0.0 where ignored."""
     _checks.check_logits_inputs(logits, labels, ignore_index, temperature, softcap)
-    return _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
+    with torch.autocast(logits.device.type, enabled=False):
+        return _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
 
 
 __all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes"]

@@ -275,3 +275,14 @@ def test_metrics_use_trl_names_and_values(device):
     assert m["eval_rewards/accuracies"] == pytest.approx((chosen > rejected).float().mean().item())
     assert m["eval_rewards/margins"] == pytest.approx((chosen - rejected).mean().item(), rel=1e-6)
     assert m["eval_logps/chosen"] == pytest.approx(aux[0].mean().item(), rel=1e-6)
+
+
+def test_enclosing_autocast_changes_nothing(device):
+    x, w, b, target, ref_x, ref_w = batch(2, 11, 8, 200, device)
+    loss, aux, grads = run_ours({}, x, w, b, target, ref_input=ref_x, ref_weight=ref_w)
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    with torch.autocast(device.type, dtype=dtype):
+        loss2, aux2, grads2 = run_ours({}, x, w, b, target, ref_input=ref_x, ref_weight=ref_w)
+    assert loss2.dtype == torch.float32 and rel(loss2, loss) <= 1e-6
+    for g, g2 in zip(grads, grads2):
+        assert g2.dtype == torch.float32 and rel(g2, g) <= 1e-6
