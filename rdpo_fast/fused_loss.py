@@ -214,9 +214,14 @@ class _FusedPreferenceFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_aux_grads):
         gx, gw, gb = ctx.saved_tensors
+        # The usual case, loss.backward() on this loss alone, skips a pass over the [V, H] gradient.
+        unit = bool(grad_loss == 1)
         out = []
         for g, need in zip((gx, gw, gb), ctx.needs_input_grad[:3]):
-            out.append(g * grad_loss.to(g.dtype) if need and g is not None else None)
+            if not need or g is None:
+                out.append(None)
+            else:
+                out.append(g if unit else g * grad_loss.to(g.dtype))
         return (*out, None, None, None, None, None, None, None, None)
 
 
