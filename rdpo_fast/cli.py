@@ -1,0 +1,114 @@
+"""The `rdpo-fast` command line. Each subcommand is a Command (name, help, how to add its arguments, what
+to run); a new one (synth, score, dice, crosslingual) is one more entry in COMMANDS.
+
+`rdpo-fast train`: every option of rdpo_fast.config.TrainConfig is a flag; `--config FILE` (JSON or YAML)
+supplies any of them, and flags given on the command line win. With `--resume`, the checkpoint's saved
+settings are the starting point, so `rdpo-fast train --resume RUN_DIR` alone continues a run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from . import config as config_mod
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---------------------------------------------------------------------------------------- train
+def _flag_type(annotation: str):
+    base = annotation.split("|")[0].strip()
+    return {"int": int, "float": float, "str": str, "bool": bool}[base]
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON or YAML file of options (flags given here override it)")
+    for f in config_mod.fields():
+        kind = _flag_type(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        # SUPPRESS: only flags actually typed end up in the namespace, so the layering
+        # (defaults < checkpoint < config file < flags) can tell them apart.
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"{meta['help']} (default: {f.default})")
+        else:
+            p.add_argument(flag, type=kind, choices=meta.get("choices"), default=argparse.SUPPRESS,
+                           help=f"{meta['help']} (default: {f.default})")
+
+
+def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    values = {}
+    resume = given.get("resume")
+    if args.config:
+        values.update(config_mod.read_config_file(args.config))
+        resume = given.get("resume", values.get("resume"))
+    if resume:
+        from .checkpoint import find_checkpoint, read_state
+
+        saved = read_state(find_checkpoint(resume)).get("config", {})
+        for transient in ("resume", "stop_after_steps", "overwrite"):
+            saved.pop(transient, None)
+        values = {**saved, **values}
+    values.update(given)
+    known = {f.name for f in config_mod.fields()}
+    return config_mod.TrainConfig(**{k: v for k, v in values.items() if k in known}).validate()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    train(train_config_from_args(args))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- plot
+def add_plot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory of `rdpo-fast train` (holds metrics.jsonl)")
+    p.add_argument("-o", "--output", help="PNG path (default RUN_DIR/metrics.png)")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_run
+
+    print(plot_run(args.run_dir, args.output))
+    return 0
+
+
+COMMANDS = [
+    Command("train", "preference-train a causal LM with the fused loss", add_train_arguments, run_train),
+    Command("plot", "PNG of loss, reward accuracy and margins of a run", add_plot_arguments, run_plot),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rdpo-fast", description="Fast DPO-family preference training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input of any kind (data, model path, checkpoint, options): one clear line, no traceback.
+        print(f"rdpo-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

