@@ -1,6 +1,7 @@
 """Peak CPU memory of each benchmark case's forward+backward (bench/cases.py). Each case runs in a fresh
-process; its peak is the rise of the process's maximum resident set over what it held after building
-the inputs and warming up on a small slice (torch has no CPU allocator counter). Compiled peers (CCE's
+process; its peak is the rise of the resident-set high-water mark (VmHWM, reset just before the run)
+over what the process held after building the inputs and warming up on a small slice (torch has no CPU
+allocator counter). Compiled peers (CCE's
 torch.compile path) may count some compiler memory too.
 
     python -m bench.cpu_memory [--kind logprobs|dpo] [--json FILE]
@@ -11,16 +12,25 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 
 from bench.cases import CPU_SHAPES, DPO_CASES, LOGPROB_CASES
 
 
-def _rss_mib():
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak():
+    """Reset the kernel's resident-set high-water mark (VmHWM) to the current resident set, so the peak
+    read after the run belongs to the run alone, not to imports or warm-up before it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _child(name, shape):
@@ -33,9 +43,10 @@ def _child(name, shape):
     small["n" if "n" in small else "t"] = 8
     run_case(name, make_inputs(name, small))  # warm code paths and the allocator
     inp = make_inputs(name, shape)
-    base = _rss_mib()
+    _reset_peak()
+    base = _status_mib("VmRSS")
     run_case(name, inp)
-    print(json.dumps({"case": name, "peak_mib": _rss_mib() - base, "backend": backend(inp["hidden"])}))
+    print(json.dumps({"case": name, "peak_mib": _status_mib("VmHWM") - base, "backend": backend(inp["hidden"])}))
 
 
 def measure(name, shape, env=None):

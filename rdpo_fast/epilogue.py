@@ -47,11 +47,16 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temp
         return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, v_offset=v_offset,
                                 temperature=temperature, softcap=softcap, interpreted=mode == "interpret")
     out = z if out is None else out
-    rows = z[: labels.numel()] if row_idx is None else z[row_idx]
-    raw = rows.float()
-    zt = transform_logits(raw, temperature, softcap)
-    dz = (zt - lse[:, None]).exp_()  # softmax, in a fresh buffer: raw may alias the workspace
-    del zt
+    n = labels.numel()
+    # In place on an fp32 workspace without softcap (the common CPU case): no temporary of the chunk.
+    in_place = row_idx is None and out is z and z.dtype == torch.float32 and softcap is None
+    rows = z[:n] if row_idx is None else z[row_idx]
+    raw = rows if in_place else rows.float()
+    if in_place:
+        dz = raw.mul_(1.0 / temperature).sub_(lse[:, None]).exp_()
+    else:
+        # softmax in a fresh buffer: raw may alias the workspace and is still needed for softcap
+        dz = (transform_logits(raw, temperature, softcap) - lse[:, None]).exp_()
     dz.mul_(-g[:, None])
     local = labels - v_offset
     inside = (local >= 0) & (local < dz.shape[1])
@@ -59,8 +64,10 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temp
     if softcap is not None:
         dz.mul_(1.0 - torch.tanh(raw / softcap).square_())
     dz.mul_(1.0 / temperature)
+    if in_place:
+        return out
     if row_idx is None:
-        out[: labels.numel()].copy_(dz)
+        out[:n].copy_(dz)
     else:
         out[row_idx] = dz.to(out.dtype)
     return out

@@ -121,7 +121,8 @@ def test_logprobs_from_logits(dtype, device):
     assert torch.all(x.grad[labels == -100] == 0)
 
 
-def test_torch_fallback_matches_oracle(monkeypatch, device):
+@pytest.mark.parametrize("temperature,softcap", [(1.2, 5.0), (0.8, None)])  # copy path, in-place path
+def test_torch_fallback_matches_oracle(temperature, softcap, monkeypatch, device):
     """The no-Triton CPU path runs the same chunked schedule with the torch epilogue."""
     if device.type == "cuda":
         pytest.skip("the torch twin is the CPU path")
@@ -129,12 +130,12 @@ def test_torch_fallback_matches_oracle(monkeypatch, device):
     assert epilogue.backend(torch.zeros(1)) == "torch"
     hidden, weight, bias, labels = make_inputs(2, 33, 24, 900, torch.float32, device, 0.5)
     h, w, b = leaf(hidden), leaf(weight), leaf(bias)
-    out = rdpo_fast.linear_logprobs(h, w, labels, bias=b, temperature=1.2, softcap=5.0,
+    out = rdpo_fast.linear_logprobs(h, w, labels, bias=b, temperature=temperature, softcap=softcap,
                                     workspace_budget=7 * 900 * 8)
     up = torch.randn(2, 33, device=device)
     out.backward(up)
     ref, grads = oracle_grads(
-        lambda x, y, z: ref_linear_logprobs(x, y, labels, bias=z, temperature=1.2, softcap=5.0),
+        lambda x, y, z: ref_linear_logprobs(x, y, labels, bias=z, temperature=temperature, softcap=softcap),
         (hidden, weight, bias), up)
     assert rel(out, ref) <= 1e-5
     for got, want in zip((h.grad, w.grad, b.grad), grads):
