@@ -90,10 +90,17 @@ COMMANDS = [
 ]
 
 
+def pipeline_commands() -> list[Command]:
+    """synth, score, dice, crosslingual: the pipelines register themselves (rdpo_fast.pipelines.cli)."""
+    from .pipelines.cli import SUBCOMMANDS
+
+    return [Command(*entry) for entry in SUBCOMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdpo-fast", description="Fast DPO-family preference training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for cmd in COMMANDS:
+    for cmd in COMMANDS + pipeline_commands():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.set_defaults(func=cmd.run)

@@ -1,0 +1,123 @@
+"""The implicit reward of a (policy, reference) pair: r(x, y) = log pi(y|x) - log pi_ref(y|x), summed over
+the response's tokens (SPEC sections 1 and 5; DICE and cross-lingual rewarding score with it).
+
+Both models run forward only, under no_grad, through the fused op rdpo_fast.sequence_logprobs on the
+decoder's last hidden states and the lm_head weight, so the [tokens x vocabulary] logits are never
+materialised. Candidates are batched by length (little padding) and tokenised exactly as training
+tokenises chat records (rdpo_fast.data): the chat template's prompt with the generation prompt, then the
+assistant turn with its end-of-turn token, which is part of the scored completion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import rdpo_fast
+from rdpo_fast import modeling
+
+from .chat import completion_text, prompt_text, require_template
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]
+    completion: list[int]
+
+
+def encode(tokenizer, prompts: list[list[dict]], responses: list[str]) -> list[Encoded]:
+    """Token ids of each (chat prompt, response) as training sees them."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    require_template(tokenizer, "implicit-reward scoring")
+    p_text = [prompt_text(tokenizer, p) for p in prompts]
+    c_text = [completion_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
+    out = []
+    for i, (p, c) in enumerate(zip(p_ids, c_ids)):
+        if not p or not c:
+            raise ValueError(f"candidate {i}: the prompt or the response tokenises to nothing")
+        out.append(Encoded(list(p), list(c)))
+    return out
+
+
+def collate(items: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, target) right-padded; target[t] is the token at t+1 where that token
+    belongs to the completion, else IGNORE (the layout of rdpo_fast.data.collate)."""
+    seqs = [e.prompt + e.completion for e in items]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(seqs), T), dtype=torch.int64)
+    target = torch.full((len(seqs), T), IGNORE, dtype=torch.int64)
+    for i, (e, s) in enumerate(zip(items, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        target[i, len(e.prompt) - 1: len(s) - 1] = torch.tensor(e.completion)
+    return ids, mask, target
+
+
+@torch.no_grad()
+def sequence_logps(model, items: list[Encoded], *, pad_id: int, batch_size: int = 8,
+                   workspace_mb: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of completion-token log-probs [N] float64, completion token counts [N] int64) under `model`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(items), dtype=torch.float64)
+    counts = torch.zeros(len(items), dtype=torch.int64)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt) + len(items[i].completion))
+    budget = None if workspace_mb is None else int(workspace_mb * 2**20)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            ids, mask, target = collate([items[i] for i in idx], pad_id)
+            hidden = modeling.decoder(model)(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                             use_cache=False).last_hidden_state
+            weight = modeling.output_weight(model)
+            s, c = rdpo_fast.sequence_logprobs(hidden, weight.to(hidden.dtype), target.to(device),
+                                               ignore_index=IGNORE, workspace_budget=budget)
+            sums[idx] = s.double().cpu()
+            counts[idx] = c.cpu()
+    finally:
+        model.train(was_training)
+    return sums, counts
+
+
+@dataclass
+class ImplicitScores:
+    reward: torch.Tensor  # [N] float64: policy_logps - reference_logps
+    policy_logps: torch.Tensor
+    reference_logps: torch.Tensor
+    num_tokens: torch.Tensor  # [N] completion tokens (the end-of-turn token included)
+
+
+class ImplicitReward:
+    """Scores responses with log pi(y|x) - log pi_ref(y|x). The two models must share the tokenizer's
+    vocabulary (the same token ids mean the same tokens)."""
+
+    def __init__(self, policy, reference, tokenizer, *, batch_size: int = 8, workspace_mb: float | None = None):
+        for name, m in (("policy", policy), ("reference", reference)):
+            V = modeling.output_weight(m).shape[0]
+            if V < len(tokenizer):
+                raise ValueError(f"the {name} model's vocabulary ({V}) is smaller than the tokenizer's "
+                                 f"({len(tokenizer)}): not the tokenizer of this model")
+        vp, vr = modeling.output_weight(policy).shape[0], modeling.output_weight(reference).shape[0]
+        if vp != vr:
+            raise ValueError(f"policy and reference vocabularies differ ({vp} vs {vr}); the implicit reward "
+                             "needs two models over the same tokens")
+        self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
+        self.batch_size, self.workspace_mb = batch_size, workspace_mb
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+
+    def __call__(self, prompts: list[list[dict]], responses: list[str]) -> ImplicitScores:
+        items = encode(self.tokenizer, prompts, responses)
+        kw = dict(pad_id=self.pad_id, batch_size=self.batch_size, workspace_mb=self.workspace_mb)
+        pol, n = sequence_logps(self.policy, items, **kw)
+        ref, _ = sequence_logps(self.reference, items, **kw)
+        return ImplicitScores(pol - ref, pol, ref, n)

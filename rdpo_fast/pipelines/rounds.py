@@ -1,0 +1,241 @@
+"""Machinery shared by the DICE and cross-lingual rounds: materialising models in the run directory,
+sampling and filtering candidates, scoring them with the implicit reward, pairing, the training stage
+(rdpo_fast.train) and held-out implicit-reward accuracy.
+
+Model chain: pi_0 is the starting DPO model and ref_0 its reference. Round r samples from pi_{r-1},
+scores with the implicit reward of (pi_{r-1}, ref_{r-1}), and trains pi_r from pi_{r-1} with pi_{r-1}
+as the DPO reference, so ref_r = pi_{r-1}. Without a DPO model to start from (the policy is its own
+reference, every implicit reward would be 0) round 0 first trains pi_0 by DPO on offline pairs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+from dataclasses import dataclass
+
+import torch
+
+from rdpo_fast import modeling
+from rdpo_fast.config import TrainConfig, read_config_file
+
+from . import filters
+from .chat import as_messages, as_text, assistant
+from .generation import GenerationSettings, Sample, generate
+from .implicit import ImplicitReward, encode, sequence_logps
+from .pairing import choose_alpha, select_pairs
+from .stages import RunDir
+
+# Options of the training stage the pipeline itself decides; a --train-config file may not set them.
+_PIPELINE_OWNED = ("model", "data", "eval_data", "output_dir", "overwrite", "resume", "export", "cache_dir",
+                   "reference", "stop_after_steps")
+
+
+@dataclass
+class TrainSettings:
+    """The training stage of a round (a TrainConfig with the pipeline's own fields filled in)."""
+    lr: float = 5e-5
+    beta: float = 0.1
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 4
+    train_last_layers: int = 4
+    max_length: int = 384
+    warmup_steps: int = 0
+    nll_alpha: float = 0.0
+    seed: int = 0
+    progress: bool = True
+    config_file: str | None = None  # JSON/YAML of further TrainConfig options
+
+    def config(self, *, model: str, data: str, output_dir: str, cache_dir: str, n_pairs: int, log=print) -> TrainConfig:
+        extra = read_config_file(self.config_file) if self.config_file else {}
+        owned = sorted(set(extra) & set(_PIPELINE_OWNED))
+        if owned:
+            raise ValueError(f"train config file {self.config_file}: {owned} are set by the pipeline itself")
+        values = dict(lr=self.lr, beta=self.beta, epochs=self.epochs, max_steps=self.max_steps,
+                      batch_size=self.batch_size, train_last_layers=self.train_last_layers, max_length=self.max_length,
+                      warmup_steps=self.warmup_steps, nll_alpha=self.nll_alpha, seed=self.seed,
+                      progress=self.progress, loss_type="sigmoid")
+        values.update(extra)
+        values.update(model=model, data=data, eval_data=None, output_dir=output_dir, overwrite=True, export=True,
+                      cache_dir=cache_dir, reference="precompute")
+        # A round makes as many pairs as it makes: a batch larger than that would train zero steps.
+        per_step = values["batch_size"] * values.get("grad_accum", 1)
+        if n_pairs < per_step:
+            batch = max(1, n_pairs // values.get("grad_accum", 1))
+            log(f"only {n_pairs} pairs: batch size {values['batch_size']} -> {batch}")
+            values["batch_size"] = batch
+        return TrainConfig(**values).validate()
+
+    def check(self) -> "TrainSettings":
+        """Validates the settings before a run starts (the real paths come later)."""
+        self.config(model="-", data="-", output_dir="-", cache_dir="-", n_pairs=10**9)
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("progress")
+        return d
+
+
+class Models:
+    """Loaded models by path, so consecutive stages of one process share them; `keep` drops the rest."""
+
+    def __init__(self):
+        self._models: dict[str, torch.nn.Module] = {}
+        self._tokenizers: dict[str, object] = {}
+
+    def model(self, path: str):
+        if path not in self._models:
+            self._models[path] = modeling.load_model(path).eval().requires_grad_(False)
+        return self._models[path]
+
+    def tokenizer(self, path: str):
+        if path not in self._tokenizers:
+            self._tokenizers[path] = modeling.load_tokenizer(path)
+        return self._tokenizers[path]
+
+    def keep(self, *paths: str) -> None:
+        for p in list(self._models):
+            if p not in paths:
+                del self._models[p]
+        gc.collect()
+
+
+def materialise(run: RunDir, models: Models, name: str, path: str) -> str:
+    """A Hugging Face directory for the model: a GGUF model (the embedded default) is dequantised once
+    into the run directory, so the later stages and every training round load it in a fraction of a
+    second instead of converting it again."""
+    folder, gguf = modeling.resolve(path)
+    if gguf is None:
+        return folder
+    out = os.path.join(run.path, "models", name)
+
+    def stage():
+        from rdpo_fast.checkpoint import export_model
+
+        export_model(out, models.model(path), models.tokenizer(path))
+        return {"source": path}, [out]
+
+    run.run(f"models/{name}", stage)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- candidates
+def sample_groups(model, tokenizer, prompts: list[list[dict]], k: int, settings: GenerationSettings) -> list[list[Sample]]:
+    if k < 2:
+        raise ValueError(f"K (samples per prompt) must be >= 2: a pair needs two candidates, got {k}")
+    return generate(model, tokenizer, prompts, num_samples=k, settings=settings, desc=f"sample K={k}")
+
+
+def candidates_record(prompt, samples: list[Sample], *, drop_truncated: bool, **extra) -> dict:
+    cands = []
+    for s in samples:
+        reason = filters.rejection_reason(s, drop_truncated=drop_truncated)
+        cands.append({"text": s.text.strip(), "finished": s.finished, "num_tokens": s.num_tokens, "reason": reason})
+    return {"prompt": prompt, **extra, "candidates": cands}
+
+
+def score_groups(reward: ImplicitReward, groups: list[dict], score_key: str = "prompt") -> list[dict]:
+    """Adds reward, policy/reference log-probs and character length to every valid candidate, in one
+    length-sorted batched pass over all of them; rejected candidates are not scored."""
+    flat = [(gi, ci) for gi, g in enumerate(groups) for ci, c in enumerate(g["candidates"]) if c["reason"] is None]
+    if flat:
+        s = reward([groups[gi][score_key] for gi, _ in flat], [groups[gi]["candidates"][ci]["text"] for gi, ci in flat])
+        for j, (gi, ci) in enumerate(flat):
+            c = groups[gi]["candidates"][ci]
+            c.update(reward=float(s.reward[j]), policy_logps=float(s.policy_logps[j]),
+                     reference_logps=float(s.reference_logps[j]), tokens=int(s.num_tokens[j]), chars=len(c["text"]))
+    return groups
+
+
+def pair_groups(groups: list[dict], *, length_control: bool = True) -> tuple[list[dict], dict]:
+    """(preference records, stats). Prompts with fewer than two valid candidates are skipped and
+    counted, as are prompts whose candidates all tie; alpha comes from the length sweep over the rest."""
+    stats = {"prompts": len(groups), "candidates": sum(len(g["candidates"]) for g in groups),
+             **{f"dropped_{r}": 0 for r in filters.REASONS},
+             "skipped_no_valid": 0, "skipped_one_valid": 0, "skipped_tied": 0, "duplicate_candidates": 0}
+    usable = []
+    for g in groups:
+        valid = []
+        seen = set()
+        for c in g["candidates"]:
+            if c["reason"] is not None:
+                stats[f"dropped_{c['reason']}"] += 1
+            elif c["text"] in seen:  # identical samples carry one reward; keep one of them
+                stats["duplicate_candidates"] += 1
+            else:
+                seen.add(c["text"])
+                valid.append(c)
+        if not valid:
+            stats["skipped_no_valid"] += 1
+        elif len(valid) == 1:
+            stats["skipped_one_valid"] += 1
+        else:
+            usable.append((g, valid))
+    rewards = [[c["reward"] for c in v] for _, v in usable]
+    lengths = [[c["chars"] for c in v] for _, v in usable]
+    if usable and length_control:
+        choice = choose_alpha(rewards, lengths)
+        stats.update(alpha=choice.alpha, length_diff=choice.mean_length_diff, length_diff_alpha0=choice.mean_length_diff_at_0)
+    else:
+        stats.update(alpha=0.0 if usable else None, length_diff=None, length_diff_alpha0=None)
+    records = []
+    picks = select_pairs(rewards, lengths, stats["alpha"]) if usable else []
+    for (g, valid), pick in zip(usable, picks):
+        if pick is None:
+            stats["skipped_tied"] += 1
+            continue
+        w, l = valid[pick[0]], valid[pick[1]]
+        records.append({"prompt": g["prompt"], "chosen": assistant(w["text"]), "rejected": assistant(l["text"]),
+                        "chosen_implicit_reward": w["reward"], "rejected_implicit_reward": l["reward"],
+                        "alpha": stats["alpha"], **({"language": g["language"]} if "language" in g else {})})
+    stats["pairs"] = len(records)
+    if records:
+        stats["mean_chosen_chars"] = sum(len(as_text(r["chosen"])) for r in records) / len(records)
+        stats["mean_rejected_chars"] = sum(len(as_text(r["rejected"])) for r in records) / len(records)
+    return records, stats
+
+
+# ---------------------------------------------------------------------------------------- training
+def train_stage(run: RunDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int, log=print) -> dict:
+    """DPO from `model` with `model` itself as the (precomputed) reference; the trained policy is
+    exported to <stage>/final."""
+    from rdpo_fast.train import train
+
+    out = os.path.join(run.path, stage)
+
+    def go():
+        if n_pairs < 1:
+            raise ValueError(f"{stage}: no preference pairs to train on")
+        cfg = settings.config(model=model, data=data, output_dir=out, cache_dir=os.path.join(run.path, "cache"),
+                              n_pairs=n_pairs, log=log)
+        summary = train(cfg)
+        keep = {k: summary[k] for k in ("global_step", "train_pairs", "train_truncated", "seconds") if k in summary}
+        return keep, [os.path.join(out, "final")]
+
+    return run.run(stage, go)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def preference_pairs(records: list[dict]) -> tuple[list[list[dict]], list[str], list[str]]:
+    return ([as_messages(r["prompt"]) for r in records], [as_text(r["chosen"]) for r in records],
+            [as_text(r["rejected"]) for r in records])
+
+
+@torch.no_grad()
+def pair_logps(model, tokenizer, records: list[dict], batch_size: int = 8) -> dict:
+    """Sequence log-probs of chosen and rejected of each held-out pair under `model`."""
+    prompts, chosen, rejected = preference_pairs(records)
+    items = encode(tokenizer, prompts + prompts, chosen + rejected)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    s, _ = sequence_logps(model, items, pad_id=int(pad or 0), batch_size=batch_size)
+    n = len(records)
+    return {"chosen": s[:n].tolist(), "rejected": s[n:].tolist()}
+
+
+def reward_accuracy(policy: dict, reference: dict, beta: float = 1.0) -> dict:
+    """Held-out implicit-reward accuracy (chosen reward > rejected reward) and mean margin."""
+    c = torch.tensor(policy["chosen"]) - torch.tensor(reference["chosen"])
+    r = torch.tensor(policy["rejected"]) - torch.tensor(reference["rejected"])
+    return {"accuracy": float((c > r).double().mean()), "margin": float(beta * (c - r).mean()), "pairs": len(c)}

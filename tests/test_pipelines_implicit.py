@@ -1,0 +1,106 @@
+"""The implicit reward of a candidate equals the oracle's sum of policy log-probs minus reference
+log-probs (float64, full logits), whatever the batching; and batched generation with the KV cache."""
+import pytest
+import torch
+
+from rdpo_fast import modeling
+from rdpo_fast.pipelines.chat import assistant, completion_text, user_turn
+from rdpo_fast.pipelines.generation import GenerationSettings, generate
+from rdpo_fast.pipelines.implicit import ImplicitReward, encode
+from rdpo_fast.reference import ref_sequence_logprobs
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from tiny import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    return build_model(tok, seed=0).eval(), build_model(tok, seed=1).eval(), tok
+
+
+PROMPTS = [user_turn("How do I bake bread?"), user_turn("Is the Moon made of cheese? I think so.", system=None),
+           user_turn("Name a colour."), user_turn("Say hi.")]
+RESPONSES = ["Mix flour, water, yeast and salt, knead, let it rise, then bake it.", "No, it is made of rock.",
+             "Blue.", "Hi there! How can I help you today? I am happy to answer any question you have."]
+
+
+def oracle_logps(model, tokenizer, prompt, response):
+    """Sum of log p(token) over the completion, one sequence at a time, from full float64 logits."""
+    p = tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                  add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion_text(tokenizer, prompt, response), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()
+        hidden = modeling.decoder(model)(input_ids=ids).last_hidden_state
+        weight = modeling.output_weight(model).detach()
+    logp = logits.log_softmax(-1)
+    direct = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(c))
+    labels = torch.full((1, ids.shape[1]), -100)
+    labels[0, len(p) - 1: ids.shape[1] - 1] = torch.tensor(c)
+    sums, counts = ref_sequence_logprobs(hidden.double(), weight.double(), labels)
+    assert float(sums[0]) == pytest.approx(direct, abs=1e-6) and int(counts[0]) == len(c)
+    return direct, len(c)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_implicit_reward_equals_the_oracle(models, batch_size):
+    pol, ref, tok = models
+    s = ImplicitReward(pol, ref, tok, batch_size=batch_size)(PROMPTS, RESPONSES)
+    assert s.reward.dtype == torch.float64
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        lp, n = oracle_logps(pol, tok, p, r)
+        lr, _ = oracle_logps(ref, tok, p, r)
+        assert float(s.policy_logps[i]) == pytest.approx(lp, abs=2e-3)
+        assert float(s.reference_logps[i]) == pytest.approx(lr, abs=2e-3)
+        assert float(s.reward[i]) == pytest.approx(lp - lr, abs=3e-3)
+        assert int(s.num_tokens[i]) == n
+
+
+def test_encoding_matches_training_tokenisation(models):
+    # The scored completion is exactly what rdpo_fast.data trains on for the same chat record.
+    import json
+    import tempfile
+
+    from rdpo_fast.data import load_preference_data
+
+    _, _, tok = models
+    items = encode(tok, PROMPTS[:2], RESPONSES[:2])
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for p, r, o in zip(PROMPTS[:2], RESPONSES[:2], RESPONSES[1::-1]):
+            f.write(json.dumps({"prompt": p, "chosen": assistant(r), "rejected": assistant(o)}) + "\n")
+    data = load_preference_data(f.name, tok, max_length=512)
+    for e, pair in zip(items, data.pairs):
+        assert e.prompt == pair.prompt and e.completion == pair.chosen
+
+
+def test_implicit_reward_rejects_mismatched_models(models, tmp_path):
+    pol, _, tok = models
+    from tiny import build_model, build_tokenizer
+
+    small = build_model(build_tokenizer(vocab_size=300))
+    with pytest.raises(ValueError, match="vocabular"):
+        ImplicitReward(pol, small, tok)
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        encode(tok, PROMPTS[:2], RESPONSES[:1])
+
+
+def test_batched_generation_with_kv_cache(models):
+    pol, _, tok = models
+    s = GenerationSettings(max_new_tokens=6, temperature=1.0, batch_size=4, progress=False)
+    out = generate(pol, tok, PROMPTS, num_samples=3, settings=s)
+    assert len(out) == 4 and all(len(o) == 3 for o in out)
+    assert all(x.num_tokens <= 6 and (x.finished or x.num_tokens == 6) for o in out for x in o)
+    assert len({x.text for x in out[0]}) > 1  # sampled
+    assert [[x.text for x in o] for o in generate(pol, tok, PROMPTS, num_samples=3, settings=s)] == \
+        [[x.text for x in o] for o in out]  # seeded
+    # Greedy: left padding in a batch does not change a prompt's continuation.
+    g = GenerationSettings(max_new_tokens=6, temperature=0.0, batch_size=4, progress=False)
+    batched = generate(pol, tok, PROMPTS, settings=g)
+    alone = generate(pol, tok, PROMPTS[1:2], settings=g)
+    assert batched[1][0].text == alone[0][0].text
+    assert tok.padding_side == "right"  # restored
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(pol, tok, PROMPTS, settings=GenerationSettings(max_new_tokens=0))
+    with pytest.raises(ValueError, match="greedy"):
+        generate(pol, tok, PROMPTS, num_samples=2, settings=g)
