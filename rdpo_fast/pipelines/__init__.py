@@ -10,5 +10,5 @@
   English instruction with a language prefix, length-controlled pairs, DPO + NLL, iterated.
 
 Long runs keep their state in a run directory whose stages are skipped on a rerun (`stages.py`).
-The subcommands are registered by `cli.add_subcommands`.
+The subcommands are listed in `cli.SUBCOMMANDS` and registered on the `rdpo-fast` CLI.
 """

@@ -1,7 +1,7 @@
 """The pipelines' subcommands of `rdpo-fast`: synth, score, dice, crosslingual.
 
-`add_subcommands(subparsers)` registers them on the main parser's subparsers (each sets `func`, as
-rdpo_fast.cli expects); `main(argv)` runs them on their own (tests, `python -m rdpo_fast.pipelines.cli`).
+SUBCOMMANDS lists them (name, help, add arguments, run), and rdpo_fast.cli registers them beside
+train and plot; `main(argv)` is the same CLI (tests, `python -m rdpo_fast.pipelines.cli`).
 Bad input raises ValueError subclasses with a clear message, which the CLI prints as one line.
 """
 from __future__ import annotations
@@ -293,27 +293,11 @@ SUBCOMMANDS = [
 ]
 
 
-def add_subcommands(subparsers) -> None:
-    """Registers synth, score, dice and crosslingual on an argparse subparsers object."""
-    for name, help_, add, run in SUBCOMMANDS:
-        p = subparsers.add_parser(name, help=help_, description=help_)
-        add(p)
-        p.set_defaults(func=run)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rdpo-fast", description="rdpo_fast pipelines")
-    add_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rdpo-fast {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """The same as `rdpo-fast`: these subcommands are registered on the main CLI (rdpo_fast.cli)."""
+    from ..cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
