@@ -6,7 +6,6 @@ Bad input raises ValueError subclasses with a clear message, which the CLI print
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
