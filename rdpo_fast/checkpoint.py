@@ -167,23 +167,24 @@ def save_checkpoint(run_dir: str, *, model, optimizer, scheduler, state: dict, k
     optim = get_optimizer_state_dict(model, optimizer, options=_sd_options(cpu_offload=True))
     with _AtomicDir(final, on_complete=_write_marker) as tmp:
         rank = _rank()
-        _save(tmp, f"rng-rank{rank}.pt", lambda p: torch.save(rng_state(), p))
+
+        def save(name, write, point=None):
+            path = os.path.join(tmp, name)
+            with writing(path, shown=f"checkpoint {final} ({name})"):  # as the user will look for it
+                if point:
+                    fault_points.reached(point, path)
+                write(path)
+
+        save(f"rng-rank{rank}.pt", lambda p: torch.save(rng_state(), p))
         if rank == 0:
-            _save(tmp, WEIGHTS_FILE, lambda p: save_file(weights, p, metadata={"format": "pt"}))
-            _save(tmp, "optimizer.pt", lambda p: torch.save(optim, p))
-            fault_points.reached("checkpoint-write", os.path.join(tmp, "scheduler.pt"))
-            _save(tmp, "scheduler.pt", lambda p: torch.save(scheduler.state_dict(), p))
-            _save(tmp, STATE_FILE, lambda p: _dump_json(state, p))
+            save(WEIGHTS_FILE, lambda p: save_file(weights, p, metadata={"format": "pt"}))
+            save("optimizer.pt", lambda p: torch.save(optim, p))
+            save("scheduler.pt", lambda p: torch.save(scheduler.state_dict(), p), point="checkpoint-write")
+            save(STATE_FILE, lambda p: _dump_json(state, p))
     if keep > 0 and _rank() == 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             retire(old)
     return final
-
-
-def _save(folder, name, write):
-    path = os.path.join(folder, name)
-    with writing(path):
-        write(path)
 
 
 def _dump_json(obj, path):

@@ -136,8 +136,9 @@ def write_failure_reason(exc: BaseException, path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def writing(path: str):
-    """Turns a failed write inside the block into an OutputError naming `path` (other errors pass)."""
+def writing(path: str, shown: str | None = None):
+    """Turns a failed write of `path` inside the block into an OutputError naming it (or `shown`, the
+    name the user knows it by); other errors pass."""
     try:
         yield
     except OutputError:
@@ -146,4 +147,4 @@ def writing(path: str):
         reason = write_failure_reason(e, path)
         if reason is None:
             raise
-        raise OutputError(f"cannot write {path}: {reason}") from e
+        raise OutputError(f"cannot write {shown or path}: {reason}") from e

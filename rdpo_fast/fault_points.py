@@ -1,11 +1,12 @@
 """Named moments of a run where a test can stop the process, or make a write fail as a full or read-only
 disk would. A test hook, off unless the environment asks for it (then one dictionary look-up per point).
 
-    RDPO_FAST_PAUSE_AT=POINT[:N]         the N-th time (default: the first) POINT is reached, the process
-                                         writes its pid to RDPO_FAST_PAUSE_FILE (when set) and sleeps
-                                         until it is killed, so a SIGKILL lands at that moment
-    RDPO_FAST_FAIL_AT=POINT[:N]=ERRNO    there an OSError(ERRNO) is raised for the path being written,
-                                         e.g. checkpoint-write=ENOSPC (disk full), output-check=EROFS
+    RDPO_FAST_PAUSE_AT=POINT[:N]         the N-th time POINT is reached (without :N, the first), the
+                                         process writes its pid to RDPO_FAST_PAUSE_FILE (when set) and
+                                         sleeps until it is killed, so a SIGKILL lands at that moment
+    RDPO_FAST_FAIL_AT=POINT[:N]=ERRNO    there (without :N, every time) an OSError(ERRNO) is raised for
+                                         the path being written, e.g. checkpoint-write:2=ENOSPC (disk
+                                         full at the second checkpoint), output-check=EROFS (read-only)
 
 Points:
     output-check               the writability check of an output location, before any model loads
@@ -31,11 +32,11 @@ POINTS = ("output-check", "checkpoint-write", "checkpoint-complete", "checkpoint
 _seen: dict[str, int] = {}
 
 
-def _parse(spec: str) -> tuple[str, int]:
-    point, _, n = spec.partition(":")
-    if point not in POINTS:
-        raise ValueError(f"unknown fault point {point!r} (known: {', '.join(POINTS)})")
-    return point, int(n) if n else 1
+def _matches(spec: str, point: str, count: int) -> bool:
+    name, _, n = spec.partition(":")
+    if name not in POINTS:
+        raise ValueError(f"unknown fault point {name!r} (known: {', '.join(POINTS)})")
+    return name == point and (not n or int(n) == count)
 
 
 def reached(point: str, path: str | None = None) -> None:
@@ -46,10 +47,10 @@ def reached(point: str, path: str | None = None) -> None:
     count = _seen[point] = _seen.get(point, 0) + 1
     if fail:
         spec, _, name = fail.partition("=")
-        if _parse(spec) == (point, count):
+        if _matches(spec, point, count):
             code = getattr(errno, name or "EIO")
             raise OSError(code, os.strerror(code), path)
-    if pause and _parse(pause) == (point, count):
+    if pause and _matches(pause, point, count):
         signal_file = os.environ.get(PAUSE_FILE_ENV)
         if signal_file:
             tmp = signal_file + ".tmp"
