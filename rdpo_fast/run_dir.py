@@ -26,9 +26,9 @@ TRANSIENT = ("resume", "stop_after_steps", "overwrite")
 
 
 def _nearest_existing(path: str) -> str:
-    path = os.path.abspath(path)
+    """The path itself or its nearest existing parent, in the form the user gave it."""
     while not os.path.exists(path):
-        parent = os.path.dirname(path)
+        parent = os.path.dirname(path) or "."
         if parent == path:
             break
         path = parent
