@@ -243,12 +243,18 @@ def list_checkpoints(run_dir: str) -> list[str]:
 
 
 def remove_stale_temporaries(run_dir: str) -> None:
-    """Deletes half-written checkpoint directories left by a process killed while saving."""
+    """Deletes the .tmp-* leftovers (half-written or half-deleted checkpoints, probe files) of a process
+    killed while writing."""
     for parent in (os.path.join(run_dir, "checkpoints"), run_dir):
         if os.path.isdir(parent):
             for name in os.listdir(parent):
                 if name.startswith(".tmp-"):
-                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                    p = os.path.join(parent, name)
+                    if os.path.isdir(p) and not os.path.islink(p):
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:  # a write-check probe or a half-written JSON file
+                        with contextlib.suppress(OSError):
+                            os.remove(p)
 
 
 def _stderr(message: str) -> None:

@@ -111,7 +111,7 @@ def prepare_output_dir(cfg, main: bool) -> None:
 
 def write_json(path: str, obj) -> None:
     """Writes JSON atomically (a temporary file renamed into place); a failure names the file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}")  # cleaned if killed
     try:
         with writing(path):
             with open(tmp, "w", encoding="utf-8") as f:

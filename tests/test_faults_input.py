@@ -4,7 +4,6 @@ the wrong type, YAML/JSON syntax errors, a missing optional package, and NaN/inf
 `rdpo-fast COMMAND: error: ...`, exit 2, traceback only on request; a bug keeps its traceback."""
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import typing
