@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .logprobs import logits_from_hidden, ref_linear_logprobs, ref_log_sum_sq_probs
-from .preference import ref_preference_loss
+from .preference import ref_kto_loss, ref_preference_loss
 
 
 def ref_ld_tail(target, ignore_index):
@@ -96,3 +96,26 @@ def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=No
         chosen_mean = logit_rows[:P].sum() / (counts[:P].sum() * V)
         rejected_mean = logit_rows[P:].sum() / (counts[P:].sum() * V)
     return loss, (c, r, chosen_mean, rejected_mean, nll, rew_c.detach(), rew_r.detach())
+
+
+def ref_fused_kto_loss(_input, weight, target, bias=None, preference_labels=None, *, ref_input=None,
+                       ref_weight=None, ref_bias=None, ref_logps=None, kl=None, ignore_index=-100, beta=0.1,
+                       use_ref_model=False, average_log_prob=False, num_sequences=None):
+    """Unfused FusedLinearKTOLoss: (loss, (chosen_logps_sum, rejected_logps_sum, chosen_logits_sum,
+    rejected_logits_sum, chosen_rewards_sum, rejected_rewards_sum)), logits summed over completion tokens."""
+    keep = target != ignore_index
+    seq = ref_sequence_logps(_input, weight, target, bias, ignore_index, average_log_prob, None)
+    ref = None
+    if use_ref_model:
+        if ref_logps is not None:
+            ref = ref_logps.to(seq.dtype)
+        else:
+            with torch.no_grad():
+                ref = ref_sequence_logps(ref_input, ref_weight, target, ref_bias, ignore_index, average_log_prob, None)
+    losses, rewards = ref_kto_loss(seq, ref, preference_labels, beta=beta, kl=kl)
+    n = _input.shape[0] if num_sequences is None else num_sequences
+    d = preference_labels.to(seq.dtype)
+    with torch.no_grad():
+        logits = (logits_from_hidden(_input, weight, bias).sum(-1) * keep).sum(1)
+    return losses.sum() / n, ((seq * d).sum(), (seq * (1 - d)).sum(), (logits * d).sum(), (logits * (1 - d)).sum(),
+                              (rewards * d).sum().detach(), (rewards * (1 - d)).sum().detach())
