@@ -352,7 +352,7 @@ def preference_head_kernel(
                 gw = g / lw
                 gl = -g / ll
             elif LOSS == 18:  # SFT: s1 = the batch's chosen NLL (TRL gives it to every pair), s2 = its
-                # derivative summed over the pairs (times the sum of the WPO weights), the same for every c.
+                # derivative summed over the pairs, the same for every c (the host never weights sft).
                 loss = s1 + tl.zeros_like(z)
                 gw = s2 + tl.zeros_like(z)
             if LOSS != 18:
@@ -361,9 +361,8 @@ def preference_head_kernel(
             if has_w != 0:
                 w = tl.load(w_ptr + offs, mask=ok, other=1.0)
                 loss = loss * w
-                if LOSS != 18:  # sft's s2 already sums the weights
-                    gw = gw * w
-                    gl = gl * w
+                gw = gw * w
+                gl = gl * w
             tl.store(loss_ptr + offs, loss, mask=ok)
             tl.store(rew_c_ptr + offs, rew_w, mask=ok)
             tl.store(rew_r_ptr + offs, rew_l, mask=ok)

@@ -10,9 +10,8 @@ and for WPO of log sum p^2); the preference head on the chunk's pairs, which giv
 gradient; the in-place dZ kernel; then the dX GEMM (final for these rows) and the dW GEMM, accumulated
 in fp32 across chunks. Gradients are made in forward and scaled by grad_output in backward: 6NHV FLOPs.
 
-Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios; sft under WPO: it is
-scaled by the batch's mean weight) need every pair's log-probs before any gradient, so they run in two
-phases: the forward statistics of every chunk (keeping each row's logsumexp), the head on the whole
+Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios) need every pair's
+log-probs before any gradient, so they run in two phases: the forward statistics of every chunk (keeping each row's logsumexp), the head on the whole
 batch, then each chunk's logits again for dZ, dX and dW. The last chunk's logits are still in the
 workspace and are not recomputed: 6NHV + 2NHV (k-1)/k for k chunks, 8NHV at most; 6NHV when the batch
 fits one chunk.
@@ -22,8 +21,7 @@ Normalisation, exact under gradient accumulation: the loss is
         + (alpha [compute_nll_loss] + w_sft [loss_type 'sft']) * (sum of chosen-token NLL) / num_chosen_tokens
 where num_pairs and num_chosen_tokens default to this batch's own counts. To split a batch into k
 micro-batches, pass the whole batch's counts to every call: the k losses (and gradients) then sum to
-the whole batch's exactly. (WPO's sft term is the exception: TRL scales it by the mean pair weight of
-the batch it sees, which a sum over micro-batches cannot reproduce.)
+the whole batch's exactly (aot's sorting excepted: it ranks within each call).
 """
 from __future__ import annotations
 
@@ -86,8 +84,7 @@ class _Config:
         # head sees only the other members.
         self.sft_weight = sum(w for n, w in spec.members if n == "sft")
         self.head_members = tuple((n, w) for n, w in spec.members if n != "sft")
-        self.batch_level = (any(lt.LOSSES[n].batch_level for n, _ in self.head_members)
-                            or (self.sft_weight != 0 and self.use_weighting))
+        self.batch_level = any(lt.LOSSES[n].batch_level for n, _ in self.head_members)
 
     @property
     def reads_soft_labels(self):
@@ -205,7 +202,6 @@ class _PairHead:
         self.rew_c = torch.empty_like(self.losses)
         self.rew_r = torch.empty_like(self.losses)
         self.seq_logps = torch.empty(2 * P, device=dev, dtype=torch.float32)
-        self.pair_w = torch.empty_like(self.losses) if cfg.use_weighting else None
         self.g_seq = torch.zeros(2 * P, device=dev, dtype=torch.float32)
 
     def run(self, p0, p1):
@@ -226,7 +222,6 @@ class _PairHead:
             st, n = self.stats, 2 * P
             aligned = st.folded(st.logp, n) - st.folded(st.sq, n)
             weights = torch.exp(aligned[sc] / lens[sc]) * torch.exp(aligned[sr] / lens[sr])
-            self.pair_w[p0:p1] = weights
         if not cfg.head_members:  # sft alone: only its NLL term (added by the caller) and the rewards
             self.rew_c[p0:p1] = cfg.beta * (c if refc is None else c - refc)
             self.rew_r[p0:p1] = cfg.beta * (r if refr is None else r - refr)
@@ -239,14 +234,9 @@ class _PairHead:
         self.g_seq[sr] = dr * scale_r / self.num_pairs
 
     def nll_weight(self):
-        """The chosen-token NLL's coefficient: alpha (compute_nll_loss) plus sft's weight, which WPO scales
-        by this batch's mean pair weight (TRL multiplies sft's per-pair copy of the NLL by each weight)."""
+        """The chosen-token NLL's coefficient: alpha (compute_nll_loss) plus sft's loss weight."""
         cfg = self.cfg
-        w = cfg.alpha if cfg.compute_nll_loss else 0.0
-        if cfg.sft_weight:
-            mean_w = self.pair_w.mean() if cfg.use_weighting else 1.0
-            w = w + cfg.sft_weight * mean_w
-        return w
+        return (cfg.alpha if cfg.compute_nll_loss else 0.0) + cfg.sft_weight
 
 
 def _token_grads(head, seq, slot, nll_coef, cfg, P):
@@ -255,7 +245,7 @@ def _token_grads(head, seq, slot, nll_coef, cfg, P):
     g_tok = head.g_seq.index_select(0, seq)
     if cfg.ld_alpha is not None:
         g_tok = torch.where(slot >= 2 * P, g_tok * cfg.ld_alpha, g_tok)
-    if not (isinstance(nll_coef, float) and nll_coef == 0.0):
+    if nll_coef:
         g_tok = g_tok - (seq < P).float() * nll_coef
     return g_tok
 
@@ -298,9 +288,9 @@ class _FusedPreferenceFn(torch.autograd.Function):
             g_tok = _token_grads(head, seq[r0:r1], slot[r0:r1], nll_coef, cfg, P)
             _chunk_grads(z, xc, labels[r0:r1], lse, g_tok, rows[r0:r1], weight, grads, first)
 
+        nll_coef = head.nll_weight() / max(num_chosen_tokens, 1)
         if not cfg.batch_level:
             # One pass, 6NHV: each chunk's head needs only its own pairs.
-            nll_coef = head.nll_weight() / max(num_chosen_tokens, 1)
             for k, (p0, p1, _, _) in enumerate(chunks):
                 xc, z, lse = stats_of(k)
                 head.run(p0, p1)
@@ -315,7 +305,6 @@ class _FusedPreferenceFn(torch.autograd.Function):
                 lses.append(lse)
             head.run(0, P)
             if grads.any:
-                nll_coef = head.nll_weight() / max(num_chosen_tokens, 1)
                 last = len(chunks) - 1
                 for i, k in enumerate([last] + list(range(last))):
                     if k != last:
@@ -375,8 +364,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     TRL's DPOConfig options, same names and meaning: loss_type may be a list, with loss_weights (e.g.
     MPO: ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]); use_weighting (WPO weights from the policy's
     own token probabilities, computed in the fused pass, without gradient as in TRL); f_divergence_type
-    and f_alpha_divergence_coef. Batch-level losses (aot, aot_unpaired; sft under WPO) run the two-phase
-    schedule of the module docstring (up to 8NHV instead of 6NHV).
+    and f_alpha_divergence_coef. The batch-level aot and aot_unpaired run the two-phase schedule of the
+    module docstring (up to 8NHV instead of 6NHV).
     `compiled` and `chunk_size` are Liger's performance knobs: accepted, with no effect on results (our
     kernels are always compiled, and chunks follow the workspace budget)."""
 

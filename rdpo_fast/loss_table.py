@@ -7,8 +7,9 @@ Columns:
     reference:   "required" (reads ref log-probs), "free" (must not be given), "optional" (sft: only the
                  reported rewards use them).
     rewards:     the implicit rewards it reports: "ratio" beta (c - c_ref), "logp" beta c, "avg" beta c/|y|.
-    batch_level: the loss of one pair depends on other pairs (sorting, batch means), so a fused pass
-                 needs every pair's log-probs before any gradient (the two-phase schedule, 8NHV).
+    batch_level: the loss of one pair depends on other pairs (sorting; sft's batch NLL). A fused pass
+                 over sorted losses needs every pair's log-probs before any gradient (the two-phase
+                 schedule, up to 8NHV); sft rides the fused pass's NLL term instead.
     f_divergence: TRL accepts a non-default f_divergence_type with it.
     weighting:   TRL's use_weighting (WPO) may scale it.
 """
@@ -67,7 +68,8 @@ LOSSES = {
     "orpo": _info(LENGTHS, reference="free", rewards="avg", source="ORPO, Hong et al. 2024 (Liger, TRL)"),
     "cpo": _info({LABEL_SMOOTHING}, reference="free", rewards="logp",
                  source="CPO, Xu et al. 2024 (Liger, TRL)"),
-    "sft": _info({CHOSEN_LENGTHS}, reference="optional", batch_level=True, f_divergence=True,
+    # TRL 1.16 cannot weight sft (its in-place WPO product on the expanded batch NLL raises).
+    "sft": _info({CHOSEN_LENGTHS}, reference="optional", batch_level=True, f_divergence=True, weighting=False,
                  source="NLL of the chosen completion, TRL's loss_type='sft' (MPO, RPO)"),
 }
 
@@ -185,6 +187,7 @@ def check_common_options(members, *, label_smoothing, gamma, tau, f_divergence_t
     if weighting:
         bad = [n for n, _ in members if not LOSSES[n].weighting]
         if bad:
-            raise ValueError(f"WPO weighting (use_weighting / weights) is not defined for {', '.join(bad)}: "
-                             "those losses sort the pairs, which would misalign the per-pair weights (as in TRL)")
+            raise ValueError(f"WPO weighting (use_weighting / weights) is not defined for {', '.join(bad)}, as in "
+                             "TRL 1.16: aot and aot_unpaired sort the pairs, which would misalign the per-pair "
+                             "weights; sft is one batch NLL, which TRL's weighting cannot scale")
     return fdiv

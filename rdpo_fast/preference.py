@@ -152,8 +152,7 @@ class _Member:
     coupling: str = "pair"
     perm_a: torch.Tensor | None = None
     perm_b: torch.Tensor | None = None
-    sft_scale: float = 0.0        # sft: d loss_i / d c_j = sft_scale * w_i for every i, j
-    weights: torch.Tensor | None = None
+    sft_scale: float = 0.0        # sft: d loss_i / d c_j = sft_scale for every i, j
 
 
 def _f64(t):
@@ -190,9 +189,8 @@ def _members(c, r, cref, rref, spec, *, beta, label_smoothing, soft_labels, chos
             extra = dict(perm_a=member.perm_a, perm_b=member.perm_b)
         if name == "sft":
             n_tok = float(_f64(chosen_lengths).sum())
-            member.coupling, member.sft_scale, member.weights = "sft", -1.0 / n_tok, weights
-            sum_w = float(c.numel()) if weights is None else float(_f64(weights).sum())
-            extra = dict(s1=float(-_f64(c).sum()) / n_tok, s2=-sum_w / n_tok)
+            member.coupling, member.sft_scale = "sft", -1.0 / n_tok
+            extra = dict(s1=float(-_f64(c).sum()) / n_tok, s2=-c.numel() / n_tok)
         if use_kernel:
             from .kernels.preference_head import preference_head_fwd
             kname, eps = name, label_smoothing
@@ -278,8 +276,7 @@ def _upstream_grads(members, up):
         if m.coupling == "pair":
             parts = [up * d for d in m.derivs]
         elif m.coupling == "sft":
-            w = up if m.weights is None else up * m.weights.float()
-            parts = [torch.full_like(up, m.sft_scale) * w.sum(), torch.zeros_like(up), torch.zeros_like(up),
+            parts = [torch.full_like(up, m.sft_scale) * up.sum(), torch.zeros_like(up), torch.zeros_like(up),
                      torch.zeros_like(up)]
         else:
             # Sorted position k holds entry perm[k]: entry i receives the upstream gradient of its position.

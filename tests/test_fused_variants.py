@@ -26,7 +26,7 @@ CASES = [
     (["simpo", "orpo"], {"use_ref_model": False, "gamma": 0.3, "loss_weights": [1.0, 0.5]}),
     ("sigmoid", {"use_weighting": True}),
     (["ipo", "hinge"], {"use_weighting": True, "average_log_prob": False}),
-    (["sigmoid", "sft"], {"use_weighting": True, "loss_weights": [1.0, 0.3]}),  # two-phase: the mean weight
+    (["sigmoid", "ipo"], {"use_weighting": True, "loss_weights": [1.0, 0.3]}),
     ("sigmoid", {"f_divergence_type": "js_divergence"}),
     (["robust", "sigmoid_norm"], {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3,
                                   "label_smoothing": 0.1}),
@@ -132,6 +132,7 @@ def test_gradient_accumulation_is_exact_for_lists_and_wpo(device):
     ({"loss_type": "orpo", "use_ref_model": False, "average_log_prob": True}, "lengths would count twice"),
     ({"loss_type": ["sigmoid", "simpo"], "use_ref_model": False}, "mixes reference-free"),
     ({"loss_type": "aot", "use_weighting": True}, "not defined for aot"),
+    ({"loss_type": ["sigmoid", "sft"], "use_weighting": True}, "not defined for sft"),
     ({"loss_type": ["sigmoid", "hinge"], "loss_weights": [1.0]}, "one weight per loss type"),
     ({"loss_type": ["sigmoid", "nope"]}, "unknown loss_type 'nope'"),
     ({"loss_type": "bco_pair", "f_divergence_type": "forward_kl"}, "not bco_pair"),

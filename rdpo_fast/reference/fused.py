@@ -1,8 +1,7 @@
 """Unfused reference of FusedLinearPreferenceLoss: full logits, log_softmax, gather, per-sequence sums,
 the reference preference head, NLL and TRL's logits/* means, written plainly (tests run it in float64).
-TRL's options as TRL 1.16 computes them: a loss list with loss_weights, sft as the chosen-token NLL
-(times the mean WPO weight under use_weighting), WPO weights exp(mean(log p - log sum p^2)) per
-sequence, without gradient, their product per pair."""
+TRL's options as TRL 1.16 computes them: a loss list with loss_weights, sft as the chosen-token NLL,
+WPO weights exp(mean(log p - log sum p^2)) per sequence, without gradient, their product per pair."""
 from __future__ import annotations
 
 import torch
@@ -78,7 +77,7 @@ def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=No
     nll = -raw[:P].sum() / n_tok if nll_on else torch.zeros((), dtype=c.dtype)
     loss = (alpha * nll if compute_nll_loss else 0.0)
     if sft_weight:
-        loss = loss + sft_weight * (weights.mean() if use_weighting else 1.0) * nll
+        loss = loss + sft_weight * nll
     if head:
         lens = {"chosen_lengths": counts[:P].to(c.dtype), "rejected_lengths": counts[P:].to(c.dtype)}
         losses, rew_c, rew_r = ref_preference_loss(
