@@ -72,7 +72,7 @@ class _Config:
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha must be in [0, 1] (LD-DPO weight of the verbose tail), got {ld_alpha}")
         if spec.reference == "free" and use_ref_model:
-            raise ValueError(f"{name} is reference-free: pass use_ref_model=False")
+            raise ValueError(f"{name} is reference-free: pass use_ref_model=False (rdpo-fast train: --reference none)")
         lt.reward_kind(spec.members, has_reference=self.use_ref_model or spec.reference == "required")
         if alpha != 1.0 and not compute_nll_loss:
             raise ValueError("alpha weights the NLL term: set compute_nll_loss=True or leave alpha=1.0")
