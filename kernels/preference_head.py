@@ -394,7 +394,7 @@ def preference_head_fwd(c, r, cref, rref, soft, len_c, len_r, *, loss_id, beta, 
             for t in (c, r, cref, rref, soft, len_c, len_r, weights)]
     stand_in = None
     if perm_a is None or perm_b is None:
-        stand_in = torch.zeros(1, dtype=torch.int64, device=c.device)
+        stand_in = torch.empty(1, dtype=torch.int64, device=c.device)  # never read
     perms = [stand_in if t is None else t.to(torch.int64).contiguous() for t in (perm_a, perm_b)]
     # exo_pair's constants in float64 on the host: fp32 1 - eps is off by up to 6e-8, which is a
     # 6e-5 relative error in log(1 - eps) ~ -eps, the whole loss of a confident pair.
