@@ -191,8 +191,9 @@ def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first):
 
 
 class _PairHead:
-    """The preference head over a range of pairs, from the accumulated sequence statistics: writes the
-    pairs' losses, rewards, log-probs and WPO weights, and each sequence's gradient into g_seq."""
+    """The preference head over a range of pairs, from the accumulated sequence statistics (and, for WPO,
+    the pairs' weights from them): writes the pairs' losses, rewards and log-probs, and each sequence's
+    gradient into g_seq."""
 
     def __init__(self, cfg, stats, lens, ref_c, ref_r, soft, P, num_pairs):
         dev = lens.device
