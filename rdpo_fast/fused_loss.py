@@ -17,22 +17,41 @@ the whole batch's exactly.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _checks
-from .epilogue import forward_epilogue, grad_epilogue
+from .epilogue import forward_epilogue, grad_epilogue, token_stats
 from .ops import _accumulate_mm, _linear_stats, _logits_into, chunk_rows
 from .preference import LOSS_TYPES, preference_head, validate_preference_args
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
                   "average_log_prob", "chunk_size", "loss_type", "label_smoothing", "discopop_tau")
+# Loss types whose head divides the sequence log-probs by the completion lengths itself.
+LENGTH_NORMALISED = ("ipo", "sigmoid_norm", "simpo")
+# "disable": the lm_head GEMMs run in the inputs' own dtype whatever an enclosing autocast says (exact,
+# the default). "follow": under an enabled autocast they run in its dtype (TRL's and Liger's behaviour:
+# fp32 master weights, bf16 GEMMs), dW still accumulated in fp32 and returned in the weight's dtype.
+AUTOCAST_MODES = ("disable", "follow")
+
+
+def _logit_transform(softcap, temperature, logit_scale):
+    """(softcap, temperature) for the kernels, with a logit scale s > 0 folded in exactly (see
+    rdpo_fast.modeling.LogitTransform): the transform is scale, then softcap, then temperature."""
+    _checks.check_transform(temperature, softcap)
+    if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"logit_scale must be a finite number > 0, got {logit_scale!r}")
+    s = float(logit_scale)
+    return (None if softcap is None else float(softcap) / s), float(temperature) / s
 
 
 class _Config:
     """Every setting of one loss, validated once at construction."""
 
     def __init__(self, *, ignore_index, beta, alpha, compute_nll_loss, use_ref_model, average_log_prob,
-                 loss_type, label_smoothing, tau, gamma, ld_alpha, workspace_budget, dw_accumulation):
+                 loss_type, label_smoothing, tau, gamma, ld_alpha, workspace_budget, dw_accumulation,
+                 softcap=None, temperature=1.0, logit_scale=1.0, autocast="disable"):
         self.ignore_index = int(ignore_index)
         self.beta = float(beta)
         self.alpha = float(alpha)
@@ -50,6 +69,13 @@ class _Config:
         self.dw_accumulation = dw_accumulation
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+        if self.average_log_prob and loss_type in LENGTH_NORMALISED:
+            raise ValueError(f"average_log_prob=True with loss_type {loss_type!r}, which already divides the "
+                             "sequence log-probs by their lengths: that would divide twice; leave it False")
+        self.softcap, self.temperature = _logit_transform(softcap, temperature, logit_scale)
+        if autocast not in AUTOCAST_MODES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {autocast!r}")
+        self.autocast = autocast
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha must be in [0, 1] (LD-DPO weight of the verbose tail), got {ld_alpha}")
         if loss_type == "simpo" and use_ref_model:
@@ -62,7 +88,7 @@ class _Config:
         self.head_options(one, one, ref, ref, None, one + 1, one + 1, check=True)
 
     def head_options(self, c, r, cref, rref, soft, len_c, len_r, check=False):
-        uses_len = self.loss_type in ("ipo", "sigmoid_norm", "simpo")
+        uses_len = self.loss_type in LENGTH_NORMALISED
         opts = dict(loss_type=self.loss_type, beta=self.beta, label_smoothing=self.label_smoothing,
                     soft_labels=soft, chosen_lengths=len_c if uses_len else None,
                     rejected_lengths=len_r if uses_len else None, gamma=self.gamma, tau=self.tau)
@@ -112,12 +138,19 @@ def ld_tail(labels2d, ignore_index):
 
 class _FusedPreferenceFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad, host_counts):
+    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad, host_counts,
+                compute_dtype, want_stats):
         n_seq, T, H = _input.shape
         P = n_seq // 2
         V = weight.shape[0]
         dev = _input.device
         x2 = _input.reshape(-1, H)
+        # The GEMMs' dtype: the inputs' own, or an enclosing autocast's (autocast="follow"). The weight is
+        # cast once; dW is still accumulated in fp32 and handed back in the weight's own dtype.
+        cd = _input.dtype if compute_dtype is None else compute_dtype
+        w_c = weight if weight.dtype == cd else weight.to(cd)
+        b_c = bias if bias is None or bias.dtype == cd else bias.to(cd)
+        tf = dict(temperature=cfg.temperature, softcap=cfg.softcap)
         rows, seq, counts = _pair_order(target, cfg.ignore_index)
         labels = target.reshape(-1).index_select(0, rows)
         slot = seq
@@ -143,17 +176,23 @@ class _FusedPreferenceFn(torch.autograd.Function):
         grad_w = torch.empty(V, H, device=dev, dtype=w_acc) if need_grad[1] else None
         grad_b = torch.zeros(V, device=dev, dtype=torch.float32) if need_grad[2] else None
         any_grad = any(need_grad)
+        # TRL's entropy and token-accuracy metrics, from the same logits (want_stats): sums over tokens.
+        stats = torch.zeros(2, device=dev, dtype=torch.float32) if want_stats else None
 
         # Chunks of whole pairs within the budget; a single pair longer than that gets its own chunk.
         per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
-        cap = chunk_rows(rows.numel(), V, _input, cfg.workspace_budget)
+        cap = chunk_rows(rows.numel(), V, w_c, cfg.workspace_budget)
         chunks = _chunks_of_pairs(per_pair, cap)
-        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=_input.dtype)
+        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=cd)
         for k, (p0, p1, r0, r1) in enumerate(chunks):
-            xc = x2.index_select(0, rows[r0:r1])
-            z = _logits_into(ws[: r1 - r0], xc, weight, bias)
+            xc = x2.index_select(0, rows[r0:r1]).to(cd)
+            z = _logits_into(ws[: r1 - r0], xc, w_c, b_c)
             lse, _ = forward_epilogue(z, labels[r0:r1], seq_ids=slot[r0:r1], seq_logp=sums,
-                                      seq_logit=logit_sums)
+                                      seq_logit=logit_sums, **tf)
+            if stats is not None:
+                entropy, top1 = token_stats(z, labels[r0:r1], lse, **tf)
+                stats[0] += entropy.sum()
+                stats[1] += (top1 * (seq[r0:r1] < P)).sum()
             # The chunk's sequences: chosen p0..p1 and rejected P+p0..P+p1.
             sc = torch.arange(p0, p1, device=dev)
             sr = sc + P
@@ -180,14 +219,14 @@ class _FusedPreferenceFn(torch.autograd.Function):
                 g_tok = torch.where(slot[r0:r1] >= n_seq, g_tok * cfg.ld_alpha, g_tok)
             if cfg.compute_nll_loss:
                 g_tok = g_tok - (s < P).float() * (cfg.alpha / max(num_chosen_tokens, 1))
-            dz = grad_epilogue(z, labels[r0:r1], lse, g_tok)
+            dz = grad_epilogue(z, labels[r0:r1], lse, g_tok, **tf)
             if grad_x is not None:
-                grad_x.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
+                grad_x.index_copy_(0, rows[r0:r1], torch.mm(dz, w_c).to(grad_x.dtype))
             if grad_w is not None:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
                 if grad_w.dtype == torch.float32:
                     _accumulate_mm(grad_w, dz.t(), xc, first=k == 0)
                 else:
-                    grad_w.addmm_(dz.t(), xc, beta=0.0 if k == 0 else 1.0)
+                    grad_w.addmm_(dz.t().to(w_acc), xc.to(w_acc), beta=0.0 if k == 0 else 1.0)
             if grad_b is not None:
                 grad_b += dz.sum(0, dtype=torch.float32)
 
@@ -208,8 +247,10 @@ class _FusedPreferenceFn(torch.autograd.Function):
             None if grad_b is None else grad_b.to(bias.dtype))
         aux = (seq_logps[:P].clone(), seq_logps[P:].clone(), chosen_logits_mean, rejected_logits_mean,
                nll.detach(), rew_c, rew_r)
-        ctx.mark_non_differentiable(*aux)
-        return (loss, *aux)
+        if stats is None:
+            stats = torch.zeros(0, device=dev)
+        ctx.mark_non_differentiable(*aux, stats)
+        return (loss, *aux, stats)
 
     @staticmethod
     def backward(ctx, grad_loss, *_aux_grads):
@@ -222,7 +263,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
                 out.append(None)
             else:
                 out.append(g if unit else g * grad_loss.to(g.dtype))
-        return (*out, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 def _combine(sums, sc, sr, n_seq, ld_alpha):
@@ -239,30 +280,51 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     discopop_tau is accepted too), ld_alpha (LD-DPO verbose-tail weight), workspace_budget (bytes),
     dw_accumulation ("fp32", the default, or "weight": sum the per-chunk dW in the weight's dtype, as
     Liger does; faster for bf16 weights, at one rounding per chunk).
+    The model's logit transform (SPEC section 3): logit_scale (Cohere's), then softcap (Gemma 2/3's
+    final_logit_softcapping: z = c tanh(z / c)), then temperature; rdpo_fast.modeling.logit_transform
+    reads them from a model. They apply to the policy and to an in-pass reference alike.
+    autocast: "disable" (default) runs the lm_head GEMMs in the inputs' own dtype whatever an enclosing
+    torch.autocast says; "follow" runs them in the autocast dtype when one is enabled (fp32 master
+    weights, bf16 GEMMs, as TRL's head and Liger do), dW still accumulated in fp32 and returned in the
+    weight's dtype.
     `compiled` and `chunk_size` are Liger's performance knobs: accepted, with no effect on results (our
-    kernels are always compiled, and chunks follow the workspace budget)."""
+    kernels are always compiled, and chunks follow the workspace budget). Liger's public attributes
+    (loss_type, beta, ignore_index, ...) read the settings; assigning one re-validates the whole set."""
 
     def __init__(self, ignore_index=-100, beta=0.1, alpha=1.0, compute_nll_loss=False, compiled=True,
                  use_ref_model=True, average_log_prob=False, chunk_size=1, loss_type="sigmoid",
                  label_smoothing=0.0, discopop_tau=0.05, *, tau=None, gamma=0.0, ld_alpha=None,
-                 workspace_budget=None, dw_accumulation="fp32"):
+                 workspace_budget=None, dw_accumulation="fp32", softcap=None, temperature=1.0, logit_scale=1.0,
+                 autocast="disable"):
         super().__init__()
         if tau is not None and discopop_tau != 0.05 and tau != discopop_tau:
             raise ValueError("tau and discopop_tau name the same setting; give one")
-        self.cfg = _Config(ignore_index=ignore_index, beta=beta, alpha=alpha, compute_nll_loss=compute_nll_loss,
-                           use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
-                           label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau,
-                           gamma=gamma, ld_alpha=ld_alpha, workspace_budget=workspace_budget,
-                           dw_accumulation=dw_accumulation)
+        self._settings = dict(
+            ignore_index=ignore_index, beta=beta, alpha=alpha, compute_nll_loss=compute_nll_loss,
+            use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
+            label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau, gamma=gamma,
+            ld_alpha=ld_alpha, workspace_budget=workspace_budget, dw_accumulation=dw_accumulation,
+            softcap=softcap, temperature=temperature, logit_scale=logit_scale, autocast=autocast)
+        self._extra = {"compiled": compiled, "chunk_size": chunk_size}
+        self.cfg = _Config(**self._settings)
+
+    def _set(self, name, value):
+        settings = {**self._settings, name: value}
+        self.cfg = _Config(**settings)  # raises on a bad value, leaving the old settings in place
+        self._settings = settings
 
     def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
                 *, ref_chosen_logps=None, ref_rejected_logps=None, soft_labels=None, num_pairs=None,
-                num_chosen_tokens=None):
+                num_chosen_tokens=None, return_token_stats=False):
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
-        counts when this call is one micro-batch of it (see the module docstring)."""
+        counts when this call is one micro-batch of it (see the module docstring).
+        return_token_stats=True adds a third element, TRL's per-token metrics as sums (fp32 tensors):
+        {"entropy_sum": over all completion tokens, "chosen_top1": chosen tokens whose label is the
+        argmax (ties go to the lower token id, as torch.argmax), "num_tokens", "num_chosen_tokens"}."""
         cfg = self.cfg
-        _check_batch(_input, lin_weight, target, bias, cfg)
+        compute = _compute_dtype(cfg, _input)
+        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
         n_seq = _input.shape[0]
         P = n_seq // 2
         V = lin_weight.shape[0]
@@ -276,7 +338,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
                              f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V)
+                                       ref_rejected_logps, P, V, compute)
         if soft_labels is not None:
             if cfg.loss_type not in ("rdpo", "sigmoid"):
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not {cfg.loss_type!r}")
@@ -294,13 +356,21 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 raise ValueError(f"{name} must be a positive int (the whole batch's count), got {v!r}")
         need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
         need = tuple(torch.is_grad_enabled() and n for n in need)
-        # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
+        # The GEMMs run in `compute` (the inputs' dtype unless autocast="follow"): autocast itself is off
+        # inside, so it cannot recast the workspace.
         with torch.autocast(_input.device.type, enabled=False):
             out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
-                                           (num_pairs, num_chosen_tokens), need, counts)
-        return out[0], tuple(out[1:])
+                                           (num_pairs, num_chosen_tokens), need, counts, compute,
+                                           return_token_stats)
+        aux = tuple(out[1:8])
+        if not return_token_stats:
+            return out[0], aux
+        stats = out[8]
+        return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
+                             "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
 
-    def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V):
+    def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
+                   compute=None):
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -324,19 +394,22 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         if ref_input is None or ref_weight is None:
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_chosen_logps and "
                              "ref_rejected_logps")
-        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_")
+        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute)
         if ref_weight.shape[0] != V:
             raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: "
                              "the reference must score the same token ids")
         with torch.no_grad():
+            if compute is not None:
+                ref_input, ref_weight = ref_input.to(compute), ref_weight.to(compute)
+                ref_bias = None if ref_bias is None else ref_bias.to(compute)
             seq_ids = torch.arange(2 * P, device=target.device).repeat_interleave(target.shape[1])
             ld = cfg.ld_alpha
             if ld is not None:
                 tail = ld_tail(target, cfg.ignore_index).reshape(-1)
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
-                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, 1.0, None,
-                                       cfg.workspace_budget)
+                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
+                                       cfg.softcap, cfg.workspace_budget)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
@@ -344,7 +417,16 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         return sums[:P], sums[P:]
 
 
-def _check_batch(_input, weight, target, bias, cfg, prefix=""):
+def _compute_dtype(cfg, _input):
+    """The enclosing autocast's dtype under autocast="follow" when one is enabled, else None (the
+    inputs' own dtype)."""
+    dev = _input.device.type if isinstance(_input, torch.Tensor) else "cpu"
+    if cfg.autocast == "follow" and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
+def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None):
     if not isinstance(_input, torch.Tensor) or _input.dim() != 3:
         raise ValueError(f"{prefix}_input must be [2B, T, H] (chosen rows first, then rejected), got "
                          f"{getattr(_input, 'shape', type(_input).__name__)}")
@@ -353,4 +435,40 @@ def _check_batch(_input, weight, target, bias, cfg, prefix=""):
                          "non-zero number (chosen rows first, then rejected)")
     if not isinstance(target, torch.Tensor) or target.dim() != 2:
         raise ValueError(f"target must be [2B, T], got {getattr(target, 'shape', type(target).__name__)}")
+    if compute is not None:
+        # Each input is cast to the autocast dtype: check their own dtypes, then the rest on
+        # zero-stride views in that dtype (no copy of the [V, H] weight just to check it).
+        for name, t in (("_input", _input), ("weight", weight), ("bias", bias)):
+            if isinstance(t, torch.Tensor) and t.dtype not in _checks.FLOAT_DTYPES:
+                raise ValueError(f"{prefix}{name} dtype {t.dtype} is not supported (float32, bfloat16, float16)")
+        _input, weight, bias = (_as_dtype(t, compute) for t in (_input, weight, bias))
     _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False)
+
+
+def _as_dtype(t, dtype):
+    if not isinstance(t, torch.Tensor) or t.dtype == dtype or t.numel() == 0:
+        return t
+    return t.new_zeros((), dtype=dtype).expand(t.shape)
+
+
+def _liger_attribute(name, key=None):
+    key = key or name
+
+    def get(self):
+        return self._settings[key] if key in self._settings else self._extra[key]
+
+    def set_(self, value):
+        if key in self._extra:
+            self._extra[key] = value
+        else:
+            self._set(key, value)
+
+    return property(get, set_, doc=f"Liger's `{name}` setting (assigning re-validates the loss's settings).")
+
+
+for _name in LIGER_KEYWORDS:
+    setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name, "tau" if _name == "discopop_tau" else None))
+for _name in ("gamma", "ld_alpha", "softcap", "temperature", "logit_scale", "autocast", "workspace_budget",
+              "dw_accumulation"):
+    setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name))
+del _name
