@@ -94,8 +94,14 @@ def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: st
 
     folder, gguf = resolve(name)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn or attn_implementation(),
-                                                 **kwargs)
+    impl = attn or attn_implementation()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl, **kwargs)
+    except ValueError as e:
+        if attn is not None or impl != "sdpa" or "scaled_dot_product_attention" not in str(e):
+            raise
+        # Architectures without an sdpa path (Gemma 2's attention softcap) run eager attention.
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **kwargs)
     if gguf and getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
         model.hf_quantizer = None
