@@ -173,9 +173,10 @@ def _head(model):
 
 def _install_fused_forward(model) -> None:
     """Gives the transformers model under `model` a forward mode that runs the decoder only and hands its
-    shifted last hidden states and the lm_head parameters to a callable, inside the model's own forward
-    (so DDP, FSDP2 and ZeRO-3 hooks run as for any forward). Without `rdpo_fused` the forward is the
-    previous one (TRL's fused head, or the model's own), so generation and TRL's paths are unchanged."""
+    last hidden states [B, T, H], the labels [B, T] (unshifted) and the lm_head parameters to a callable,
+    inside the model's own forward (so DDP, FSDP2 and ZeRO-3 hooks run as for any forward). Without
+    `rdpo_fused` the forward is the previous one (TRL's fused head, or the model's own), so generation
+    and TRL's own paths are unchanged."""
     base = _unwrap(model)
     if getattr(base, "_rdpo_fused_forward", False):
         return
@@ -190,27 +191,26 @@ def _install_fused_forward(model) -> None:
         kwargs["use_cache"] = False
         for unused in ("num_items_in_batch", "fused_lm_head"):
             kwargs.pop(unused, None)
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        target = labels[:, 1:]
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
         weight, bias = _head(self)
         from trl.trainer.utils import maybe_gather_lm_head_ctx
 
         with maybe_gather_lm_head_ctx(weight, bias):
-            return rdpo_fused(self, hidden, target.to(hidden.device), weight, bias)
+            return rdpo_fused(self, hidden, labels.to(hidden.device), weight, bias)
 
     base.forward = types.MethodType(forward, base)
     base._rdpo_fused_forward = True
 
 
-def _score_sequences(module, hidden, target, weight, bias, ld_alpha):
-    """(chosen, rejected) sums of the label log-probs under the module's logit transform (with ld_alpha,
-    LD-DPO's weighting), forward only. Scored by the fused loss itself, reference-free and under
+def _score_sequences(module, hidden, labels, weight, bias, ld_alpha):
+    """(chosen, rejected) sums of the next-token log-probs of `labels` (hidden states and labels unshifted)
+    under the module's logit transform (with ld_alpha, LD-DPO's weighting), forward only. Scored by the fused loss itself, reference-free and under
     no_grad, so a reference pass over the policy's own weights gives bit for bit the policy's sums (the
     first step's rewards are then exactly 0, as in TRL)."""
     scorer = FusedLinearPreferenceLoss(loss_type="sigmoid", beta=1.0, use_ref_model=False, ld_alpha=ld_alpha,
                                        autocast="follow", **modeling.logit_transform(module).kernel_args())
     with torch.no_grad():
-        _, aux = scorer(weight, hidden, target, bias)
+        _, aux = scorer(weight, hidden[:, :-1], labels[:, 1:], bias)
     return aux[0], aux[1]
 
 
@@ -255,8 +255,8 @@ class FusedDPOTrainer(DPOTrainer):
         """(chosen, rejected) sequence log-probs of `model`, forward only, through the fused op."""
         _install_fused_forward(model)
 
-        def score(module, hidden, target, weight, bias):
-            return _score_sequences(module, hidden, target, weight, bias, self.ld_alpha)
+        def score(module, hidden, labels, weight, bias):
+            return _score_sequences(module, hidden, labels, weight, bias, self.ld_alpha)
 
         with torch.no_grad():
             return model(**model_kwargs, labels=labels, rdpo_fused=score)
@@ -320,8 +320,8 @@ class FusedDPOTrainer(DPOTrainer):
         ref_chosen, ref_rejected = self._rdpo_reference(inputs, model_kwargs, labels)
         loss_fn = self._rdpo_loss
 
-        def fused(module, hidden, target, weight, bias):
-            return loss_fn(weight, hidden, target, bias, ref_chosen_logps=ref_chosen,
+        def fused(module, hidden, labels, weight, bias):
+            return loss_fn(weight, hidden[:, :-1], labels[:, 1:], bias, ref_chosen_logps=ref_chosen,
                            ref_rejected_logps=ref_rejected, return_token_stats=True)
 
         _install_fused_forward(model)
@@ -399,3 +399,12 @@ def is_patched() -> bool:
 
 __all__ = ["FusedDPOTrainer", "TESTED_TRL_VERSION", "TRL_LOSS_TYPES", "UnsupportedSetting", "check_training_args",
            "is_patched", "loss_options", "patch_dpo_trainer", "unpatch_dpo_trainer"]
+
+
+def __getattr__(name):
+    # FusedCPOTrainer lives beside, importing trl.experimental only when asked for.
+    if name == "FusedCPOTrainer":
+        from .trl_cpo import FusedCPOTrainer
+
+        return FusedCPOTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
