@@ -29,5 +29,6 @@ def test_ddp_same_as_trl(tiny, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.load(open(out))
     assert r["trl"]["world"] == r["rdpo_fast"]["world"] == 2
+    assert r["rdpo_fast"]["distributed_type"] == "DistributedType.MULTI_CPU"
     assert_same_logs(r["rdpo_fast"]["logs"], r["trl"]["logs"], tiny)
     assert r["rdpo_fast"]["checksum"] == pytest.approx(r["trl"]["checksum"], rel=1e-6)

@@ -85,7 +85,7 @@ def train(cls, tiny, *, model=None, trainer_kw=None, **cfg_kw):
     return [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h], trainer
 
 
-def assert_same_logs(ours, theirs, tiny, beta=0.1):
+def assert_same_logs(ours, theirs, tiny, beta=0.1, moved=True):
     """Every logged value equal to relative 1e-5. Two are means of cancelling terms, so their error is
     measured against the size of the terms rather than of the mean: rewards beta * (logp - ref_logp),
     differences of O(|logp|) float32 sums, against beta * |logp|; logits/*, means of logits of both
@@ -99,8 +99,8 @@ def assert_same_logs(ours, theirs, tiny, beta=0.1):
             floor = scale if k.startswith("rewards/") and k != "rewards/accuracies" else 0.0
             floor = tiny["logit_rms"] if k.startswith("logits/") else floor
             assert abs(got - want) <= 1e-5 * max(abs(want), floor, 1e-6), (step, k, got, want)
-    # The runs really trained: the loss moved away from ln 2 after the first step.
-    assert abs(theirs[2]["loss"] - 0.6931) > 1e-3
+    if moved:  # the runs really trained: the loss moved away from ln 2 after the first step
+        assert abs(theirs[2]["loss"] - 0.6931) > 1e-3
 
 
 SHARED = [
@@ -156,11 +156,20 @@ def test_precomputed_reference_is_read_never_rescored(tiny, torch_twins):
     assert abs(loss.item() - 0.693147) > 0.05  # the shifted reference really entered the loss
 
 
-def test_in_pass_ref_model_same_as_trl_with_gradient_accumulation(tiny, torch_twins):
-    kw = dict(gradient_accumulation_steps=2, per_device_train_batch_size=1, gradient_checkpointing=True)
-    theirs, _ = train(DPOTrainer, tiny, trainer_kw={"ref_model": tiny["other"]}, **kw)
-    ours, _ = train(FusedDPOTrainer, tiny, trainer_kw={"ref_model": tiny["other"]}, **kw)
+def test_in_pass_ref_model_same_as_trl_with_gradient_accumulation_and_eval(tiny, torch_twins):
+    kw = dict(gradient_accumulation_steps=2, per_device_train_batch_size=1, gradient_checkpointing=True,
+              per_device_eval_batch_size=2)
+    trainer_kw = {"ref_model": tiny["other"], "eval_dataset": tiny["ds"].select(range(4))}
+    theirs, trl_trainer = train(DPOTrainer, tiny, trainer_kw=dict(trainer_kw), **kw)
+    ours, trainer = train(FusedDPOTrainer, tiny, trainer_kw=dict(trainer_kw), **kw)
     assert_same_logs(ours, theirs, tiny)
+    # Held-out evaluation (no_grad, eval_ prefix) after training: the same numbers too.
+    a, b = trainer.evaluate(), trl_trainer.evaluate()
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    b = {k: v for k, v in b.items() if k not in timing}
+    assert set(a) - set(timing) == set(b) and "eval_rewards/margins" in b
+    assert_same_logs([{k[5:]: v for k, v in a.items() if k in b}] * 3, [{k[5:]: v for k, v in b.items()}] * 3,
+                     tiny, moved=False)
 
 
 def test_lora_reference_is_the_policy_with_adapters_off(tiny, torch_twins):

@@ -1,7 +1,8 @@
 """Run under `torchrun --standalone --nproc_per_node 2` by tests/test_trl_distributed.py (gloo on CPU):
 three steps of trl.DPOTrainer and of FusedDPOTrainer under DDP (accelerate picks up torchrun), each rank
 on its own shard of the batches; rank 0 writes both log histories (metrics gathered across ranks) and
-the final weights' checksum to --out as JSON."""
+the final weights' checksum to --out as JSON. (On CPU accelerate runs MULTI_CPU DDP only: its FSDP
+needs GPUs, so FSDP2 through the Trainer is not exercised here.)"""
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def main():
                       train_dataset=ds, processing_class=tok)
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
-        checksum = sum(float(p.double().abs().sum()) for p in trainer.model.parameters())
-        result[name] = {"logs": logs, "checksum": checksum, "world": trainer.accelerator.num_processes}
+        checksum = sum(float(p.detach().double().abs().sum()) for p in trainer.model.parameters())
+        result[name] = {"logs": logs, "checksum": checksum, "world": trainer.accelerator.num_processes,
+                        "distributed_type": str(trainer.accelerator.distributed_type)}
     if int(os.environ.get("RANK", "0")) == 0:
         with open(a.out, "w") as f:
             json.dump(result, f)
