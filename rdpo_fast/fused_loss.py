@@ -266,6 +266,10 @@ class _FusedPreferenceFn(torch.autograd.Function):
         return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
+_OUTPUT_NAMES = ("loss", "chosen_logps", "rejected_logps", "chosen_logits_mean", "rejected_logits_mean", "nll_loss",
+                 "chosen_rewards", "rejected_rewards")
+
+
 def _combine(sums, sc, sr, n_seq, ld_alpha):
     c, r = sums[sc], sums[sr]
     if ld_alpha is not None:
@@ -279,7 +283,9 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     for every loss_type of SPEC section 4. Extra keywords: gamma (simpo margin), tau (discopop; Liger's
     discopop_tau is accepted too), ld_alpha (LD-DPO verbose-tail weight), workspace_budget (bytes),
     dw_accumulation ("fp32", the default, or "weight": sum the per-chunk dW in the weight's dtype, as
-    Liger does; faster for bf16 weights, at one rounding per chunk).
+    Liger does; faster for bf16 weights, at one rounding per chunk), check_finite (raise on NaN/inf in
+    the kept rows of the inputs, the weights, the reference or the outputs; default: the environment
+    variable RDPO_FAST_CHECK_FINITE, else off, when NaN stays in the pairs it touches).
     The model's logit transform (SPEC section 3): logit_scale (Cohere's), then softcap (Gemma 2/3's
     final_logit_softcapping: z = c tanh(z / c)), then temperature; rdpo_fast.modeling.logit_transform
     reads them from a model. They apply to the policy and to an in-pass reference alike.
@@ -294,9 +300,10 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     def __init__(self, ignore_index=-100, beta=0.1, alpha=1.0, compute_nll_loss=False, compiled=True,
                  use_ref_model=True, average_log_prob=False, chunk_size=1, loss_type="sigmoid",
                  label_smoothing=0.0, discopop_tau=0.05, *, tau=None, gamma=0.0, ld_alpha=None,
-                 workspace_budget=None, dw_accumulation="fp32", softcap=None, temperature=1.0, logit_scale=1.0,
-                 autocast="disable"):
+                 workspace_budget=None, dw_accumulation="fp32", check_finite=None, softcap=None, temperature=1.0,
+                 logit_scale=1.0, autocast="disable"):
         super().__init__()
+        self.check_finite = check_finite  # None: RDPO_FAST_CHECK_FINITE decides (see _checks.check_finite)
         if tau is not None and discopop_tau != 0.05 and tau != discopop_tau:
             raise ValueError("tau and discopop_tau name the same setting; give one")
         self._settings = dict(
@@ -356,12 +363,20 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 raise ValueError(f"{name} must be a positive int (the whole batch's count), got {v!r}")
         need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
         need = tuple(torch.is_grad_enabled() and n for n in need)
+        finite = _checks.check_finite_on(self.check_finite)
+        if finite:
+            kept = target != cfg.ignore_index
+            _checks.check_finite(type(self).__name__, ("_input", _input, kept), ("lin_weight", lin_weight),
+                                 ("bias", bias), ("ref_input", ref_input, kept), ("ref_weight", ref_weight),
+                                 ("ref_bias", ref_bias), ("ref_chosen_logps", ref_c), ("ref_rejected_logps", ref_r))
         # The GEMMs run in `compute` (the inputs' dtype unless autocast="follow"): autocast itself is off
         # inside, so it cannot recast the workspace.
         with torch.autocast(_input.device.type, enabled=False):
             out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
                                            (num_pairs, num_chosen_tokens), need, counts, compute,
                                            return_token_stats)
+        if finite:
+            _checks.check_finite(type(self).__name__, *zip(_OUTPUT_NAMES, out[:8]), result=True)
         aux = tuple(out[1:8])
         if not return_token_stats:
             return out[0], aux
