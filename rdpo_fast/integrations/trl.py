@@ -22,23 +22,42 @@ way: rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected}, logi
 
 DPOConfig settings (TRL 1.16), each honoured or refused by name at construction:
 
-| setting | what FusedDPOTrainer does |
-|---|---|
-| loss_type | sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, apo_zero, apo_down, discopop, sigmoid_norm: fused. aot, aot_unpaired, sft alone: refused (not in the fused loss yet; TRL_LOSS_TYPES below maps each). A list: only RPO, [<one of the above>, "sft"] |
-| loss_weights | None, [1.0], or RPO's [1.0, alpha] (alpha * chosen-token NLL, TRL's sft term); others refused |
-| beta, discopop_tau, ld_alpha | honoured (ld_alpha for the policy and every reference path) |
-| label_smoothing | honoured for robust and exo_pair (the only loss types TRL 1.16 reads it in); non-zero with any other loss type refused (TRL would ignore it) |
-| f_divergence_type, f_alpha_divergence_coef | reverse_kl only; another f-divergence refused (the coefficient is read by alpha_divergence alone) |
-| use_weighting (WPO) | refused |
-| precompute_ref_log_probs, precompute_ref_batch_size | honoured: TRL's precompute pass runs through our fused forward-only scorer, and training reads the stored column |
-| ref_model / PEFT | a ref_model, TRL's copy of the policy, or PEFT adapters off (TRL's "ref" adapter when the policy came with one); prompt-learning PEFT refused |
-| sync_ref_model, ref_model_mixup_alpha, ref_model_sync_steps | honoured (TRL's callback updates the reference model we score with) |
-| max_length, truncation_mode, pad_to_multiple_of, padding_free | TRL's collator builds the batch; padding_free falls back to padding as TRL 1.16 itself does |
-| disable_dropout, activation_offloading, gradient_checkpointing, model_init_kwargs, dataset_num_proc, trust_remote_code | honoured (TRL's own code) |
-| router_aux_loss_coef | refused when it turns on an MoE auxiliary loss (set it to 0.0) |
-| bf16 / fp16 | the lm_head GEMMs follow the autocast dtype; dW accumulated in fp32 |
-| torch_compile | refused (the fused op syncs with the host once per call) |
-| rpo_alpha, reference_free, use_logits_to_keep, padding_value (TRL 0.2x) | not DPOConfig fields in TRL 1.16 (RPO is loss_type=[..., "sft"]); TRL 0.2x itself is not supported |
+    loss_type        sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, apo_zero,
+                     apo_down, discopop, sigmoid_norm: fused. aot, aot_unpaired, sft alone: refused (not
+                     in the fused loss yet; TRL_LOSS_TYPES below maps each). A list only in RPO's form,
+                     [<one of the above>, "sft"]
+    loss_weights     None, [1.0], or RPO's [1.0, alpha] (alpha * the chosen tokens' mean NLL, TRL's sft
+                     term); others refused
+    beta, discopop_tau, ld_alpha
+                     honoured (ld_alpha on the policy and on every reference path)
+    label_smoothing  honoured for robust and exo_pair (the loss types TRL 1.16 reads it in); non-zero
+                     with another loss type refused (TRL would ignore it)
+    f_divergence_type, f_alpha_divergence_coef
+                     reverse_kl only, another refused (the coefficient is read by alpha_divergence alone)
+    use_weighting    (WPO) refused
+    precompute_ref_log_probs, precompute_ref_batch_size
+                     honoured: TRL's precompute pass runs through our fused forward-only scorer (its cache
+                     keyed apart from TRL's own), and training reads the stored column
+    ref_model, PEFT  a ref_model, TRL's copy of the policy, or the PEFT policy with adapters off (TRL's
+                     "ref" adapter when the policy came with one); prompt-learning PEFT refused
+    sync_ref_model, ref_model_mixup_alpha, ref_model_sync_steps
+                     honoured (TRL's callback updates the reference model we score with)
+    max_length, truncation_mode, pad_to_multiple_of, padding_free
+                     TRL's collator builds the batch (padding_free falls back to padding, as TRL 1.16 does)
+    disable_dropout, activation_offloading, gradient_checkpointing, model_init_kwargs, dataset_num_proc,
+    trust_remote_code, precompute_ref_batch_size
+                     honoured (TRL's own code)
+    router_aux_loss_coef
+                     refused where it turns on an MoE auxiliary loss (set it to 0.0)
+    bf16, fp16       the lm_head GEMMs follow the autocast dtype, dW accumulated in fp32
+    torch_compile    refused (the fused op syncs with the host once per call)
+    rpo_alpha, reference_free, use_logits_to_keep (TRL 0.2x)
+                     not DPOConfig fields in TRL 1.16 (RPO is loss_type=[..., "sft"]); TRL 0.2x itself
+                     is not supported
+
+Under FSDP2 the lm_head weight is read inside the model's own forward (the root has unsharded it) and a
+DTensor shard is gathered with full_tensor(); under ZeRO-3 TRL's maybe_gather_lm_head_ctx gathers it.
+Neither runs in CI here (accelerate enables FSDP and DeepSpeed on GPUs only); DDP does.
 
 Vision-language models are refused (text-only causal LMs). `compute_metrics` keeps TRL 1.16's deprecated
 behaviour: the logits it receives come from an extra full forward at evaluation, as in TRL.
@@ -149,13 +168,14 @@ def _unwrap(model):
     """The transformers model under DDP / DeepSpeed / torch.compile / PEFT wrappers."""
     while True:
         if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
+            inner = model.get_base_model()
         elif hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            inner = model.module
         else:
+            inner = getattr(model, "_orig_mod", model)
+        if inner is model:
             return model
+        model = inner
 
 
 def _head(model):
@@ -203,10 +223,11 @@ def _install_fused_forward(model) -> None:
 
 
 def _score_sequences(module, hidden, labels, weight, bias, ld_alpha):
-    """(chosen, rejected) sums of the next-token log-probs of `labels` (hidden states and labels unshifted)
-    under the module's logit transform (with ld_alpha, LD-DPO's weighting), forward only. Scored by the fused loss itself, reference-free and under
-    no_grad, so a reference pass over the policy's own weights gives bit for bit the policy's sums (the
-    first step's rewards are then exactly 0, as in TRL)."""
+    """(chosen, rejected) sums of the next-token log-probs of `labels` (hidden states and labels
+    unshifted) under the module's logit transform (with ld_alpha, LD-DPO's weighting), forward only.
+    Scored by the fused loss itself, reference-free and under no_grad, so a reference pass over the
+    policy's own weights gives bit for bit the policy's sums (the first step's rewards are then exactly
+    0, as in TRL)."""
     scorer = FusedLinearPreferenceLoss(loss_type="sigmoid", beta=1.0, use_ref_model=False, ld_alpha=ld_alpha,
                                        autocast="follow", **modeling.logit_transform(module).kernel_args())
     with torch.no_grad():
