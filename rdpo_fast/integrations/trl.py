@@ -165,17 +165,19 @@ def check_training_args(args) -> None:
 
 # ---------------------------------------------------------------------------------------- the model's head
 def _unwrap(model):
-    """The transformers model under DDP / DeepSpeed / torch.compile / PEFT wrappers."""
-    while True:
+    """The transformers model under DDP / DeepSpeed / torch.compile / PEFT wrappers (a DeepSpeed engine
+    forwards attribute lookups to its module, so the test is the type, not the attributes)."""
+    from transformers import PreTrainedModel
+
+    while not isinstance(model, PreTrainedModel):
         if hasattr(model, "get_base_model"):
             inner = model.get_base_model()
-        elif hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-            inner = model.module
         else:
-            inner = getattr(model, "_orig_mod", model)
-        if inner is model:
-            return model
+            inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None or inner is model:
+            raise ValueError(f"cannot find the transformers model inside {type(model).__name__}")
         model = inner
+    return model
 
 
 def _head(model):
