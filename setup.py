@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Triton kernels for DPO-family preference training: fused log-probs and preference losses",
     packages=["rdpo_fast", "rdpo_fast.reference", "rdpo_fast.kernels", "rdpo_fast.data_files",
-              "rdpo_fast.pipelines", "rdpo_fast.losses"],
+              "rdpo_fast.pipelines", "rdpo_fast.losses", "rdpo_fast.integrations"],
     package_dir={"rdpo_fast.kernels": "kernels"},
     package_data={"rdpo_fast.data_files": ["*.jsonl"],
                   "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"]},
@@ -19,7 +19,9 @@ setup(
     install_requires=["torch>=2.6", "triton>=3.6", "transformers", "safetensors", "tqdm", "gguf", "accelerate",
                       "matplotlib", "pyyaml"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft", "trl==1.16.0"],
+        # TRL 1.16 needs Python >= 3.11; its tests skip where it is absent.
+        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft",
+                 "trl==1.16.0; python_version >= '3.11'"],
         "bench": ["pytest-benchmark", "liger-kernel", "cut-cross-entropy", "matplotlib"],
         "lora": ["peft"],
         "trl": ["trl==1.16.0"],
