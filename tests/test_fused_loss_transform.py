@@ -56,6 +56,22 @@ def test_transform_with_length_and_ld_losses(loss_type, extra, device):
                  reference_free=loss_type == "simpo")
 
 
+@pytest.mark.parametrize("opts", [
+    {"loss_type": ["sigmoid", "bco_pair"], "loss_weights": [0.8, 0.2], "use_weighting": True},
+    {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
+    {"loss_type": "aot"},  # batch-level: the two-phase schedule recomputes logits with the transform
+    {"loss_type": "sigmoid", "f_divergence_type": "js_divergence"},
+], ids=["list+wpo", "mpo", "aot", "js"])
+def test_transform_with_trl_loss_options(opts, device):
+    """The issue-16 options (loss lists, WPO's log sum p^2, the two-phase schedule) see the transformed
+    logits too, on several chunks."""
+    x, w, b, target, ref_x, ref_w = batch(3, 19, 16, 600, device)
+    opts = {**opts, "softcap": 2.0, "temperature": 0.7, "workspace_budget": 20 * 600 * 8}
+    fwd = {"ref_input": ref_x * 3, "ref_weight": ref_w}
+    x = x * 3
+    assert_close(run_ours(opts, x, w, b, target, **fwd), _ref(opts, x, w, b, target, **fwd), 1e-5)
+
+
 def test_bf16_with_softcap(device):
     x, w, b, target, ref_x, ref_w = batch(2, 21, 32, 700, device, dtype=torch.bfloat16)
     opts = {"softcap": 3.0, "temperature": 0.8, "workspace_budget": 20 * 700 * 8}
