@@ -131,8 +131,8 @@ def loss_options(args) -> dict:
     shown = names[0] if len(names) == 1 else names
     eps = float(args.label_smoothing)
     if eps:
-        # TRL's sigmoid ignores label_smoothing; ours is cDPO with it. A loss list whose members read
-        # none of it would ignore it in TRL, silently here: both refused.
+        # TRL's sigmoid ignores label_smoothing, ours is cDPO with it; a list with no member that reads
+        # it would ignore it in TRL. Both refused, naming the setting.
         if "sigmoid" in names:
             _refuse("label_smoothing", eps, f"TRL 1.16's sigmoid ignores it (rdpo_fast's would be cDPO); with "
                     f"loss_type {shown!r} the two would train differently")
