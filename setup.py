@@ -19,7 +19,11 @@ setup(
     install_requires=["torch>=2.6", "triton>=3.6", "transformers", "safetensors", "tqdm", "gguf", "accelerate",
                       "matplotlib", "pyyaml"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft"],
+        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft", "datasets",
+                 "tensorboard"],
+        "data": ["datasets"],  # rdpo-fast train on anything but JSONL (save_to_disk, parquet, CSV, Hub datasets)
+        "tensorboard": ["tensorboard"],  # --report-to tensorboard
+        "wandb": ["wandb"],  # --report-to wandb (optional import; offline without credentials)
         "bench": ["pytest-benchmark", "liger-kernel", "cut-cross-entropy", "matplotlib"],
         "lora": ["peft"],
         "gpu": ["flash-attn"],

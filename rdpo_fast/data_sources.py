@@ -196,3 +196,20 @@ def read_records(source: str, *, split: str = "train", columns: Columns = Column
 def load(source: str, tokenizer, *, split: str = "train", columns: Columns = Columns(), **kw) -> PreferenceData:
     """rdpo_fast.data.load_preference_data for any source: the same pairs as the JSONL equivalent."""
     return load_preference_data(source, tokenizer, records=read_records(source, split=split, columns=columns), **kw)
+
+
+def columns(cfg) -> Columns:
+    return Columns(cfg.prompt_key, cfg.chosen_key, cfg.rejected_key)
+
+
+def eval_source(cfg, default_eval: str) -> tuple[str | None, str]:
+    """(held-out source, its split): --eval-data (split --eval-dataset-split, default "test"); without it,
+    the --eval-dataset-split of --data when one is named; else the shipped held-out split when --data is
+    the default, else none."""
+    if cfg.eval_data:
+        return cfg.eval_data, cfg.eval_dataset_split or "test"
+    if cfg.eval_dataset_split:
+        if cfg.data is None:
+            raise DataError("eval_dataset_split needs --data (or --eval-data): the shipped data has no splits")
+        return cfg.data, cfg.eval_dataset_split
+    return (default_eval if cfg.data is None else None), "test"
