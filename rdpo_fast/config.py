@@ -29,7 +29,7 @@ class TrainConfig:
     data: str | None = _opt(None, "training data: JSONL (TRL fields), a datasets save_to_disk directory, parquet / "
                             "JSON / CSV files, or a dataset name; default: the shipped preference set")
     eval_data: str | None = _opt(None, "held-out data, any form --data takes; default: the shipped held-out split "
-                                 "when --data is the default, else none")
+                                 "when --data is not given, else none")
     dataset_split: str = _opt("train", "split of --data when it is a dataset with splits")
     eval_dataset_split: str | None = _opt(None, "split of --eval-data when it is a dataset with splits (default: "
                                           "test); without --eval-data, evaluate on this split of --data")
