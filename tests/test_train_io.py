@@ -64,6 +64,21 @@ def test_hub_id_loads_offline_from_the_cache(files, tmp_path, monkeypatch, capsy
     assert not (tmp_path / "never").exists()
 
 
+def test_hub_id_through_hf_home_and_hf_hub_offline(files, tmp_path):
+    """The same through the environment, as a user sets it: HF_HOME (its hub/ cache) and HF_HUB_OFFLINE=1."""
+    import subprocess
+    import sys
+
+    _, snapshot = _hub_cache(tmp_path, "rdpo-test/tiny-llama", files["model"])
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    code = ("from rdpo_fast import modeling; m = modeling.load_model('rdpo-test/tiny-llama'); "
+            "print(modeling.resolve('rdpo-test/tiny-llama')[0], type(m).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [snapshot, "LlamaForCausalLM"]
+
+
 # ---------------------------------------------------------------------------------------- precision
 def _loss_and_grads(files, *, dtype, checkpointing, ref=None):
     tok = modeling.load_tokenizer(files["model"])
