@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Triton kernels for DPO-family preference training: fused log-probs and preference losses",
     packages=["rdpo_fast", "rdpo_fast.reference", "rdpo_fast.kernels", "rdpo_fast.data_files",
-              "rdpo_fast.pipelines"],
+              "rdpo_fast.pipelines", "rdpo_fast.losses"],
     package_dir={"rdpo_fast.kernels": "kernels"},
     package_data={"rdpo_fast.data_files": ["*.jsonl"],
                   "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"]},
@@ -20,12 +20,13 @@ setup(
                       "matplotlib", "pyyaml"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft", "datasets",
-                 "tensorboard"],
+                 "tensorboard", "trl==1.16.0"],
         "data": ["datasets"],  # rdpo-fast train on anything but JSONL (save_to_disk, parquet, CSV, Hub datasets)
         "tensorboard": ["tensorboard"],  # --report-to tensorboard
         "wandb": ["wandb"],  # --report-to wandb (optional import; offline without credentials)
         "bench": ["pytest-benchmark", "liger-kernel", "cut-cross-entropy", "matplotlib"],
         "lora": ["peft"],
+        "trl": ["trl==1.16.0"],
         "gpu": ["flash-attn"],
     },
     entry_points={"console_scripts": ["rdpo-fast = rdpo_fast.cli:main"]},

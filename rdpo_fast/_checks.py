@@ -3,6 +3,7 @@ that names the argument, raised before any kernel runs."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -102,3 +103,45 @@ def check_segment_ids(segment_ids, labels):
         raise ValueError(f"segment_ids is on {segment_ids.device} but labels is on {labels.device}")
     if bool((segment_ids < 0).any()):
         raise ValueError("segment_ids must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------- finiteness
+# Off by default: NaN/inf then stays in exactly the rows and pairs it touches (no host sync is spent on
+# looking). check_finite=True on an op, or RDPO_FAST_CHECK_FINITE=1, raises instead.
+CHECK_FINITE_ENV = "RDPO_FAST_CHECK_FINITE"
+
+
+class NonFiniteError(ValueError):
+    """A NaN or inf in an input or the result of an op, with check_finite on; names the tensor."""
+
+
+def check_finite_on(flag) -> bool:
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get(CHECK_FINITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_finite(op: str, *items, result: bool = False) -> None:
+    """items: (name, tensor or None[, keep]) where keep is a bool mask of the tensor's leading dims
+    (the rows that enter the result; others, e.g. ignored prompt rows, are not looked at). One host
+    transfer when everything is finite; raises NonFiniteError naming the first tensor that is not."""
+    checked = []
+    for name, t, *keep in items:
+        if t is None:
+            continue
+        bad, unit = ~torch.isfinite(t.detach()), "values"
+        if keep and keep[0] is not None:
+            if bad.dim() > keep[0].dim():
+                bad = bad.flatten(keep[0].dim()).any(-1)
+            bad, unit = bad & keep[0], "kept rows"
+        checked.append((name, bad, unit))
+    if not checked:
+        return
+    counts = torch.stack([b.sum() for _, b, _ in checked]).tolist()
+    for (name, bad, unit), n in zip(checked, counts):
+        if n:
+            first = tuple(bad.nonzero()[0].tolist())
+            where = f"{n} non-finite {unit}"
+            hint = (" although every input is finite (an overflow: fp16 logits beyond 65504? use bf16 or fp32)"
+                    if result else "")
+            raise NonFiniteError(f"{op}: {name} holds NaN or inf ({where}, the first at index {first}){hint}")

@@ -98,6 +98,39 @@ def load_tokenizer(name: str | None, *, cache_dir: str | None = None):
     return tok
 
 
+def _corrupt_files_named(load):
+    """A weights file that cannot be read (truncated, corrupt) is a ModelError naming the file."""
+    import functools
+
+    @functools.wraps(load)
+    def wrapper(name, *args, **kwargs):
+        try:
+            return load(name, *args, **kwargs)
+        except Exception as e:
+            from safetensors import SafetensorError, safe_open
+
+            if not isinstance(e, (SafetensorError, OSError)) or isinstance(e, FileNotFoundError):
+                raise
+            folder, gguf = resolve(name)
+            bad = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors") and not _readable(safe_open, folder, f)]
+            what = os.path.join(folder, bad[0]) if bad else (os.path.join(folder, gguf) if gguf else folder)
+            raise ModelError(f"cannot load model {name}: {what} is corrupt or truncated "
+                             f"({' '.join(str(e).split())[:200]})") from None
+
+    return wrapper
+
+
+def _readable(safe_open, folder, f) -> bool:
+    try:
+        with safe_open(os.path.join(folder, f), "pt") as st:
+            for key in st.keys():
+                st.get_slice(key)
+        return True
+    except Exception:
+        return False
+
+
+@_corrupt_files_named
 def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None,
                cache_dir: str | None = None):
     """The causal LM, in train mode with the KV cache off. A GGUF model loads from its cached

@@ -175,6 +175,7 @@ def _pick_rubric(args, records):
 
 def run_score_cmd(args) -> int:
     from rdpo_fast.data import read_jsonl
+    from rdpo_fast.run_dir import check_file_writable
 
     from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
     from .stages import write_jsonl
@@ -182,6 +183,7 @@ def run_score_cmd(args) -> int:
     if args.score_temperature <= 0:
         raise ValueError(f"--score-temperature must be > 0, got {args.score_temperature}")
     lines = read_jsonl(args.input)  # validated before any model loads
+    check_file_writable(args.output)
     records = [r for _, r in lines]
     if args.scorer == "judge":
         from .judge import JudgeSettings
