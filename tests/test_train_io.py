@@ -243,7 +243,7 @@ def test_help_is_grouped_with_defaults_once_and_examples(capsys):
     assert len(entries) > 40
     for e in entries:
         assert e.count("default") <= 1, e
-    assert "--learning_rate" not in text  # TRL aliases are accepted, not listed one by one
+    assert "--per_device_train_batch_size" not in text  # TRL aliases are accepted, not listed one by one
 
 
 # ---------------------------------------------------------------------------------------- GGUF cache
