@@ -106,19 +106,24 @@ def _epochs(key, v):
 
 
 def _max_steps(key, v):
-    if v is None:
-        return {"max_steps": None}
-    n = int(_num(key, v))
-    return {"max_steps": None if n <= 0 else n}  # TrainingArguments: -1 means "from the epochs"
+    # TrainingArguments: -1 (any value <= 0) means "from the epochs"; anything else goes to the type check.
+    try:
+        unset = v is not None and not isinstance(v, bool) and float(v) <= 0
+    except (TypeError, ValueError):
+        unset = False
+    return {"max_steps": None if unset else v}
 
 
 def _warmup_steps(key, v):
-    if isinstance(v, int) and not isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return {"warmup_steps": v}  # the type check names it
+    try:
+        n = float(v)
+    except ValueError:
         return {"warmup_steps": v}
-    n = _num(key, v)
     if 0 < n < 1:  # transformers >= 5: a fraction is a ratio
         return {"warmup_ratio": n}
-    return {"warmup_steps": int(n)}
+    return {"warmup_steps": int(n) if n == int(n) else v}
 
 
 def _scheduler(key, v):
