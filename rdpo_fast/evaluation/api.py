@@ -38,8 +38,10 @@ def _model(spec, what: str):
     if isinstance(spec, (tuple, list)):
         model, tok = spec
         return model, tok, getattr(model.config, "_name_or_path", None) or what
+    from .judge import load_for_inference
+
     modeling.resolve(spec)
-    return modeling.load_model(spec).eval(), modeling.load_tokenizer(spec), str(spec)
+    return load_for_inference(spec), modeling.load_tokenizer(spec), str(spec)
 
 
 def summarize(report: dict) -> dict:

@@ -35,6 +35,8 @@ def add_generate_arguments(p):
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling when temperature > 0 (default 0.95)")
     g.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default 16)")
     g.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="model dtype (auto: bfloat16 on a GPU, float32 on CPU)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -52,7 +54,8 @@ def run_generate(args) -> int:
                                   progress=args.progress).validate()
     prompts = load_prompts(args.prompts, languages=_languages(args.languages), task=args.task,
                            num_prompts=args.num_prompts)  # bad input fails before the model loads
-    recs = load_and_generate(args.model, prompts, settings, generator=args.generator, system=args.system or None)
+    recs = load_and_generate(args.model, prompts, settings, dtype=args.dtype, generator=args.generator,
+                             system=args.system or None)
     write_records(args.output, recs)
     cut = sum(not r["finished"] for r in recs)
     print(f"wrote {len(recs)} answers of {recs[0]['generator']} to {args.output}"
@@ -81,6 +84,9 @@ def add_eval_arguments(p):
                         ".csv: first column the 0-based position in the answers file, or the instruction; second "
                         "the difficulty); without it the minimal LC GLM is fitted")
     p.add_argument("--judge-batch-size", type=int, default=8, help="prompts per judge forward (default 8)")
+    p.add_argument("--judge-dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="judge dtype (auto: bfloat16 on a GPU, float32 on CPU); label probabilities are "
+                        "computed in float32 whatever it is")
     p.add_argument("--max-answer-tokens", type=int, default=512,
                    help="answers longer than this are cut for the judge (counted in the report; default 512)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -139,7 +145,7 @@ def run_eval(args) -> int:
         from .langid import _identifier
 
         _identifier()  # a missing py3langid is reported before the judge loads
-    judge = ProbabilityJudge.load(args.judge, batch_size=args.judge_batch_size,
+    judge = ProbabilityJudge.load(args.judge, dtype=args.judge_dtype, batch_size=args.judge_batch_size,
                                   max_answer_tokens=args.max_answer_tokens, progress=args.progress)
     reports = []
     for path, pairs, diff in runs:

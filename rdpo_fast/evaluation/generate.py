@@ -26,9 +26,9 @@ def generator_name(model: str) -> str:
         return "SmolLM2-135M-Instruct"
     path = os.path.abspath(os.path.expanduser(model)).rstrip(os.sep)
     parts = path.split(os.sep)
-    # A training run's weights sit in RUN/final: name the run, not "final".
-    if parts[-1] in ("final",) and len(parts) > 1:
-        return f"{parts[-2]}/{parts[-1]}"
+    # A training run's weights sit in RUN/final (a pipeline's in RUN/roundN/train/final): name the run.
+    if parts[-1] == "final" and len(parts) > 1:
+        return "/".join(parts[-3:] if len(parts) > 2 and parts[-2] == "train" else parts[-2:])
     return os.path.splitext(parts[-1])[0]
 
 
@@ -41,7 +41,8 @@ def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: Gene
         raise ValueError("no prompts to answer")
     convs = [p.messages if p.messages else user_turn(p.instruction, system=system) for p in prompts]
     samples = generate(model, tokenizer, convs, settings=s, desc=f"generate ({generator or model_name})")
-    meta = {"model": model_name, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
+    meta = {"model": model_name, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
             "top_p": s.top_p if s.temperature > 0 else None, "do_sample": s.temperature > 0, "seed": s.seed,
             "batch_size": s.batch_size, "system": system,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -60,8 +61,11 @@ def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: Gene
     return out
 
 
-def load_and_generate(model_name: str, prompts: list[EvalPrompt], settings: GenerationSettings, **kw) -> list[dict]:
+def load_and_generate(model_name: str, prompts: list[EvalPrompt], settings: GenerationSettings, *,
+                      dtype: str = "auto", **kw) -> list[dict]:
+    from .judge import load_for_inference
+
     modeling.resolve(model_name)  # a missing model fails before anything loads
     tok = modeling.load_tokenizer(model_name)
-    model = modeling.load_model(model_name).eval()
+    model = load_for_inference(model_name, dtype=dtype)
     return generate_answers(model, tok, prompts, settings, model_name=model_name, **kw)
