@@ -157,16 +157,27 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
             L = ids.shape[1] - P
             # no branch inputs: the plain left-padded prompt batch and its 2D padding mask
             mask = _tree_mask(seg, attn, dtype) if L else (seg == 0).long()
-            logits = _forward_last(model, ids.to(device), mask.to(device), pos.to(device), L + 1)
-            logp = torch.log_softmax(logits.float(), dim=-1).double().cpu()  # [B, L+1, V]
+            logits = _forward_last(model, ids.to(device), mask.to(device), pos.to(device), L + 1).float()
+            # Every branch token's log-prob, gathered where the logits are: (row, kept position, token).
+            # Position 0 is the prefix's last token; branch token j >= 1 is predicted at its packed input
+            # j-1, kept position o - P + j.
+            rows, cols, toks, owner = [], [], [], []
+            for r, plan in enumerate(batch):
+                for b, (br, o) in enumerate(zip(plan.branches, offsets[r])):
+                    for j, t in enumerate(br):
+                        rows.append(r)
+                        cols.append(0 if j == 0 else o - P + j)
+                        toks.append(t)
+                        owner.append((r, b))
+            rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+            picked = logits[rows_t, cols_t, torch.tensor(toks, device=device)]
+            lse = torch.logsumexp(logits, dim=-1)[rows_t, cols_t]
+            token_lp = (picked - lse).double().cpu().tolist()
+            sums: dict = {}
+            for key, v in zip(owner, token_lp):
+                sums[key] = sums.get(key, 0.0) + v
             for r, (i, plan) in enumerate(zip(idx, batch)):
-                scores = []
-                for br, o in zip(plan.branches, offsets[r]):
-                    lp = logp[r, 0, br[0]]
-                    for j in range(1, len(br)):  # token j is predicted at packed input j-1 (index o-P+j)
-                        lp = lp + logp[r, o - P + j, br[j]]
-                    scores.append(lp)
-                scores = torch.stack(scores)
+                scores = torch.tensor([sums[(r, b)] for b in range(len(plan.branches))], dtype=torch.float64)
                 out[i] = scores[1:] - scores[0] if plan.has_base else scores
             if bar is not None:
                 bar.update(len(idx))
