@@ -8,6 +8,8 @@ import os
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Ready logits may also be float64 (TRL's selective_log_softmax takes them); the log-probs stay float32.
+LOGITS_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 
 def out_of_range(labels, V, ignore_index):
@@ -85,8 +87,8 @@ def check_logits_inputs(logits, labels, ignore_index, temperature, softcap):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() < 1 or logits.shape[-1] == 0 or logits.numel() == 0:
         raise ValueError(f"logits must be a non-empty [..., V] tensor, got shape {tuple(logits.shape)}")
-    if logits.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"logits dtype {logits.dtype} is not supported (float32, bfloat16, float16)")
+    if logits.dtype not in LOGITS_DTYPES:
+        raise ValueError(f"logits dtype {logits.dtype} is not supported (float32, bfloat16, float16, float64)")
     check_labels(labels, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
     check_transform(temperature, softcap)
 

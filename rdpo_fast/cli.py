@@ -95,10 +95,17 @@ def pipeline_commands() -> list[Command]:
     return [Command(*entry) for entry in SUBCOMMANDS]
 
 
+def evaluation_commands() -> list[Command]:
+    """generate, eval: the evaluation registers itself (rdpo_fast.evaluation.cli)."""
+    from .evaluation.cli import SUBCOMMANDS
+
+    return [Command(*entry) for entry in SUBCOMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdpo-fast", description="Fast DPO-family preference training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for cmd in COMMANDS + pipeline_commands():
+    for cmd in COMMANDS + pipeline_commands() + evaluation_commands():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=False,

@@ -6,6 +6,7 @@ TRITON_INTERPRET=1, torch otherwise, on the same chunk, so the fallback keeps th
                       log-probs and of logits; optionally log sum_v p_v^2 per row and per sequence
                       (TRL's WPO statistic).
     grad_epilogue:    dZ = g * (onehot(label) - softmax) * d transform, in place by default.
+    token_stats:      per-row entropy and is-the-label-the-argmax (TRL's entropy / token accuracy).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from .backend import backend
 from .kernels.logprob_backward import logprob_backward
 from .kernels.logprob_forward import logprob_forward
+from .kernels.token_stats import token_stats as _token_stats_kernel
 from .reference.logprobs import transform_logits
 
 
@@ -84,3 +86,16 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temp
     else:
         out[row_idx] = dz.to(out.dtype)
     return out
+
+
+def token_stats(z, labels, lse, *, temperature=1.0, softcap=None):
+    """(entropy [M], top1 [M] in {0., 1.}) of the first M = labels.numel() rows of z, lse known."""
+    mode = backend(z)
+    if mode != "torch":
+        return _token_stats_kernel(z, labels, lse, temperature=temperature, softcap=softcap,
+                                   interpreted=mode == "interpret")
+    zt = transform_logits(z[: labels.numel()].float(), temperature, softcap)
+    top1 = (zt.argmax(-1) == labels).float()  # argmax takes the first of tied maxima
+    p = (zt - lse[:, None]).exp_()
+    entropy = lse - p.mul_(zt).sum(-1)
+    return entropy, top1

@@ -25,16 +25,34 @@ the whole batch's exactly (aot's sorting excepted: it ranks within each call).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _checks
 from . import loss_table as lt
-from .epilogue import forward_epilogue, grad_epilogue
+from .epilogue import forward_epilogue, grad_epilogue, token_stats
 from .ops import _accumulate_mm, _linear_stats, _logits_into, chunk_rows
 from .preference import check_head_options, preference_head
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
                   "average_log_prob", "chunk_size", "loss_type", "label_smoothing", "discopop_tau")
+# "disable": the lm_head GEMMs run in the inputs' own dtype whatever an enclosing autocast says (exact,
+# the default). "follow": under an enabled autocast they run in its dtype (TRL's and Liger's behaviour:
+# fp32 master weights, bf16 GEMMs), dW still accumulated in fp32 and returned in the weight's dtype.
+AUTOCAST_MODES = ("disable", "follow")
+# Loss types whose head divides the sequence log-probs by the completion lengths itself.
+LENGTH_NORMALISED = tuple(n for n, info in lt.LOSSES.items() if n != "sft" and info.reads & lt.LENGTHS)
+
+
+def _logit_transform(softcap, temperature, logit_scale):
+    """(softcap, temperature) for the kernels, with a logit scale s > 0 folded in exactly (see
+    rdpo_fast.modeling.LogitTransform): the transform is scale, then softcap, then temperature."""
+    _checks.check_transform(temperature, softcap)
+    if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"logit_scale must be a finite number > 0, got {logit_scale!r}")
+    s = float(logit_scale)
+    return (None if softcap is None else float(softcap) / s), float(temperature) / s
 
 
 class _Config:
@@ -43,7 +61,8 @@ class _Config:
     def __init__(self, *, ignore_index, beta, alpha, compute_nll_loss, use_ref_model, average_log_prob,
                  loss_type, label_smoothing, tau, gamma, ld_alpha, workspace_budget, dw_accumulation,
                  loss_weights=None, use_weighting=False, f_divergence_type="reverse_kl",
-                 f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA):
+                 f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, softcap=None, temperature=1.0, logit_scale=1.0,
+                 autocast="disable"):
         self.ignore_index = int(ignore_index)
         self.beta = float(beta)
         self.alpha = float(alpha)
@@ -62,6 +81,10 @@ class _Config:
         self.use_weighting = bool(use_weighting)
         self.f_divergence_type = f_divergence_type
         self.f_alpha_divergence_coef = float(f_alpha_divergence_coef)
+        self.softcap, self.temperature = _logit_transform(softcap, temperature, logit_scale)
+        if autocast not in AUTOCAST_MODES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {autocast!r}")
+        self.autocast = autocast
         # Validates the names, the weights and every scalar option against the list.
         spec = check_head_options(loss_type, beta=beta, label_smoothing=label_smoothing, gamma=gamma, tau=tau,
                                   loss_weights=loss_weights, f_divergence_type=f_divergence_type,
@@ -78,8 +101,9 @@ class _Config:
             raise ValueError("alpha weights the NLL term: set compute_nll_loss=True or leave alpha=1.0")
         normalising = [n for n, _ in spec.members if n != "sft" and lt.LOSSES[n].reads & lt.LENGTHS]
         if self.average_log_prob and normalising:
-            raise ValueError(f"average_log_prob=True with {', '.join(normalising)}, which already divide the "
-                             "log-probs by the completion lengths: the lengths would count twice")
+            raise ValueError(f"average_log_prob=True with loss_type {name!r}, which already divides the log-probs "
+                             f"by the completion lengths ({', '.join(normalising)}): the lengths would count twice "
+                             "(it would divide twice); leave it False")
         # sft is the chosen-token NLL: it rides the NLL term (raw token sums, num_chosen_tokens), so the
         # head sees only the other members.
         self.sft_weight = sum(w for n, w in spec.members if n == "sft")
@@ -89,6 +113,11 @@ class _Config:
     @property
     def reads_soft_labels(self):
         return bool(lt.readers(self.head_members, lt.SOFT_LABELS))
+
+    @property
+    def transform(self):
+        """The epilogue kernels' logit-transform keywords."""
+        return dict(temperature=self.temperature, softcap=self.softcap)
 
     def head_options(self, soft, len_c, len_r, weights):
         """preference_head's keywords for the members the head computes (all but sft)."""
@@ -166,26 +195,33 @@ class _Grads:
         self.any = any(need_grad)
 
 
-def _chunk_stats(ws, x2, weight, bias, rows, labels, slots, stats):
+def _chunk_logits(ws, x2, weight, bias, rows):
+    """The chunk's hidden rows (in the GEMM dtype, weight's) and its logits in the workspace."""
+    xc = x2.index_select(0, rows)
+    if xc.dtype != weight.dtype:  # autocast="follow": the GEMMs run in the autocast dtype
+        xc = xc.to(weight.dtype)
+    return xc, _logits_into(ws[: rows.numel()], xc, weight, bias)
+
+
+def _chunk_stats(ws, x2, weight, bias, rows, labels, slots, stats, *, temperature=1.0, softcap=None):
     """One chunk's logits into the workspace and its forward epilogue, adding into stats.
     Returns (the chunk's hidden rows, its logits, its rows' logsumexp)."""
-    xc = x2.index_select(0, rows)
-    z = _logits_into(ws[: rows.numel()], xc, weight, bias)
+    xc, z = _chunk_logits(ws, x2, weight, bias, rows)
     lse, _ = forward_epilogue(z, labels, seq_ids=slots, seq_logp=stats.logp, seq_logit=stats.logit,
-                              seq_sq=stats.sq)
+                              seq_sq=stats.sq, temperature=temperature, softcap=softcap)
     return xc, z, lse
 
 
-def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first):
+def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first, *, temperature=1.0, softcap=None):
     """dZ in place from the chunk's logits and per-token upstream gradients, then dX, dW, d bias."""
-    dz = grad_epilogue(z, labels, lse, g_tok)
+    dz = grad_epilogue(z, labels, lse, g_tok, temperature=temperature, softcap=softcap)
     if grads.x is not None:
-        grads.x.index_copy_(0, rows, torch.mm(dz, weight))
+        grads.x.index_copy_(0, rows, torch.mm(dz, weight).to(grads.x.dtype))
     if grads.w is not None:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
         if grads.w.dtype == torch.float32:
             _accumulate_mm(grads.w, dz.t(), xc, first=first)
         else:
-            grads.w.addmm_(dz.t(), xc, beta=0.0 if first else 1.0)
+            grads.w.addmm_(dz.t().to(grads.w.dtype), xc.to(grads.w.dtype), beta=0.0 if first else 1.0)
     if grads.b is not None:
         grads.b += dz.sum(0, dtype=torch.float32)
 
@@ -253,12 +289,19 @@ def _token_grads(head, seq, slot, nll_coef, cfg, P):
 
 class _FusedPreferenceFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad, host_counts):
+    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad, host_counts,
+                compute_dtype, want_stats):
         n_seq, T, H = _input.shape
         P = n_seq // 2
         V = weight.shape[0]
         dev = _input.device
         x2 = _input.reshape(-1, H)
+        # The GEMMs' dtype: the inputs' own, or an enclosing autocast's (autocast="follow"). The weight is
+        # cast once; dW is still accumulated in fp32 and handed back in the weight's own dtype.
+        cd = _input.dtype if compute_dtype is None else compute_dtype
+        w_c = weight if weight.dtype == cd else weight.to(cd)
+        b_c = bias if bias is None or bias.dtype == cd else bias.to(cd)
+        tf = cfg.transform
         rows, seq, counts = _pair_order(target, cfg.ignore_index)
         labels = target.reshape(-1).index_select(0, rows)
         slot = seq
@@ -273,21 +316,28 @@ class _FusedPreferenceFn(torch.autograd.Function):
         stats = _SeqStats(n_slots, dev, with_sq=cfg.use_weighting)
         head = _PairHead(cfg, stats, counts.float(), ref_c, ref_r, soft, P, num_pairs)
         grads = _Grads(x2, weight, need_grad, cfg.dw_accumulation)
+        # TRL's entropy and token-accuracy metrics, from the same logits (want_stats): sums over tokens.
+        tok_stats = torch.zeros(2, device=dev, dtype=torch.float32) if want_stats else None
 
         # Chunks of whole pairs within the budget; a single pair longer than that gets its own chunk.
         per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
-        cap = chunk_rows(rows.numel(), V, _input, cfg.workspace_budget)
+        cap = chunk_rows(rows.numel(), V, w_c, cfg.workspace_budget)
         chunks = _chunks_of_pairs(per_pair, cap)
-        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=_input.dtype)
+        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=cd)
 
         def stats_of(k):
             _, _, r0, r1 = chunks[k]
-            return _chunk_stats(ws, x2, weight, bias, rows[r0:r1], labels[r0:r1], slot[r0:r1], stats)
+            xc, z, lse = _chunk_stats(ws, x2, w_c, b_c, rows[r0:r1], labels[r0:r1], slot[r0:r1], stats, **tf)
+            if tok_stats is not None:
+                entropy, top1 = token_stats(z, labels[r0:r1], lse, **tf)
+                tok_stats[0] += entropy.sum()
+                tok_stats[1] += (top1 * (seq[r0:r1] < P)).sum()
+            return xc, z, lse
 
         def grads_of(k, xc, z, lse, nll_coef, first):
             _, _, r0, r1 = chunks[k]
             g_tok = _token_grads(head, seq[r0:r1], slot[r0:r1], nll_coef, cfg, P)
-            _chunk_grads(z, xc, labels[r0:r1], lse, g_tok, rows[r0:r1], weight, grads, first)
+            _chunk_grads(z, xc, labels[r0:r1], lse, g_tok, rows[r0:r1], w_c, grads, first, **tf)
 
         nll_coef = head.nll_weight() / max(num_chosen_tokens, 1)
         if not cfg.batch_level:
@@ -310,8 +360,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
                 for i, k in enumerate([last] + list(range(last))):
                     if k != last:
                         _, _, r0, r1 = chunks[k]
-                        xc = x2.index_select(0, rows[r0:r1])
-                        z = _logits_into(ws[: r1 - r0], xc, weight, bias)
+                        xc, z = _chunk_logits(ws, x2, w_c, b_c, rows[r0:r1])
                     grads_of(k, xc, z, lses[k], nll_coef, first=i == 0)
 
         raw = stats.folded(stats.logp, n_seq)
@@ -331,8 +380,10 @@ class _FusedPreferenceFn(torch.autograd.Function):
             None if grads.b is None else grads.b.to(bias.dtype))
         aux = (head.seq_logps[:P].clone(), head.seq_logps[P:].clone(), chosen_logits_mean, rejected_logits_mean,
                nll.detach(), head.rew_c, head.rew_r)
-        ctx.mark_non_differentiable(*aux)
-        return (loss, *aux)
+        if tok_stats is None:
+            tok_stats = torch.zeros(0, device=dev)
+        ctx.mark_non_differentiable(*aux, tok_stats)
+        return (loss, *aux, tok_stats)
 
     @staticmethod
     def backward(ctx, grad_loss, *_aux_grads):
@@ -345,7 +396,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
                 out.append(None)
             else:
                 out.append(g if unit else g * grad_loss.to(g.dtype))
-        return (*out, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 _OUTPUT_NAMES = ("loss", "chosen_logps", "rejected_logps", "chosen_logits_mean", "rejected_logits_mean", "nll_loss",
@@ -373,33 +424,55 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     own token probabilities, computed in the fused pass, without gradient as in TRL); f_divergence_type
     and f_alpha_divergence_coef. The batch-level aot and aot_unpaired run the two-phase schedule of the
     module docstring (up to 8NHV instead of 6NHV).
+    The model's logit transform (SPEC section 3): logit_scale (Cohere's), then softcap (Gemma 2/3's
+    final_logit_softcapping: z = c tanh(z / c)), then temperature; rdpo_fast.modeling.logit_transform
+    reads them from a model. They apply to the policy and to an in-pass reference alike.
+    autocast: "disable" (default) runs the lm_head GEMMs in the inputs' own dtype whatever an enclosing
+    torch.autocast says; "follow" runs them in the autocast dtype when one is enabled (fp32 master
+    weights, bf16 GEMMs, as TRL's head and Liger do), dW still accumulated in fp32 and returned in the
+    weight's dtype.
     `compiled` and `chunk_size` are Liger's performance knobs: accepted, with no effect on results (our
-    kernels are always compiled, and chunks follow the workspace budget)."""
+    kernels are always compiled, and chunks follow the workspace budget). Liger's public attributes
+    (loss_type, beta, ignore_index, ...) read the settings; assigning one re-validates the whole set."""
 
     def __init__(self, ignore_index=-100, beta=0.1, alpha=1.0, compute_nll_loss=False, compiled=True,
                  use_ref_model=True, average_log_prob=False, chunk_size=1, loss_type="sigmoid",
                  label_smoothing=0.0, discopop_tau=0.05, *, tau=None, gamma=0.0, ld_alpha=None,
                  workspace_budget=None, dw_accumulation="fp32", loss_weights=None, use_weighting=False,
-                 f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, check_finite=None):
+                 f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, check_finite=None,
+                 softcap=None, temperature=1.0, logit_scale=1.0, autocast="disable"):
         super().__init__()
         self.check_finite = check_finite  # None: RDPO_FAST_CHECK_FINITE decides (see _checks.check_finite)
         if tau is not None and discopop_tau != 0.05 and tau != discopop_tau:
             raise ValueError("tau and discopop_tau name the same setting; give one")
-        self.cfg = _Config(ignore_index=ignore_index, beta=beta, alpha=alpha, compute_nll_loss=compute_nll_loss,
-                           use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
-                           label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau,
-                           gamma=gamma, ld_alpha=ld_alpha, workspace_budget=workspace_budget,
-                           dw_accumulation=dw_accumulation, loss_weights=loss_weights, use_weighting=use_weighting,
-                           f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
+        self._settings = dict(
+            ignore_index=ignore_index, beta=beta, alpha=alpha, compute_nll_loss=compute_nll_loss,
+            use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
+            label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau, gamma=gamma,
+            ld_alpha=ld_alpha, workspace_budget=workspace_budget, dw_accumulation=dw_accumulation,
+            loss_weights=loss_weights, use_weighting=use_weighting, f_divergence_type=f_divergence_type,
+            f_alpha_divergence_coef=f_alpha_divergence_coef, softcap=softcap, temperature=temperature,
+            logit_scale=logit_scale, autocast=autocast)
+        self._extra = {"compiled": compiled, "chunk_size": chunk_size}
+        self.cfg = _Config(**self._settings)
+
+    def _set(self, name, value):
+        settings = {**self._settings, name: value}
+        self.cfg = _Config(**settings)  # raises on a bad value, leaving the old settings in place
+        self._settings = settings
 
     def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
                 *, ref_chosen_logps=None, ref_rejected_logps=None, soft_labels=None, num_pairs=None,
-                num_chosen_tokens=None):
+                num_chosen_tokens=None, return_token_stats=False):
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
-        counts when this call is one micro-batch of it (see the module docstring)."""
+        counts when this call is one micro-batch of it (see the module docstring).
+        return_token_stats=True adds a third element, TRL's per-token metrics as sums (fp32 tensors):
+        {"entropy_sum": over all completion tokens, "chosen_top1": chosen tokens whose label is the
+        argmax (ties go to the lower token id, as torch.argmax), "num_tokens", "num_chosen_tokens"}."""
         cfg = self.cfg
-        _check_batch(_input, lin_weight, target, bias, cfg)
+        compute = _compute_dtype(cfg, _input)
+        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
         n_seq = _input.shape[0]
         P = n_seq // 2
         V = lin_weight.shape[0]
@@ -413,7 +486,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
                              f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V)
+                                       ref_rejected_logps, P, V, compute)
         if soft_labels is not None:
             if not cfg.reads_soft_labels:
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not "
@@ -438,15 +511,23 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             _checks.check_finite(type(self).__name__, ("_input", _input, kept), ("lin_weight", lin_weight),
                                  ("bias", bias), ("ref_input", ref_input, kept), ("ref_weight", ref_weight),
                                  ("ref_bias", ref_bias), ("ref_chosen_logps", ref_c), ("ref_rejected_logps", ref_r))
-        # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
+        # The GEMMs run in `compute` (the inputs' dtype unless autocast="follow"): autocast itself is off
+        # inside, so it cannot recast the workspace.
         with torch.autocast(_input.device.type, enabled=False):
             out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
-                                           (num_pairs, num_chosen_tokens), need, counts)
+                                           (num_pairs, num_chosen_tokens), need, counts, compute,
+                                           return_token_stats)
         if finite:
-            _checks.check_finite(type(self).__name__, *zip(_OUTPUT_NAMES, out), result=True)
-        return out[0], tuple(out[1:])
+            _checks.check_finite(type(self).__name__, *zip(_OUTPUT_NAMES, out[:8]), result=True)
+        aux = tuple(out[1:8])
+        if not return_token_stats:
+            return out[0], aux
+        stats = out[8]
+        return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
+                             "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
 
-    def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V):
+    def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
+                   compute=None):
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -470,19 +551,22 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         if ref_input is None or ref_weight is None:
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_chosen_logps and "
                              "ref_rejected_logps")
-        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_")
+        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute)
         if ref_weight.shape[0] != V:
             raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: "
                              "the reference must score the same token ids")
         with torch.no_grad():
+            if compute is not None:
+                ref_input, ref_weight = ref_input.to(compute), ref_weight.to(compute)
+                ref_bias = None if ref_bias is None else ref_bias.to(compute)
             seq_ids = torch.arange(2 * P, device=target.device).repeat_interleave(target.shape[1])
             ld = cfg.ld_alpha
             if ld is not None:
                 tail = ld_tail(target, cfg.ignore_index).reshape(-1)
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
-                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, 1.0, None,
-                                       cfg.workspace_budget)
+                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
+                                       cfg.softcap, cfg.workspace_budget)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
@@ -490,7 +574,16 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         return sums[:P], sums[P:]
 
 
-def _check_batch(_input, weight, target, bias, cfg, prefix=""):
+def _compute_dtype(cfg, _input):
+    """The enclosing autocast's dtype under autocast="follow" when one is enabled, else None (the
+    inputs' own dtype)."""
+    dev = _input.device.type if isinstance(_input, torch.Tensor) else "cpu"
+    if cfg.autocast == "follow" and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
+def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None):
     if not isinstance(_input, torch.Tensor) or _input.dim() != 3:
         raise ValueError(f"{prefix}_input must be [2B, T, H] (chosen rows first, then rejected), got "
                          f"{getattr(_input, 'shape', type(_input).__name__)}")
@@ -499,4 +592,40 @@ def _check_batch(_input, weight, target, bias, cfg, prefix=""):
                          "non-zero number (chosen rows first, then rejected)")
     if not isinstance(target, torch.Tensor) or target.dim() != 2:
         raise ValueError(f"target must be [2B, T], got {getattr(target, 'shape', type(target).__name__)}")
+    if compute is not None:
+        # Each input is cast to the autocast dtype: check their own dtypes, then the rest on
+        # zero-stride views in that dtype (no copy of the [V, H] weight just to check it).
+        for name, t in (("_input", _input), ("weight", weight), ("bias", bias)):
+            if isinstance(t, torch.Tensor) and t.dtype not in _checks.FLOAT_DTYPES:
+                raise ValueError(f"{prefix}{name} dtype {t.dtype} is not supported (float32, bfloat16, float16)")
+        _input, weight, bias = (_as_dtype(t, compute) for t in (_input, weight, bias))
     _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False)
+
+
+def _as_dtype(t, dtype):
+    if not isinstance(t, torch.Tensor) or t.dtype == dtype or t.numel() == 0:
+        return t
+    return t.new_zeros((), dtype=dtype).expand(t.shape)
+
+
+def _liger_attribute(name, key=None):
+    key = key or name
+
+    def get(self):
+        return self._settings[key] if key in self._settings else self._extra[key]
+
+    def set_(self, value):
+        if key in self._extra:
+            self._extra[key] = value
+        else:
+            self._set(key, value)
+
+    return property(get, set_, doc=f"Liger's `{name}` setting (assigning re-validates the loss's settings).")
+
+
+for _name in LIGER_KEYWORDS:
+    setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name, "tau" if _name == "discopop_tau" else None))
+for _name in ("gamma", "ld_alpha", "softcap", "temperature", "logit_scale", "autocast", "workspace_budget",
+              "dw_accumulation", "loss_weights", "use_weighting", "f_divergence_type", "f_alpha_divergence_coef"):
+    setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name))
+del _name

@@ -140,12 +140,14 @@ class Stats:
 
 
 # ---------------------------------------------------------------------------------------- reference
-def _logps_fn(cfg: TrainConfig) -> FusedLinearPreferenceLoss:
-    """The loss's own sequence log-probs (length-averaged / LD-weighted as configured): its aux outputs
-    under no_grad with no reference, so a cached reference matches the in-pass one exactly."""
+def _logps_fn(cfg: TrainConfig, model) -> FusedLinearPreferenceLoss:
+    """The loss's own sequence log-probs (length-averaged / LD-weighted as configured, under the model's
+    logit transform): its aux outputs under no_grad with no reference, so a cached reference matches
+    the in-pass one exactly."""
     return FusedLinearPreferenceLoss(loss_type="sigmoid", beta=1.0, use_ref_model=False,
                                      average_log_prob=cfg.average_log_prob, ld_alpha=cfg.ld_alpha,
-                                     workspace_budget=_workspace(cfg))
+                                     workspace_budget=_workspace(cfg),
+                                     **modeling.logit_transform(model).kernel_args())
 
 
 def _workspace(cfg):
@@ -196,7 +198,7 @@ def precompute_reference(cfg, model, data, dist, *, bf16, log=print, needed=None
         log(f"reference log-probs of {name}: cached ({path})")
         return chosen, rejected
     t0 = time.time()
-    step = PreferenceStep(model, _logps_fn(cfg), adapters_reference=False, bf16=bf16)
+    step = PreferenceStep(model, _logps_fn(cfg, model), adapters_reference=False, bf16=bf16)
     was_training = model.training
     model.eval()
     new_c, new_r = torch.zeros(n), torch.zeros(n)
@@ -414,7 +416,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
         alpha=cfg.nll_alpha if cfg.nll_alpha > 0 else 1.0, compute_nll_loss=cfg.nll_alpha > 0,
         use_ref_model=mode != "none", average_log_prob=cfg.average_log_prob, gamma=cfg.gamma, tau=cfg.tau,
-        ld_alpha=cfg.ld_alpha, workspace_budget=_workspace(cfg))
+        ld_alpha=cfg.ld_alpha, workspace_budget=_workspace(cfg), **modeling.logit_transform(model).kernel_args())
     step_module = PreferenceStep(model, loss_fn, adapters_reference=mode == "adapters", bf16=bf16)
     wrapped = _wrap(step_module, cfg, dist)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -70,6 +70,7 @@ def sequence_logps(model, items: list[Encoded], *, pad_id: int, batch_size: int 
     counts = torch.zeros(len(items), dtype=torch.int64)
     order = sorted(range(len(items)), key=lambda i: len(items[i].prompt) + len(items[i].completion))
     budget = None if workspace_mb is None else int(workspace_mb * 2**20)
+    transform = modeling.logit_transform(model).kernel_args()  # e.g. Gemma 2's final-logit softcap
     was_training = model.training
     model.eval()
     try:
@@ -80,7 +81,7 @@ def sequence_logps(model, items: list[Encoded], *, pad_id: int, batch_size: int 
                                              use_cache=False).last_hidden_state
             weight = modeling.output_weight(model)
             s, c = rdpo_fast.sequence_logprobs(hidden, weight.to(hidden.dtype), target.to(device),
-                                               ignore_index=IGNORE, workspace_budget=budget)
+                                               ignore_index=IGNORE, workspace_budget=budget, **transform)
             sums[idx] = s.double().cpu()
             counts[idx] = c.cpu()
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .logprobs import logits_from_hidden, ref_linear_logprobs, ref_log_sum_sq_probs
+from .logprobs import logits_from_hidden, ref_log_sum_sq_probs, ref_logprobs, transform_logits
 from .preference import ref_kto_loss, ref_preference_loss
 
 
@@ -20,8 +20,17 @@ def ref_ld_tail(target, ignore_index):
     return keep & (rank >= public[:, None])
 
 
-def ref_sequence_logps(hidden, weight, target, bias, ignore_index, average_log_prob, ld_alpha):
-    logp = ref_linear_logprobs(hidden, weight, target, bias=bias, ignore_index=ignore_index)
+def ref_model_logits(hidden, weight, bias=None, logit_scale=1.0, softcap=None, temperature=1.0):
+    """The logits the softmax sees, in SPEC order: raw * logit_scale, then softcap, then temperature."""
+    return transform_logits(logits_from_hidden(hidden, weight, bias) * logit_scale, temperature, softcap)
+
+
+def ref_token_logps(hidden, weight, target, bias, ignore_index, transform):
+    return ref_logprobs(ref_model_logits(hidden, weight, bias, **transform), target, ignore_index=ignore_index)
+
+
+def ref_sequence_logps(hidden, weight, target, bias, ignore_index, average_log_prob, ld_alpha, transform=None):
+    logp = ref_token_logps(hidden, weight, target, bias, ignore_index, transform or {})
     if ld_alpha is not None:
         logp = torch.where(ref_ld_tail(target, ignore_index), ld_alpha * logp, logp)
     seq = logp.sum(1)
@@ -30,13 +39,13 @@ def ref_sequence_logps(hidden, weight, target, bias, ignore_index, average_log_p
     return seq
 
 
-def ref_wpo_weights(hidden, weight, target, bias, ignore_index):
+def ref_wpo_weights(hidden, weight, target, bias, ignore_index, transform=None):
     """TRL's per-pair WPO weights (no gradient): per sequence exp(mean over completion tokens of
     log p(label) - log sum_v p_v^2), chosen times rejected."""
     with torch.no_grad():
-        logits = logits_from_hidden(hidden, weight, bias)
+        logits = ref_model_logits(hidden, weight, bias, **(transform or {}))
         keep = target != ignore_index
-        logp = ref_linear_logprobs(hidden, weight, target, bias=bias, ignore_index=ignore_index)
+        logp = ref_logprobs(logits, target, ignore_index=ignore_index)
         aligned = (logp - ref_log_sum_sq_probs(logits, target, ignore_index=ignore_index)) * keep
         w = torch.exp(aligned.sum(1) / keep.sum(1))
         P = target.shape[0] // 2
@@ -49,7 +58,9 @@ def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=No
                               compute_nll_loss=False, use_ref_model=True, average_log_prob=False,
                               loss_type="sigmoid", label_smoothing=0.0, tau=0.05, gamma=0.0, ld_alpha=None,
                               num_pairs=None, num_chosen_tokens=None, loss_weights=None, use_weighting=False,
-                              f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5):
+                              f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, logit_scale=1.0,
+                              softcap=None, temperature=1.0):
+    transform = dict(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     P = _input.shape[0] // 2
     keep = target != ignore_index
     counts = keep.sum(1)
@@ -58,7 +69,7 @@ def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=No
     head = [(n, w) for n, w in zip(names, mws) if n != "sft"]
     sft_weight = sum(w for n, w in zip(names, mws) if n == "sft")
     free = {"simpo", "orpo", "cpo"}
-    seq = ref_sequence_logps(_input, weight, target, bias, ignore_index, average_log_prob, ld_alpha)
+    seq = ref_sequence_logps(_input, weight, target, bias, ignore_index, average_log_prob, ld_alpha, transform)
     c, r = seq[:P], seq[P:]
     if not use_ref_model:
         cref = rref = None if set(names) <= free | {"sft"} else torch.zeros_like(c)
@@ -67,12 +78,12 @@ def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=No
     else:
         with torch.no_grad():
             ref = ref_sequence_logps(ref_input, ref_weight, target, ref_bias, ignore_index, average_log_prob,
-                                     ld_alpha)
+                                     ld_alpha, transform)
         cref, rref = ref[:P], ref[P:]
-    weights = ref_wpo_weights(_input, weight, target, bias, ignore_index) if use_weighting else None
+    weights = ref_wpo_weights(_input, weight, target, bias, ignore_index, transform) if use_weighting else None
     n_pairs = P if num_pairs is None else num_pairs
     n_tok = int(counts[:P].sum()) if num_chosen_tokens is None else num_chosen_tokens
-    raw = ref_linear_logprobs(_input, weight, target, bias=bias, ignore_index=ignore_index)
+    raw = ref_token_logps(_input, weight, target, bias, ignore_index, transform)
     nll_on = compute_nll_loss or sft_weight != 0
     nll = -raw[:P].sum() / n_tok if nll_on else torch.zeros((), dtype=c.dtype)
     loss = (alpha * nll if compute_nll_loss else 0.0)
@@ -90,7 +101,8 @@ def ref_fused_preference_loss(weight, _input, target, bias=None, *, ref_input=No
         rew_c = beta * (c if cref is None else c - cref)
         rew_r = beta * (r if rref is None else r - rref)
     with torch.no_grad():
-        logit_rows = logits_from_hidden(_input, weight, bias).sum(-1) * keep
+        z = ref_model_logits(_input, weight, bias, **transform)
+        logit_rows = z.sum(-1) * keep
         V = weight.shape[0]
         chosen_mean = logit_rows[:P].sum() / (counts[:P].sum() * V)
         rejected_mean = logit_rows[P:].sum() / (counts[P:].sum() * V)
@@ -118,3 +130,16 @@ def ref_fused_kto_loss(_input, weight, target, bias=None, preference_labels=None
         logits = (logits_from_hidden(_input, weight, bias).sum(-1) * keep).sum(1)
     return losses.sum() / n, ((seq * d).sum(), (seq * (1 - d)).sum(), (logits * d).sum(), (logits * (1 - d)).sum(),
                               (rewards * d).sum().detach(), (rewards * (1 - d)).sum().detach())
+
+
+def ref_token_stats(_input, weight, target, bias=None, *, ignore_index=-100, logit_scale=1.0, softcap=None,
+                    temperature=1.0):
+    """TRL's token metrics as sums: the entropy over all completion tokens, and the number of chosen
+    tokens whose label is the argmax (ties: the lowest id, as torch.argmax)."""
+    P = _input.shape[0] // 2
+    keep = target != ignore_index
+    z = ref_model_logits(_input, weight, bias, logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    logp_all = torch.log_softmax(z, -1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    top1 = (z.argmax(-1) == target) & keep
+    return {"entropy_sum": (entropy * keep).sum(), "chosen_top1": top1[:P].sum()}
