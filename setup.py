@@ -11,20 +11,25 @@ setup(
     version="0.1.0",
     description="Triton kernels for DPO-family preference training: fused log-probs and preference losses",
     packages=["rdpo_fast", "rdpo_fast.reference", "rdpo_fast.kernels", "rdpo_fast.data_files",
-              "rdpo_fast.pipelines", "rdpo_fast.losses", "rdpo_fast.integrations"],
+              "rdpo_fast.pipelines", "rdpo_fast.losses", "rdpo_fast.integrations", "rdpo_fast.evaluation"],
     package_dir={"rdpo_fast.kernels": "kernels"},
     package_data={"rdpo_fast.data_files": ["*.jsonl"],
-                  "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"]},
+                  "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"],
+                  "rdpo_fast.evaluation": ["prompt_files/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "triton>=3.6", "transformers", "safetensors", "tqdm", "gguf", "accelerate",
                       "matplotlib", "pyyaml"],
     extras_require={
         # TRL 1.16 needs Python >= 3.11; its tests skip where it is absent.
-        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft",
-                 "trl==1.16.0; python_version >= '3.11'"],
+        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft", "py3langid",
+                 "trl==1.16.0; python_version >= '3.11'", "datasets", "tensorboard"],
+        "data": ["datasets"],  # rdpo-fast train on anything but JSONL (save_to_disk, parquet, CSV, Hub datasets)
+        "tensorboard": ["tensorboard"],  # --report-to tensorboard
+        "wandb": ["wandb"],  # --report-to wandb (optional import; offline without credentials)
         "bench": ["pytest-benchmark", "liger-kernel", "cut-cross-entropy", "matplotlib"],
         "lora": ["peft"],
         "trl": ["trl==1.16.0"],
+        "eval": ["py3langid"],  # language identification of answers (ships its model; offline)
         "gpu": ["flash-attn"],
     },
     entry_points={"console_scripts": ["rdpo-fast = rdpo_fast.cli:main"]},

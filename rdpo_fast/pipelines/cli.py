@@ -130,6 +130,10 @@ def add_score_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     j = p.add_argument_group("judge")
     j.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    j.add_argument("--judge-mode", choices=("pairwise", "pointwise", "generate"), default="pairwise",
+                   help="pairwise (default): soft label = the judge's P(chosen better) from its label probabilities "
+                        "in both orders; pointwise: expected rubric scores from its score-token probabilities; "
+                        "generate: the judge writes a marked score [[N]], parsed strictly (rdpo_fast.evaluation)")
     j.add_argument("--task", default=None, help="take the rubric of this task template (default: the records' "
                                                 "'task' field when they share one, else a generic rubric)")
     j.add_argument("--template-file", default=None, help="extra task templates")
@@ -185,6 +189,10 @@ def run_score_cmd(args) -> int:
     lines = read_jsonl(args.input)  # validated before any model loads
     check_file_writable(args.output)
     records = [r for _, r in lines]
+    if args.scorer == "judge" and args.judge_mode != "generate":
+        if not args.judge_model:
+            raise ValueError("--scorer judge needs --judge-model")
+        return _score_with_probability_judge(args, lines, records)
     if args.scorer == "judge":
         from .judge import JudgeSettings
 
@@ -219,6 +227,35 @@ def run_score_cmd(args) -> int:
         print(f"{len(failed)} pair(s) could not be scored (no score was guessed); reasons in {failed_path}")
     if not scored:
         raise ValueError(f"no pair of {args.input} could be scored; see {failed_path}")
+    print(f"wrote {len(scored)} scored pairs to {args.output}; train with: rdpo-fast train --loss-type rdpo "
+          f"--data {args.output}")
+    return 0
+
+
+def _score_with_probability_judge(args, lines, records) -> int:
+    """--judge-mode pairwise/pointwise: every pair gets a verdict from the judge's label probabilities."""
+    from rdpo_fast.evaluation import scoring
+    from rdpo_fast.evaluation.judge import ProbabilityJudge
+    from rdpo_fast.evaluation.rubrics import scale
+
+    from .stages import write_jsonl
+
+    scale(*args.score_range)  # bad options fail before the judge loads
+    if args.judge_mode == "pairwise":
+        rubric = scoring.pairwise_from_options(args.rubric, args.task, args.template_file)  # None: per record
+    else:
+        text, origin = _pick_rubric(args, records)
+        print(f"judge rubric: {origin}")
+        rubric = scoring.custom_pointwise(text, *args.score_range, name=args.task or "custom")
+    judge = ProbabilityJudge.load(args.judge_model, batch_size=args.batch_size, progress=args.progress)
+    if args.judge_mode == "pairwise":
+        scored, stats = scoring.pairwise_soft_labels(records, judge, rubric)
+    else:
+        scored, stats = scoring.pointwise_soft_labels(records, judge, rubric, args.score_temperature)
+    write_jsonl(args.output, scored)
+    if os.path.exists(failed_file(args.output)):
+        os.remove(failed_file(args.output))  # every pair has a verdict; an earlier run's report would mislead
+    print(scoring.summary_table(stats))
     print(f"wrote {len(scored)} scored pairs to {args.output}; train with: rdpo-fast train --loss-type rdpo "
           f"--data {args.output}")
     return 0
