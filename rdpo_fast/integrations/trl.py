@@ -22,19 +22,30 @@ way: rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected}, logi
 
 DPOConfig settings (TRL 1.16), each honoured or refused by name at construction:
 
-    loss_type        sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, apo_zero,
-                     apo_down, discopop, sigmoid_norm: fused. aot, aot_unpaired, sft alone: refused (not
-                     in the fused loss yet; TRL_LOSS_TYPES below maps each). A list only in RPO's form,
-                     [<one of the above>, "sft"]
-    loss_weights     None, [1.0], or RPO's [1.0, alpha] (alpha * the chosen tokens' mean NLL, TRL's sft
-                     term); others refused
+    loss_type        every TRL 1.16 loss type, fused: sigmoid, hinge, ipo, exo_pair, nca_pair, robust,
+                     bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft,
+                     sigmoid_norm, alone or as a list (MPO, RPO: ["sigmoid", "bco_pair", "sft"]). sft is
+                     the chosen tokens' mean NLL over the micro-batch, as TRL's. aot / aot_unpaired sort
+                     the log-ratios within each micro-batch (TRL does too: under gradient accumulation the
+                     ranking never spans micro-batches) and cost up to 8NHV (the fused loss's two phases)
+    loss_weights     honoured: the weighted sum of the members' mean losses, as TRL's
     beta, discopop_tau, ld_alpha
                      honoured (ld_alpha on the policy and on every reference path)
-    label_smoothing  honoured for robust and exo_pair (the loss types TRL 1.16 reads it in); non-zero
-                     with another loss type refused (TRL would ignore it)
+    label_smoothing  honoured where TRL 1.16 reads it: robust, exo_pair, aot, aot_unpaired (and lists of
+                     them with other members). Refused when a list holds none of those (TRL would ignore
+                     it) or holds sigmoid (TRL's sigmoid ignores it; ours would be cDPO). Out of our
+                     range (robust [0, 0.5), exo_pair (0, 0.5], aot [0, 1]) refused
     f_divergence_type, f_alpha_divergence_coef
-                     reverse_kl only, another refused (the coefficient is read by alpha_divergence alone)
-    use_weighting    (WPO) refused
+                     honoured: reverse_kl, forward_kl, js_divergence, alpha_divergence, for the loss types
+                     TRL allows them with (sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop,
+                     sft); f_alpha_divergence_coef away from 0.5 without alpha_divergence refused (TRL
+                     would ignore it)
+    use_weighting    (WPO) honoured: TRL's per-pair weights from the policy's own token probabilities,
+                     computed in the fused pass, without gradient. Refused with aot / aot_unpaired (TRL
+                     refuses them too) and with sft (TRL 1.16 fails on it: its in-place product on the
+                     expanded batch NLL). With hinge TRL 1.16 computes the weighted loss but fails in
+                     backward (the in-place product on relu's saved output); ours trains on the exact
+                     gradient of that loss
     precompute_ref_log_probs, precompute_ref_batch_size
                      honoured: TRL's precompute pass runs through our fused forward-only scorer (its cache
                      keyed apart from TRL's own), and training reads the stored column
@@ -82,6 +93,7 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test wi
 
 from packaging.version import Version
 
+from rdpo_fast import loss_table as lt
 from rdpo_fast import modeling
 from rdpo_fast.fused_loss import LENGTH_NORMALISED, FusedLinearPreferenceLoss
 
@@ -91,16 +103,12 @@ if Version(trl.__version__).major < 1:
                       f"{trl.__version__} computes DPO through dpo_loss_fn / concatenated_forward, which this "
                       "integration does not patch: pip install 'rdpo_fast[trl]'")
 
-# TRL 1.16 loss_type -> FusedLinearPreferenceLoss loss_type. None: not in the fused loss yet, refused by
-# name; enabling one once the fused loss has it is a one-line change here.
-TRL_LOSS_TYPES = {
-    "sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo", "exo_pair": "exo_pair", "nca_pair": "nca_pair",
-    "robust": "robust", "bco_pair": "bco_pair", "sppo_hard": "sppo_hard", "apo_zero": "apo_zero",
-    "apo_down": "apo_down", "discopop": "discopop", "sigmoid_norm": "sigmoid_norm",
-    "aot": None, "aot_unpaired": None, "sft": None,
-}
-# The loss types TRL 1.16 reads label_smoothing in (of those we share).
-_READS_LABEL_SMOOTHING = ("robust", "exo_pair")
+# TRL 1.16 loss_type -> FusedLinearPreferenceLoss loss_type: every one is fused, under TRL's name.
+TRL_LOSS_TYPES = {n: n for n in (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")}
+# The loss types TRL 1.16 reads label_smoothing in.
+_READS_LABEL_SMOOTHING = ("robust", "exo_pair", "aot", "aot_unpaired")
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
@@ -115,44 +123,43 @@ def _refuse(name, value, why):
 # ---------------------------------------------------------------------------------------- settings
 def loss_options(args) -> dict:
     """FusedLinearPreferenceLoss keywords for a DPOConfig, or UnsupportedSetting naming the setting."""
-    loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
-    weights = None if args.loss_weights is None else [float(w) for w in args.loss_weights]
-    nll_alpha = None
-    if len(loss_types) == 2 and loss_types[1] == "sft" and loss_types[0] != "sft":
-        # RPO: a preference loss plus alpha times the chosen tokens' mean NLL (TRL's "sft" term).
-        w = [1.0, 1.0] if weights is None else weights
-        if w[0] != 1.0:
-            _refuse("loss_weights", args.loss_weights, "with loss_type [<preference loss>, 'sft'] (RPO) the "
-                    "preference loss's weight must be 1.0; the NLL weight (alpha) may be anything")
-        nll_alpha = w[1]
-        loss_types = loss_types[:1]
-    elif len(loss_types) != 1:
-        _refuse("loss_type", args.loss_type, "a combination of loss types is fused only in RPO's form "
-                "[<preference loss>, 'sft']")
-    elif weights is not None and weights != [1.0]:
-        _refuse("loss_weights", args.loss_weights, "a single loss type takes no weight other than 1.0")
-    name = loss_types[0]
-    if name not in TRL_LOSS_TYPES:
-        raise UnsupportedSetting(f"FusedDPOTrainer: unknown loss_type {name!r}; TRL's are "
-                                 f"{', '.join(TRL_LOSS_TYPES)}")
-    ours = TRL_LOSS_TYPES[name]
-    if ours is None:
-        _refuse("loss_type", name, "not in the fused loss yet (fused: "
-                + ", ".join(k for k, v in TRL_LOSS_TYPES.items() if v) + "; 'sft' only as RPO's second term)")
-    if args.f_divergence_type != "reverse_kl":
-        _refuse("f_divergence_type", args.f_divergence_type, "only the standard reverse_kl is fused")
-    if args.use_weighting:
-        _refuse("use_weighting", True, "WPO weighting is not in the fused loss yet")
+    names = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
+    for name in names:
+        if name not in TRL_LOSS_TYPES:
+            raise UnsupportedSetting(f"FusedDPOTrainer: unknown loss_type {name!r}; TRL's are "
+                                     f"{', '.join(TRL_LOSS_TYPES)}")
+    shown = names[0] if len(names) == 1 else names
     eps = float(args.label_smoothing)
-    if eps and name not in _READS_LABEL_SMOOTHING:
-        _refuse("label_smoothing", eps, f"TRL 1.16 reads it only in loss_type {' and '.join(_READS_LABEL_SMOOTHING)}; "
-                f"with {name!r} it would be ignored")
-    opts = dict(loss_type=ours, beta=float(args.beta), label_smoothing=eps, ld_alpha=args.ld_alpha,
-                autocast="follow")
-    if ours == "discopop":
+    if eps:
+        # TRL's sigmoid ignores label_smoothing, ours is cDPO with it; a list with no member that reads
+        # it would ignore it in TRL. Both refused, naming the setting.
+        if "sigmoid" in names:
+            _refuse("label_smoothing", eps, f"TRL 1.16's sigmoid ignores it (rdpo_fast's would be cDPO); with "
+                    f"loss_type {shown!r} the two would train differently")
+        if not set(names) & set(_READS_LABEL_SMOOTHING):
+            _refuse("label_smoothing", eps, f"TRL 1.16 reads it only in loss_type "
+                    f"{', '.join(_READS_LABEL_SMOOTHING)}; with {shown!r} it would be ignored")
+    alpha = float(args.f_alpha_divergence_coef)
+    if args.f_divergence_type != "alpha_divergence" and alpha != lt.DEFAULT_F_ALPHA:
+        _refuse("f_alpha_divergence_coef", alpha, "it is read only with f_divergence_type='alpha_divergence' "
+                f"(TRL would ignore it with {args.f_divergence_type!r})")
+    if args.use_weighting:
+        unweighted = [n for n in names if not lt.LOSSES[TRL_LOSS_TYPES[n]].weighting]
+        if unweighted:
+            _refuse("use_weighting", True, f"WPO weighting is not defined for {', '.join(unweighted)}: TRL 1.16 "
+                    "refuses it for aot / aot_unpaired (sorting would misalign the per-pair weights) and cannot "
+                    "compute it for sft (its in-place product on the batch NLL fails)")
+    opts = dict(loss_type=[TRL_LOSS_TYPES[n] for n in names] if len(names) > 1 else TRL_LOSS_TYPES[names[0]],
+                loss_weights=None if args.loss_weights is None else [float(w) for w in args.loss_weights],
+                beta=float(args.beta), label_smoothing=eps, ld_alpha=args.ld_alpha,
+                use_weighting=bool(args.use_weighting), f_divergence_type=args.f_divergence_type,
+                f_alpha_divergence_coef=alpha, autocast="follow")
+    if "discopop" in names:
         opts["tau"] = float(args.discopop_tau)
-    if nll_alpha:
-        opts.update(compute_nll_loss=True, alpha=float(nll_alpha))
+    try:  # the fused loss's own checks (ranges, f-divergence against the list, ...), before any data work
+        FusedLinearPreferenceLoss(**opts)
+    except ValueError as e:
+        raise UnsupportedSetting(f"FusedDPOTrainer: {e}") from e
     return opts
 
 
