@@ -72,7 +72,7 @@ def test_crosslingual_end_to_end(files, capsys):
     (["--languages", "fr"], "not in the parallel prompt file"),
     (["-k", "1"], "K (samples per prompt) must be >= 2"),
     (["--eval-prompts", "4"], "leaves none"),
-    (["--scorer", "fixed", "--policy", "/no/such/model"], "model path not found"),
+    (["--reward-pair", "initial", "--policy", "/no/such/model"], "model path not found"),
 ])
 def test_crosslingual_bad_input(files, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

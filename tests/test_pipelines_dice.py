@@ -7,7 +7,7 @@ import os
 import pytest
 
 import rdpo_fast.train
-from rdpo_fast.pipelines import dice as dice_mod
+from rdpo_fast.pipelines import driver as driver_mod
 from rdpo_fast.pipelines.cli import main
 from rdpo_fast.pipelines.generation import Sample
 from rdpo_fast.pipelines.pairing import prompt_key
@@ -37,7 +37,7 @@ class Counters:
     def __init__(self, monkeypatch, crash_at=None):
         self.sampled, self.scored, self.trained = [], 0, []
         real_train = rdpo_fast.train.train
-        real_reward = dice_mod.ImplicitReward
+        real_reward = driver_mod.ImplicitReward
 
         def sample(model, tok, convs, k, settings):
             self.sampled.append(len(convs))
@@ -60,8 +60,8 @@ class Counters:
                 raise RuntimeError("interrupted")
             return real_train(cfg)
 
-        monkeypatch.setattr(dice_mod, "sample_groups", sample)
-        monkeypatch.setattr(dice_mod, "ImplicitReward", counting_reward)
+        monkeypatch.setattr(driver_mod, "sample_groups", sample)
+        monkeypatch.setattr(driver_mod, "ImplicitReward", counting_reward)
         monkeypatch.setattr(rdpo_fast.train, "train", train)
 
 
