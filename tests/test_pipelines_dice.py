@@ -122,6 +122,11 @@ def test_summary_counts_skips_and_replays_on_disjoint_prompts(files, resumed):
     # The chain: round 2 sampled from round 1's policy and trained with it as reference.
     cfg = json.load(open(out / "round2" / "train" / "config.json"))
     assert cfg["model"].endswith("round1/train/final") and cfg["reference"] == "precompute"
+    # ... and scored with the default reward pair (pi_1, ref_1 = pi_0).
+    st = json.load(open(out / "round2" / "score.done.json"))["stats"]
+    assert st["reward_policy"] == str(out / "round1" / "train" / "final")
+    assert st["reward_reference"] == str(out / "round0" / "train" / "final")
+    assert summary["final_policy"] == st["reward_policy"].replace("round1", "round2")
 
 
 def test_changed_settings_are_refused(files, resumed, capsys):

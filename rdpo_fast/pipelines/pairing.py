@@ -9,8 +9,12 @@ carry no length preference on average. Two rules (ALPHA_RULES):
 - "argmin": every grid point; the one closest to 0 (the smallest such alpha on ties). The
   cross-lingual paper's rule, and ours by default.
 - "early-stop": DICE's rule. Walk the grid from its start and stop at the first alpha whose |mean
-  difference| is worse than the best seen so far; the best alpha seen wins (the first on ties). On a
-  non-monotone curve it can stop at a local minimum that "argmin" would pass.
+  difference| is worse than the best seen so far; the best alpha seen wins (the first on ties).
+With argmax/argmin pairing the two agree: raising alpha can only shorten the chosen candidate and
+lengthen the rejected one (if c wins at alpha and c' at alpha' > alpha, adding the two optimality
+inequalities gives (alpha' - alpha)(len c - len c') >= 0), so the mean difference falls monotonically
+and the walk stops just past its crossing of 0, at the argmin. The early stop evaluates fewer grid
+points; a difference between the rules would come only from floating-point rounding at exact ties.
 """
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
 
 # Where the paper column needs a word: inferred values, and values the released code does not fix.
 PAPER_NOTES: dict[str, dict[str, str]] = {
-    "dice": {"prompts_per_round": "0 (all of UF-10k, each round)", "system": "none (chat template only)",
+    "dice": {"prompts_per_round": "0 (all of UF-10k, each round)",
+             "alpha_grid": "0.0 1.0 0.001 (1.0 itself left out upstream)", "system": "none (chat template only)",
              "batch_size": "4 (x 8 = 32 pairs per step; 1 x 4 x 8 GPUs upstream)",
              "train_last_layers": "0 (full fine-tuning)", "init_pairs": "n/a (starts from a DPO model)",
              "eval_pairs": "n/a (AlpacaEval 2)"},
@@ -115,7 +116,8 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
                      "prompt_pool": "same (inferred: one prompt set per run)", "min_valid": "2 (no filter)",
                      "keep_truncated": "yes (no filter)", "nll_alpha": "not in the released code",
                      "lr": "not in the released code", "batch_size": "not in the released code",
-                     "max_length": "not in the released code", "train_last_layers": "0 (full fine-tuning)",
+                     "max_length": "not in the released code", "train_last_layers": "not in the released code",
+                     "alpha_grid": "0.0 1.0 0.001 (1.0 itself left out upstream)",
                      "init_pairs": "n/a (starts from a DPO model)", "eval_prompts": "n/a (X-AlpacaEval)"},
     "rdpo": {"task": "safety, roleplay, sycophancy", "num_prompts": "not in the released code",
              "max_new_tokens": "256 (teacher API calls)", "temperature": "API default (not set)",
@@ -125,6 +127,11 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
              "batch_size": "not in the released code", "max_length": "not in the released code",
              "train_last_layers": "not in the released code", "scorer_max_steps": "n/a"},
 }
+
+
+# Where "our default" is not a plain value.
+DEFAULT_NOTES = {"min_valid": "K/2 (at least 2)", "max_steps": "none (epochs)", "num_prompts": "all",
+                 "eval_pairs": "all"}
 
 
 def values(command: str, preset: str) -> dict:
@@ -204,5 +211,6 @@ def markdown_table(command: str, parser) -> str:
             p = "not in the released code"
         demo = PRESETS[command]["cpu-demo"]
         d = _cell(demo[dest]) if dest in demo else "(default)"
-        lines.append(f"| {label} | {p} | {_cell(defaults[dest])} | {d} | `{flag}` |")
+        ours = DEFAULT_NOTES[dest] if defaults[dest] is None and dest in DEFAULT_NOTES else _cell(defaults[dest])
+        lines.append(f"| {label} | {p} | {ours} | {d} | `{flag}` |")
     return "\n".join(lines)
