@@ -23,6 +23,9 @@ setup(
         "bench": ["pytest-benchmark", "liger-kernel", "cut-cross-entropy", "matplotlib"],
         "lora": ["peft"],
         "gpu": ["flash-attn"],
+        # --generator vllm (GPU only): the pipelines' K samples per prompt through vLLM's offline engine.
+        # It pins its own torch: install it where the GPU torch it wants is the one you use.
+        "vllm": ["vllm"],
     },
     entry_points={"console_scripts": ["rdpo-fast = rdpo_fast.cli:main"]},
 )

@@ -85,3 +85,20 @@ def test_presets_only_name_real_flags():
         for name in presets.PRESET_NAMES:
             assert set(presets.PRESETS[command][name]) <= dests
         assert {dest for _, dest, _ in presets.ROWS[command]} <= dests
+
+
+def test_presets_apply_under_the_main_cli_too():
+    from rdpo_fast.cli import build_parser as main_parser
+
+    args = main_parser().parse_args(["crosslingual", "--preset", "cpu-demo", "--output-dir", "o", "-k", "5"])
+    assert (args.languages, args.max_new_tokens, args.k) == ("en,es,fr,de", 64, 5)
+
+
+def test_the_pipelines_cli_does_not_import_the_main_cli():
+    # One-way dependency: rdpo_fast.cli registers the pipelines; the pipelines never import it back.
+    import subprocess
+    import sys
+
+    code = ("import sys, rdpo_fast.pipelines.cli as c; c.build_parser(); "
+            "sys.exit(1 if 'rdpo_fast.cli' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0

@@ -121,8 +121,9 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
                      "init_pairs": "n/a (starts from a DPO model)", "eval_prompts": "n/a (X-AlpacaEval)"},
     "rdpo": {"task": "safety, roleplay, sycophancy", "num_prompts": "not in the released code",
              "max_new_tokens": "256 (teacher API calls)", "temperature": "API default (not set)",
-             "top_p": "API default (not set)", "judge_max_retries": "none: first integer of the prose, "
-                                                                    "no retry (we parse [[N]] strictly)",
+             "top_p": "API default (not set)", "judge_max_retries": "none (no retry; role-play and "
+                                                                    "sycophancy read the first integer of the prose; "
+                                                                    "we parse one [[N]] strictly)",
              "scorer": "judge (GPT-3.5/GPT-4)", "lr": "not in the released code", "beta": "not in the released code",
              "batch_size": "not in the released code", "max_length": "not in the released code",
              "train_last_layers": "not in the released code", "scorer_max_steps": "n/a"},
