@@ -11,17 +11,22 @@ setup(
     version="0.1.0",
     description="Triton kernels for DPO-family preference training: fused log-probs and preference losses",
     packages=["rdpo_fast", "rdpo_fast.reference", "rdpo_fast.kernels", "rdpo_fast.data_files",
-              "rdpo_fast.pipelines"],
+              "rdpo_fast.pipelines", "rdpo_fast.losses", "rdpo_fast.integrations", "rdpo_fast.evaluation"],
     package_dir={"rdpo_fast.kernels": "kernels"},
     package_data={"rdpo_fast.data_files": ["*.jsonl"],
-                  "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"]},
+                  "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"],
+                  "rdpo_fast.evaluation": ["prompt_files/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "triton>=3.6", "transformers", "safetensors", "tqdm", "gguf", "accelerate",
                       "matplotlib", "pyyaml"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft"],
+        # TRL 1.16 needs Python >= 3.11; its tests skip where it is absent.
+        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft", "py3langid",
+                 "trl==1.16.0; python_version >= '3.11'"],
         "bench": ["pytest-benchmark", "liger-kernel", "cut-cross-entropy", "matplotlib"],
         "lora": ["peft"],
+        "trl": ["trl==1.16.0"],
+        "eval": ["py3langid"],  # language identification of answers (ships its model; offline)
         "gpu": ["flash-attn"],
         # --generator vllm (GPU only): the pipelines' K samples per prompt through vLLM's offline engine.
         # It pins its own torch: install it where the GPU torch it wants is the one you use.

@@ -22,6 +22,7 @@ for step in "$@"; do
     profile) timeout 200 python3 -m bench.profile_loss --out "$OUT/profile.txt" 2>&1 | tail -40 ;;
     sweep) timeout 500 python3 -m bench.sweep --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" ;;
     e2e) timeout 300 python3 -m bench.e2e_step --out "$OUT/e2e.json" 2>&1 | tail -5 ;;
+    trl) timeout 500 python3 -m bench.trl_step --out "$OUT/trl_step.json" 2>&1 | tail -5 ;;  # needs trl==1.16.0
     loss) timeout 500 python3 -m bench.gpu --suite loss --out "$OUT/loss.json" 2>&1 | tee "$OUT/loss.log" ;;
     *) echo "unknown step $step" ;;
   esac

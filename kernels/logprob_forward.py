@@ -1,5 +1,7 @@
 """Forward epilogue over a block of ready logits: per row the logsumexp, the target logit, the log-prob
 of the label, and, fused, the per-sequence sums of log-probs and of logits (for TRL's logits/* metrics).
+With HAS_SQ (constexpr; no cost when off) also log sum_v p_v^2 = logsumexp(2z) - 2 lse per row, and its
+per-sequence sum: the statistic of TRL's WPO weights, from the same exponentials (sum of e^2).
 
 Rows are processed BLOCK_M at a time, the vocabulary in BLOCK_V tiles with an online (running max)
 logsumexp in fp32, so one pass over the logits suffices whatever their dtype. Row offsets are int64:
@@ -15,9 +17,9 @@ from .logits_math import transform
 @triton.jit
 def logprob_fwd_kernel(
     z_ptr, stride_z, row_idx_ptr, labels_ptr, seq_ptr,
-    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr,
+    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr,
     M, V, inv_temp, softcap,
-    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -32,6 +34,7 @@ def logprob_fwd_kernel(
 
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
+    run_sq = tl.zeros([BLOCK_M], tl.float32)
     logit_sum = tl.zeros([BLOCK_M], tl.float32)
     cols0 = tl.arange(0, BLOCK_V)
     for v0 in range(0, V, BLOCK_V):
@@ -45,7 +48,11 @@ def logprob_fwd_kernel(
         # zeros (not -inf) so no inf - inf NaN appears in rows that are never stored.
         z = tl.where(col_ok[None, :], z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+        scale = tl.exp(run_max - new_max)
+        e = tl.exp(z - new_max[:, None])
+        run_sum = run_sum * scale + tl.sum(e, axis=1)
+        if HAS_SQ:
+            run_sq = run_sq * (scale * scale) + tl.sum(e * e, axis=1)
         run_max = new_max
     lse = run_max + tl.log(run_sum)
 
@@ -54,10 +61,16 @@ def logprob_fwd_kernel(
     logp = target - lse
     tl.store(lse_ptr + offs_m, lse, mask=row_ok)
     tl.store(logp_ptr + offs_m, logp, mask=row_ok)
+    if HAS_SQ:
+        # sum p^2 = sum e^2 / (sum e)^2, both relative to the same running max.
+        sq = tl.log(run_sq) - 2.0 * tl.log(run_sum)
+        tl.store(sq_ptr + offs_m, sq, mask=row_ok)
     if HAS_SEQ:
         seq = tl.load(seq_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
         tl.atomic_add(seq_logp_ptr + seq, logp, mask=row_ok)
         tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
+        if HAS_SQ:
+            tl.atomic_add(seq_sq_ptr + seq, sq, mask=row_ok)
 
 
 def fwd_blocks(V: int, interpreted: bool):
@@ -71,16 +84,23 @@ def fwd_blocks(V: int, interpreted: bool):
 
 
 def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
-                    temperature=1.0, softcap=None, interpreted=False):
+                    temperature=1.0, softcap=None, interpreted=False, log_sum_sq=None, seq_sq=None):
     """z: [rows, V] logits (any float dtype, last dim contiguous). labels/seq_ids: [M] for the M rows
     processed (row_idx maps them to rows of z; None means the first M rows). seq_logp / seq_logit:
-    fp32 [S] accumulators, added into. Returns (lse [M], logp [M]) in fp32."""
+    fp32 [S] accumulators, added into. log_sum_sq: optional fp32 [M] output of log sum_v p_v^2;
+    seq_sq: optional fp32 [S] accumulator of it (with seq_ids); neither with row_idx.
+    Returns (lse [M], logp [M]) in fp32."""
     M = labels.numel()
     V = z.shape[1]
     lse = torch.empty(M, device=z.device, dtype=torch.float32)
     logp = torch.empty_like(lse)
+    has_sq = log_sum_sq is not None or seq_sq is not None
+    if has_sq and row_idx is not None:
+        raise ValueError("log_sum_sq / seq_sq are computed on compacted rows only (row_idx=None)")
     if M == 0:
         return lse, logp
+    if has_sq and log_sum_sq is None:
+        log_sum_sq = torch.empty_like(lse)
     BLOCK_M, BLOCK_V, warps, stages = fwd_blocks(V, interpreted)
     has_seq = seq_ids is not None
     grid = (triton.cdiv(M, BLOCK_M),)
@@ -88,8 +108,9 @@ def logprob_forward(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq
         z, z.stride(0), row_idx if row_idx is not None else labels, labels,
         seq_ids if has_seq else labels,
         lse, logp, seq_logp if has_seq else lse, seq_logit if has_seq else lse,
+        log_sum_sq if has_sq else lse, seq_sq if has_sq and has_seq else lse,
         M, V, 1.0 / temperature, 1.0 if softcap is None else float(softcap),
-        HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None, HAS_SEQ=has_seq,
+        HAS_ROW_IDX=row_idx is not None, HAS_SOFTCAP=softcap is not None, HAS_SEQ=has_seq, HAS_SQ=has_sq,
         BLOCK_M=BLOCK_M, BLOCK_V=BLOCK_V, num_warps=warps, num_stages=stages,
     )
     return lse, logp
@@ -103,20 +124,25 @@ def _compile_specs():
         for has_row_idx in (False, True):
             for has_softcap in (False, True):
                 for has_seq in (False, True):
-                    specs.append({
-                        "fn": logprob_fwd_kernel,
-                        "name": f"logprob_fwd[{zt},row_idx={has_row_idx},softcap={has_softcap},seq={has_seq}]",
-                        "signature": {
-                            "z_ptr": f"*{zt}", "stride_z": "i32", "row_idx_ptr": "*i64", "labels_ptr": "*i64",
-                            "seq_ptr": "*i64", "lse_ptr": "*fp32", "logp_ptr": "*fp32", "seq_logp_ptr": "*fp32",
-                            "seq_logit_ptr": "*fp32", "M": "i32", "V": "i32", "inv_temp": "fp32",
-                            "softcap": "fp32", "HAS_ROW_IDX": "constexpr", "HAS_SOFTCAP": "constexpr",
-                            "HAS_SEQ": "constexpr", "BLOCK_M": "constexpr", "BLOCK_V": "constexpr",
-                        },
-                        "constexprs": {"HAS_ROW_IDX": has_row_idx, "HAS_SOFTCAP": has_softcap,
-                                       "HAS_SEQ": has_seq, "BLOCK_M": BLOCK_M, "BLOCK_V": BLOCK_V},
-                        "num_warps": warps, "num_stages": stages,
-                    })
+                    # The WPO statistic is computed on compacted rows only (the launcher refuses row_idx).
+                    for has_sq in (False,) if has_row_idx else (False, True):
+                        specs.append({
+                            "fn": logprob_fwd_kernel,
+                            "name": f"logprob_fwd[{zt},row_idx={has_row_idx},softcap={has_softcap},seq={has_seq},"
+                                    f"sq={has_sq}]",
+                            "signature": {
+                                "z_ptr": f"*{zt}", "stride_z": "i32", "row_idx_ptr": "*i64", "labels_ptr": "*i64",
+                                "seq_ptr": "*i64", "lse_ptr": "*fp32", "logp_ptr": "*fp32", "seq_logp_ptr": "*fp32",
+                                "seq_logit_ptr": "*fp32", "sq_ptr": "*fp32", "seq_sq_ptr": "*fp32", "M": "i32",
+                                "V": "i32", "inv_temp": "fp32", "softcap": "fp32", "HAS_ROW_IDX": "constexpr",
+                                "HAS_SOFTCAP": "constexpr", "HAS_SEQ": "constexpr", "HAS_SQ": "constexpr",
+                                "BLOCK_M": "constexpr", "BLOCK_V": "constexpr",
+                            },
+                            "constexprs": {"HAS_ROW_IDX": has_row_idx, "HAS_SOFTCAP": has_softcap,
+                                           "HAS_SEQ": has_seq, "HAS_SQ": has_sq, "BLOCK_M": BLOCK_M,
+                                           "BLOCK_V": BLOCK_V},
+                            "num_warps": warps, "num_stages": stages,
+                        })
     return specs
 
 

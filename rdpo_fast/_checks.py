@@ -3,10 +3,13 @@ that names the argument, raised before any kernel runs."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Ready logits may also be float64 (TRL's selective_log_softmax takes them); the log-probs stay float32.
+LOGITS_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 
 def out_of_range(labels, V, ignore_index):
@@ -84,8 +87,8 @@ def check_logits_inputs(logits, labels, ignore_index, temperature, softcap):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() < 1 or logits.shape[-1] == 0 or logits.numel() == 0:
         raise ValueError(f"logits must be a non-empty [..., V] tensor, got shape {tuple(logits.shape)}")
-    if logits.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"logits dtype {logits.dtype} is not supported (float32, bfloat16, float16)")
+    if logits.dtype not in LOGITS_DTYPES:
+        raise ValueError(f"logits dtype {logits.dtype} is not supported (float32, bfloat16, float16, float64)")
     check_labels(labels, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
     check_transform(temperature, softcap)
 
@@ -102,3 +105,45 @@ def check_segment_ids(segment_ids, labels):
         raise ValueError(f"segment_ids is on {segment_ids.device} but labels is on {labels.device}")
     if bool((segment_ids < 0).any()):
         raise ValueError("segment_ids must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------- finiteness
+# Off by default: NaN/inf then stays in exactly the rows and pairs it touches (no host sync is spent on
+# looking). check_finite=True on an op, or RDPO_FAST_CHECK_FINITE=1, raises instead.
+CHECK_FINITE_ENV = "RDPO_FAST_CHECK_FINITE"
+
+
+class NonFiniteError(ValueError):
+    """A NaN or inf in an input or the result of an op, with check_finite on; names the tensor."""
+
+
+def check_finite_on(flag) -> bool:
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get(CHECK_FINITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_finite(op: str, *items, result: bool = False) -> None:
+    """items: (name, tensor or None[, keep]) where keep is a bool mask of the tensor's leading dims
+    (the rows that enter the result; others, e.g. ignored prompt rows, are not looked at). One host
+    transfer when everything is finite; raises NonFiniteError naming the first tensor that is not."""
+    checked = []
+    for name, t, *keep in items:
+        if t is None:
+            continue
+        bad, unit = ~torch.isfinite(t.detach()), "values"
+        if keep and keep[0] is not None:
+            if bad.dim() > keep[0].dim():
+                bad = bad.flatten(keep[0].dim()).any(-1)
+            bad, unit = bad & keep[0], "kept rows"
+        checked.append((name, bad, unit))
+    if not checked:
+        return
+    counts = torch.stack([b.sum() for _, b, _ in checked]).tolist()
+    for (name, bad, unit), n in zip(checked, counts):
+        if n:
+            first = tuple(bad.nonzero()[0].tolist())
+            where = f"{n} non-finite {unit}"
+            hint = (" although every input is finite (an overflow: fp16 logits beyond 65504? use bf16 or fp32)"
+                    if result else "")
+            raise NonFiniteError(f"{op}: {name} holds NaN or inf ({where}, the first at index {first}){hint}")

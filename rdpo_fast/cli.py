@@ -3,7 +3,9 @@ to run); a new one (synth, score, dice, crosslingual) is one more entry in COMMA
 
 `rdpo-fast train`: every option of rdpo_fast.config.TrainConfig is a flag; `--config FILE` (JSON or YAML)
 supplies any of them, and flags given on the command line win. With `--resume`, the checkpoint's saved
-settings are the starting point, so `rdpo-fast train --resume RUN_DIR` alone continues a run.
+settings are the starting point, so `rdpo-fast train --resume RUN_DIR` alone continues a run, writing into
+the run directory that holds the checkpoint (rdpo_fast/run_dir.py). Every failure goes through one error
+path (rdpo_fast/errors.py): an expected one is a single line and exit status 2.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import config as config_mod
+from .errors import DEBUG_ENV, run_command
 
 
 @dataclass
@@ -46,20 +49,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func", "debug")}
     values = {}
     resume = given.get("resume")
     if args.config:
         values.update(config_mod.read_config_file(args.config))
         resume = given.get("resume", values.get("resume"))
-    if resume:
-        from .checkpoint import find_checkpoint, read_state
-
-        saved = read_state(find_checkpoint(resume)).get("config", {})
-        for transient in ("resume", "stop_after_steps", "overwrite"):
-            saved.pop(transient, None)
-        values = {**saved, **values}
     values.update(given)
+    if resume:
+        from .run_dir import resume_settings
+
+        # The resumed run writes into the run directory holding the checkpoint (or an explicit
+        # --output-dir), never into the output path its saved config names.
+        values = {**resume_settings(resume, output_dir=values.get("output_dir")),
+                  **{k: v for k, v in values.items() if k != "resume"}}
     known = {f.name for f in config_mod.fields()}
     return config_mod.TrainConfig(**{k: v for k, v in values.items() if k in known}).validate()
 
@@ -97,24 +100,29 @@ def pipeline_commands() -> list[Command]:
     return [Command(*entry) for entry in SUBCOMMANDS]
 
 
+def evaluation_commands() -> list[Command]:
+    """generate, eval: the evaluation registers itself (rdpo_fast.evaluation.cli)."""
+    from .evaluation.cli import SUBCOMMANDS
+
+    return [Command(*entry) for entry in SUBCOMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdpo-fast", description="Fast DPO-family preference training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for cmd in COMMANDS + pipeline_commands():
+    for cmd in COMMANDS + pipeline_commands() + evaluation_commands():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=False,
+                       help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
         p.set_defaults(func=cmd.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input of any kind (data, model path, checkpoint, options): one clear line, no traceback.
-        print(f"rdpo-fast {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    # Expected failures (bad input, I/O, corrupt files, missing packages): one line, exit 2 (errors.py).
+    return run_command(args.command, lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ saved run config all come from, so the three cannot drift apart."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 
+from . import textfile, typed
 from .preference import LOSS_TYPES
 
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
@@ -85,6 +85,8 @@ class TrainConfig:
             if not cond:
                 raise ValueError(msg)
 
+        typed.check_instance(self)  # every field against its declared type first (names the field)
+
         for name in ("batch_size", "grad_accum", "eval_batch_size", "epochs", "logging_steps", "max_length"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_steps", "save_steps", "save_total_limit", "warmup_steps", "train_last_layers", "lora_r"):
@@ -111,20 +113,13 @@ def fields():
 
 
 def read_config_file(path: str) -> dict:
-    """Settings from a JSON or YAML file; keys are option names (dashes or underscores)."""
+    """Settings from a JSON or YAML file; keys are option names (dashes or underscores). A syntax error
+    names the file, line and column; a value of the wrong type names the key (and its line)."""
     if not os.path.isfile(path):
         raise ValueError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-    except Exception as e:  # both parsers' errors carry the position
-        raise ValueError(f"config file {path}: cannot parse ({e})") from None
+    values = textfile.parse_structured(path, "config file")
+    if values is None:
+        values = {}
     if not isinstance(values, dict):
         raise ValueError(f"config file {path}: expected a mapping of option names to values")
     known = {f.name for f in fields()}
@@ -134,4 +129,17 @@ def read_config_file(path: str) -> dict:
         if name not in known:
             raise ValueError(f"config file {path}: unknown option {key!r}")
         out[name] = v
-    return out
+    return typed.check_values(TrainConfig, out, where=f"config file {path}", lines=_key_lines(path))
+
+
+def _key_lines(path: str) -> dict[str, int]:
+    """Line of each top-level key of a YAML/JSON mapping file (JSON is read as YAML), for messages."""
+    try:
+        import yaml
+
+        node = yaml.compose(textfile.read_text(path))
+    except Exception:  # only for nicer messages: the file has been parsed once already
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value).replace("-", "_"): k.start_mark.line + 1 for k, _ in node.value}

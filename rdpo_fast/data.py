@@ -16,12 +16,15 @@ carries the flat index of each packed token in the padded [2B, T] grid for the s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from dataclasses import dataclass
 
 import torch
+
+from . import textfile
 
 IGNORE = -100
 OPTIONAL_FIELDS = ("chosen_score", "rejected_score", "soft_label", "ref_chosen_logps", "ref_rejected_logps")
@@ -37,8 +40,8 @@ def read_jsonl(path: str) -> list[tuple[int, dict]]:
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
+        for lineno, line in f:
             if not line.strip():
                 continue
             try:

@@ -87,6 +87,39 @@ def load_tokenizer(name: str | None):
     return tok
 
 
+def _corrupt_files_named(load):
+    """A weights file that cannot be read (truncated, corrupt) is a ModelError naming the file."""
+    import functools
+
+    @functools.wraps(load)
+    def wrapper(name, *args, **kwargs):
+        try:
+            return load(name, *args, **kwargs)
+        except Exception as e:
+            from safetensors import SafetensorError, safe_open
+
+            if not isinstance(e, (SafetensorError, OSError)) or isinstance(e, FileNotFoundError):
+                raise
+            folder, gguf = resolve(name)
+            bad = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors") and not _readable(safe_open, folder, f)]
+            what = os.path.join(folder, bad[0]) if bad else (os.path.join(folder, gguf) if gguf else folder)
+            raise ModelError(f"cannot load model {name}: {what} is corrupt or truncated "
+                             f"({' '.join(str(e).split())[:200]})") from None
+
+    return wrapper
+
+
+def _readable(safe_open, folder, f) -> bool:
+    try:
+        with safe_open(os.path.join(folder, f), "pt") as st:
+            for key in st.keys():
+                st.get_slice(key)
+        return True
+    except Exception:
+        return False
+
+
+@_corrupt_files_named
 def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None):
     """The causal LM, in train mode with the KV cache off. A GGUF model is dequantised on load; its
     quantization record is dropped so the export is a plain model that from_pretrained reloads."""
@@ -94,8 +127,14 @@ def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: st
 
     folder, gguf = resolve(name)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn or attn_implementation(),
-                                                 **kwargs)
+    impl = attn or attn_implementation()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl, **kwargs)
+    except ValueError as e:
+        if attn is not None or impl != "sdpa" or "scaled_dot_product_attention" not in str(e):
+            raise
+        # Architectures without an sdpa path (Gemma 2's attention softcap) run eager attention.
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **kwargs)
     if gguf and getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
         model.hf_quantizer = None
@@ -185,3 +224,64 @@ def tied_aliases(model) -> dict[str, str]:
         else:
             first[id(p)] = name
     return aliases
+
+
+# ---------------------------------------------------------------------------------------- logit transform
+# What a causal LM does to lm_head's output before its softmax, read from its (text) config. Scale names
+# are tried in this order, as Hugging Face models apply them (Cohere: logit_scale; Muse Glimmer:
+# output_multiplier; Falcon-H1: lm_head_multiplier; Granite and MiniCPM3 divide by logits_scaling,
+# HyperCLOVA X multiplies by it). Softcaps: final_logit_softcapping (Gemma 2/3/4, nanochat, ...),
+# logits_soft_cap (RecurrentGemma).
+_SCALE_FIELDS = ("logit_scale", "output_multiplier", "lm_head_multiplier")
+_SOFTCAP_FIELDS = ("final_logit_softcapping", "logits_soft_cap")
+_MULTIPLYING_LOGITS_SCALING = ("hyperclovax",)
+
+
+class LogitTransform:
+    """raw logits -> scale * raw -> softcap c * tanh(z / c) -> / temperature (SPEC section 3).
+
+    Our kernels take (softcap, temperature) only; a positive scale s folds into them exactly:
+    c * tanh(s z / c) / T = (c/s) * tanh(z / (c/s)) / (T/s), and s z / T = z / (T/s)."""
+
+    def __init__(self, scale: float = 1.0, softcap: float | None = None):
+        if not (isinstance(scale, (int, float)) and scale > 0 and scale == scale and scale != float("inf")):
+            raise ModelError(f"the model's logit scale is {scale!r}; only a finite scale > 0 is supported")
+        if softcap is not None and not (softcap > 0 and softcap != float("inf")):
+            raise ModelError(f"the model's final-logit softcap is {softcap!r}; expected a finite number > 0")
+        self.scale = float(scale)
+        self.softcap = None if softcap is None else float(softcap)
+
+    def kernel_args(self, temperature: float = 1.0) -> dict:
+        """{softcap, temperature} for linear_logprobs / sequence_logprobs / FusedLinearPreferenceLoss."""
+        s = self.scale
+        return {"softcap": None if self.softcap is None else self.softcap / s, "temperature": temperature / s}
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+    def __repr__(self):
+        return f"LogitTransform(scale={self.scale}, softcap={self.softcap})"
+
+
+def logit_transform(model_or_config) -> LogitTransform:
+    """The logit transform a model (or its config; PEFT and other wrappers are looked through) applies to
+    lm_head's output. Every path that scores a model's tokens passes it to the kernels."""
+    cfg = model_or_config
+    if not hasattr(cfg, "to_dict"):  # a model, not a config
+        cfg = _base(cfg).config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    scale = None
+    for name in _SCALE_FIELDS:
+        scale = getattr(text, name, None)
+        if scale is not None:
+            break
+    if scale is None and getattr(text, "logits_scaling", None) is not None:
+        ls = float(text.logits_scaling)
+        scale = ls if getattr(text, "model_type", None) in _MULTIPLYING_LOGITS_SCALING else 1.0 / ls
+    softcap = None
+    for name in _SOFTCAP_FIELDS:
+        softcap = getattr(text, name, None)
+        if softcap is not None:
+            break
+    return LogitTransform(1.0 if scale is None else float(scale), softcap)

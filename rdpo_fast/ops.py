@@ -203,13 +203,26 @@ def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_i
 
 
 def linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, temperature=1.0, softcap=None,
-                    workspace_budget=None):
+                    workspace_budget=None, check_finite=None):
     """Per-token log p(label) from hidden [..., H] and the lm_head weight [V, H], never holding more than
     a workspace of logits. Returns float32 with labels' shape, 0.0 where labels == ignore_index.
-    Differentiable w.r.t. hidden, weight and bias for any upstream gradient."""
+    Differentiable w.r.t. hidden, weight and bias for any upstream gradient. check_finite (default:
+    RDPO_FAST_CHECK_FINITE): raise on NaN/inf in hidden's kept rows, weight, bias or the result."""
     _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
-    return _linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
-                         workspace_budget)[0]
+    finite = _finite_inputs("linear_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
+    out = _linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
+                        workspace_budget)[0]
+    if finite:
+        _checks.check_finite("linear_logprobs", ("result", out), result=True)
+    return out
+
+
+def _finite_inputs(op, flag, hidden, weight, bias, labels, ignore_index) -> bool:
+    """Checks the inputs when finiteness checks are on; returns whether they are."""
+    on = _checks.check_finite_on(flag)
+    if on:
+        _checks.check_finite(op, ("hidden", hidden, labels != ignore_index), ("weight", weight), ("bias", bias))
+    return on
 
 
 def sequence_ids(labels, segment_ids):
@@ -228,15 +241,19 @@ def sequence_ids(labels, segment_ids):
 
 
 def sequence_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, segment_ids=None,
-                      temperature=1.0, softcap=None, workspace_budget=None):
+                      temperature=1.0, softcap=None, workspace_budget=None, check_finite=None):
     """Per-sequence sums of label log-probs and token counts: (sums [B] float32, counts [B] int64).
-    Padded batches: hidden [B, T, H], labels [B, T]. Packed rows: segment_ids, one per token."""
+    Padded batches: hidden [B, T, H], labels [B, T]. Packed rows: segment_ids, one per token.
+    check_finite: as linear_logprobs."""
     _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    finite = _finite_inputs("sequence_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
     ids, b = sequence_ids(labels, segment_ids)
     _, sums, _ = _linear_stats(hidden, weight, labels, bias, ids, b, ignore_index, temperature, softcap,
                                workspace_budget)
     counts = torch.zeros(b, device=labels.device, dtype=torch.int64).index_add_(
         0, ids, (labels.reshape(-1) != ignore_index).long())
+    if finite:
+        _checks.check_finite("sequence_logprobs", ("result", sums), result=True)
     return sums, counts
 
 
@@ -269,11 +286,18 @@ class _Logprobs(torch.autograd.Function):
         return dz.view(ctx.logits_shape), None, None
 
 
-def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None):
-    """Per-token log p(label) from ready logits [..., V]: float32 with labels' shape, 0.0 where ignored."""
+def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None, check_finite=None):
+    """Per-token log p(label) from ready logits [..., V]: float32 with labels' shape, 0.0 where ignored.
+    check_finite (default: RDPO_FAST_CHECK_FINITE): raise on NaN/inf in kept rows of logits or the result."""
     _checks.check_logits_inputs(logits, labels, ignore_index, temperature, softcap)
+    finite = _checks.check_finite_on(check_finite)
+    if finite:
+        _checks.check_finite("logprobs", ("logits", logits, labels != ignore_index))
     with torch.autocast(logits.device.type, enabled=False):
-        return _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
+        out = _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
+    if finite:
+        _checks.check_finite("logprobs", ("result", out), result=True)
+    return out
 
 
 __all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes"]

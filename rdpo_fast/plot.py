@@ -2,8 +2,11 @@
 held-out, from the run's metrics.jsonl."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+
+from . import textfile
 
 
 def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
@@ -12,8 +15,8 @@ def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a run directory of `rdpo-fast train`?")
     train, held_out = [], []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with contextlib.closing(textfile.lines(path)) as f:
+        for lineno, line in f:
             if not line.strip():
                 continue
             try:

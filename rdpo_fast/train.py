@@ -24,7 +24,7 @@ import time
 import torch
 
 from . import checkpoint as ckpt
-from . import modeling
+from . import errors, modeling, run_dir
 from .config import TrainConfig
 from .data import PreferenceData, collate, epoch_order, load_preference_data, step_batches, steps_per_epoch
 from .data_files import default_path
@@ -135,12 +135,14 @@ class Stats:
 
 
 # ---------------------------------------------------------------------------------------- reference
-def _logps_fn(cfg: TrainConfig) -> FusedLinearPreferenceLoss:
-    """The loss's own sequence log-probs (length-averaged / LD-weighted as configured): its aux outputs
-    under no_grad with no reference, so a cached reference matches the in-pass one exactly."""
+def _logps_fn(cfg: TrainConfig, model) -> FusedLinearPreferenceLoss:
+    """The loss's own sequence log-probs (length-averaged / LD-weighted as configured, under the model's
+    logit transform): its aux outputs under no_grad with no reference, so a cached reference matches
+    the in-pass one exactly."""
     return FusedLinearPreferenceLoss(loss_type="sigmoid", beta=1.0, use_ref_model=False,
                                      average_log_prob=cfg.average_log_prob, ld_alpha=cfg.ld_alpha,
-                                     workspace_budget=_workspace(cfg))
+                                     workspace_budget=_workspace(cfg),
+                                     **modeling.logit_transform(model).kernel_args())
 
 
 def _workspace(cfg):
@@ -188,7 +190,7 @@ def precompute_reference(cfg, model, data, dist, *, bf16, log=print, needed=None
         log(f"reference log-probs of {name}: cached ({path})")
         return chosen, rejected
     t0 = time.time()
-    step = PreferenceStep(model, _logps_fn(cfg), adapters_reference=False, bf16=bf16)
+    step = PreferenceStep(model, _logps_fn(cfg, model), adapters_reference=False, bf16=bf16)
     was_training = model.training
     model.eval()
     new_c, new_r = torch.zeros(n), torch.zeros(n)
@@ -204,8 +206,9 @@ def precompute_reference(cfg, model, data, dist, *, bf16, log=print, needed=None
     if dist.main:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
-        save_file({"chosen": chosen, "rejected": rejected, "done": done.to(torch.uint8)}, tmp,
-                  metadata={"key": key, "data": data.path})
+        with errors.writing(path):
+            save_file({"chosen": chosen, "rejected": rejected, "done": done.to(torch.uint8)}, tmp,
+                      metadata={"key": key, "data": data.path})
         os.replace(tmp, path)  # atomic: a reader sees the old cache or the new one
     dist.barrier()
     log(f"reference log-probs of {name}: {todo.numel()} pairs in {time.time() - t0:.1f}s (cached in {path})")
@@ -295,14 +298,6 @@ def _seed_everything(seed):
         torch.cuda.manual_seed_all(seed)
 
 
-def _prepare_output_dir(cfg, dist):
-    if cfg.resume is None and ckpt.list_checkpoints(cfg.output_dir) and not cfg.overwrite:
-        raise ValueError(f"{cfg.output_dir} already holds checkpoints; pass --resume {cfg.output_dir} to continue "
-                         "or --overwrite to start over")
-    if dist.main:
-        ckpt.remove_stale_temporaries(cfg.output_dir)
-
-
 def _scheduler(cfg, optimizer, total_steps):
     from transformers import get_scheduler
 
@@ -358,7 +353,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
     resume_from = None
     if cfg.resume is not None:
         resume_from = ckpt.find_checkpoint(cfg.resume)
-    _prepare_output_dir(cfg, dist)
+    run_dir.prepare_output_dir(cfg, dist.main)  # writable, no other run's checkpoints: before anything loads
     _seed_everything(cfg.seed)
     bf16 = torch.cuda.is_available() if cfg.bf16 is None else bool(cfg.bf16)
     if bf16 and not torch.cuda.is_available():
@@ -380,6 +375,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             log(f"{d.path}: {d.num_truncated} of {len(d)} pairs truncated to max_length={cfg.max_length}"
                 + (f", max_prompt_length={cfg.max_prompt_length}" if cfg.max_prompt_length else ""))
     mode = resolve_reference(cfg, train_data, eval_data)
+    if mode == "precompute" and dist.main:
+        run_dir.check_writable(_cache_dir(cfg), what="reference cache directory (--cache-dir)")
     per_epoch = steps_per_epoch(len(train_data), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                                 world=dist.world)
     if per_epoch == 0:
@@ -409,7 +406,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
         alpha=cfg.nll_alpha if cfg.nll_alpha > 0 else 1.0, compute_nll_loss=cfg.nll_alpha > 0,
         use_ref_model=mode != "none", average_log_prob=cfg.average_log_prob, gamma=cfg.gamma, tau=cfg.tau,
-        ld_alpha=cfg.ld_alpha, workspace_budget=_workspace(cfg))
+        ld_alpha=cfg.ld_alpha, workspace_budget=_workspace(cfg), **modeling.logit_transform(model).kernel_args())
     step_module = PreferenceStep(model, loss_fn, adapters_reference=mode == "adapters", bf16=bf16)
     wrapped = _wrap(step_module, cfg, dist)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -422,8 +419,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         log(f"resumed from {resume_from} at step {state['global_step']}")
     if dist.main:
         os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=1)
+        run_dir.write_json(os.path.join(cfg.output_dir, "config.json"), cfg.to_dict())
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     if dist.main:
         _trim_metrics(metrics_path, state["global_step"])
@@ -513,8 +509,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             summary["export"] = os.path.join(cfg.output_dir, "final")
     summary["seconds"] = round(time.time() - t_start, 1)
     if dist.main:
-        with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        run_dir.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
         if "eval_rewards/accuracies" in summary:
             log(f"held-out reward accuracy {summary['eval_rewards/accuracies']:.3f}, margin "
                 f"{summary['eval_rewards/margins']:.3f}, loss {summary['eval_loss']:.4f} "
@@ -535,7 +530,7 @@ def _clip(params, max_norm) -> float:
 
 def _append_metrics(path, row, dist):
     if dist.main:
-        with open(path, "a") as f:
+        with errors.writing(path), open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -176,7 +176,7 @@ def test_score_with_the_judge_reports_every_unparsable_pair(tiny, tmp_path, caps
     # A random tiny model never writes a marked score: every pair fails, is retried, then reported.
     out = str(tmp_path / "judged.jsonl")
     rc = main(["score", "-i", tiny["data"], "-o", out, "--scorer", "judge", "--judge-model", tiny["policy"],
-               "--max-retries", "1", "--judge-max-new-tokens", "4", "--no-progress"])
+               "--judge-mode", "generate", "--max-retries", "1", "--judge-max-new-tokens", "4", "--no-progress"])
     err = capsys.readouterr()
     assert rc == 2 and "no pair" in err.err and "could not be scored" in err.out
     failed = _read(failed_file(out))

@@ -67,8 +67,13 @@ def test_sft_methods_need_the_sft_loss(files, tmp_path, capsys):
     assert main(_args(files, out, "--method", "dsc")) == 0
     cfg = json.load(open(out / "student" / "train" / "config.json"))
     assert cfg["loss_type"] == "sft"
+    # Trained on the revisions the scorer rated higher, without the labels the sft loss does not read.
+    scored = {json.dumps(r["prompt"]): r for r in map(json.loads, open(out / "scored.jsonl"))}
     kept = [json.loads(line) for line in open(out / "train.jsonl")]
-    assert all(r["chosen_score"] > r["rejected_score"] for r in kept)
+    assert kept and all("soft_label" not in r and "chosen_score" not in r for r in kept)
+    assert all(scored[json.dumps(r["prompt"])]["chosen_score"] > scored[json.dumps(r["prompt"])]["rejected_score"]
+               for r in kept)
+    assert len(kept) == sum(r["chosen_score"] > r["rejected_score"] for r in scored.values())
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -168,3 +173,22 @@ def test_score_command_takes_the_task_scale():
     assert _task_scale(Namespace(rubric=None, task="safety", template_file=None), []) == \
         {"range": (0, 1), "temperature": 0.25, "target": None}
     assert _task_scale(Namespace(rubric="my rubric", task="safety", template_file=None), []) == {}
+
+
+def test_dsc_reads_a_pairwise_judge_preference():
+    kept, st = distill_self_critique([{"prompt": "a", "soft_label": 0.7}, {"prompt": "b", "soft_label": 0.5},
+                                      {"prompt": "c", "soft_label": 0.2}])
+    assert [r["prompt"] for r in kept] == ["a"] and st["dropped_not_higher"] == 2 and st["dropped_unscored"] == 0
+
+
+def test_rdpo_chain_with_the_probability_judge(files, tmp_path):
+    out = tmp_path / "judge"
+    args = [a for a in _args(files, out) if a not in ("implicit",)]
+    i = args.index("--scorer")
+    args[i + 1: i + 1] = ["judge", "--judge-model", files["model"], "--judge-mode", "pairwise"]
+    assert main(args) == 0
+    summary = json.load(open(out / "summary.json"))
+    assert summary["score"]["judge_mode"] == "pairwise" and summary["score"]["score_range"] is None
+    scored = [json.loads(line) for line in open(out / "scored.jsonl")]
+    assert scored and all(0 < r["soft_label"] < 1 and "judge" in r for r in scored)
+    assert not (out / "scorer").exists()  # no implicit scorer was trained

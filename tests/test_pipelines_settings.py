@@ -181,3 +181,11 @@ def test_dice_refuses_soft_label_loss_and_bad_settings():
         DiceSettings(train=TrainSettings(loss_type="rdpo")).validate()
     with pytest.raises(ValueError, match=r"min_valid must be in \[2, K=4\]"):
         DiceSettings(min_valid=5).validate()
+
+
+def test_reference_free_losses_train_without_a_reference_pass():
+    from rdpo_fast.loss_table import LOSSES
+
+    for name, info in LOSSES.items():
+        cfg = TrainSettings(loss_type=name).config(model="m", data="d", output_dir="o", cache_dir="c", n_pairs=100)
+        assert cfg.reference == ("precompute" if info.reference == "required" else "none"), name

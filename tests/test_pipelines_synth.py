@@ -59,7 +59,7 @@ def test_user_templates_add_and_replace(tmp_path):
     ("tasks:\n  x:\n    fault: f\n    goal: g\n    critique_request: 'Critique it.'\n", "{fault}"),
     ("tasks:\n  x:\n    fault: f\n    goal: g\n    prompts: missing.jsonl\n", "prompt file not found"),
     ("tasks: {}\n", "non-empty 'tasks'"),
-    ("tasks: [unclosed\n", "cannot parse"),
+    ("tasks: [unclosed\n", "bad.yaml:2:1: YAML syntax error: expected ',' or ']'"),
 ])
 def test_bad_template_files(tmp_path, text, message):
     f = tmp_path / "bad.yaml"

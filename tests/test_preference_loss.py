@@ -1,6 +1,8 @@
 """preference_loss for every SPEC section 4 loss_type against the float64 oracle: losses, rewards and
-gradients w.r.t. all four log-probs, through the Triton kernel (interpreted on CPU, compiled on CUDA)
-and through the torch fallback; extreme margins; equivalences between variants; every bad input."""
+gradients w.r.t. all four log-probs (for a non-uniform upstream gradient, which exercises how the
+batch-level losses couple the pairs), through the Triton kernel (interpreted on CPU, compiled on CUDA)
+and through the torch fallback; extreme margins; equivalences between variants; every bad input.
+TRL's loss lists, WPO weights and f-divergences: tests/test_loss_variants.py."""
 import math
 
 import pytest
@@ -11,7 +13,8 @@ from rdpo_fast.preference import LOSS_TYPES, preference_head, preference_loss
 from rdpo_fast.reference.preference import ref_preference_loss
 
 TOL = 1e-5
-LENGTH_LOSSES = ("ipo", "sigmoid_norm", "simpo")
+LENGTH_LOSSES = ("ipo", "sigmoid_norm", "simpo", "orpo")
+REFERENCE_FREE = ("simpo", "orpo", "cpo")
 
 # Every loss type, each option it reads set at least once away from its default.
 CASES = [
@@ -34,6 +37,15 @@ CASES = [
     ("sigmoid_norm", {}),
     ("simpo", {"gamma": 0.5}),
     ("simpo", {"gamma": 0.3, "label_smoothing": 0.1}),
+    ("aot", {}),
+    ("aot", {"label_smoothing": 0.2}),
+    ("aot_unpaired", {}),
+    ("aot_unpaired", {"label_smoothing": 0.1}),
+    ("orpo", {}),
+    ("cpo", {}),
+    ("cpo", {"label_smoothing": 0.1}),
+    ("sft", {}),
+    ("sft", {"no_ref": True}),
 ]
 CASE_IDS = [lt + "".join(f"-{k}={v}" for k, v in o.items()) for lt, o in CASES]
 assert {lt for lt, _ in CASES} == set(LOSS_TYPES)
@@ -53,13 +65,15 @@ def make_pairs(P, loss_type, opts, beta, device, spread=3.0):
     r = -len_r * (0.3 + 2.7 * torch.rand(P, device=device))
     cref = c - torch.randn(P, device=device) * spread / beta
     rref = r - torch.randn(P, device=device) * spread / beta
-    kw = {k: v for k, v in opts.items() if k != "soft"}
+    kw = {k: v for k, v in opts.items() if k not in ("soft", "no_ref")}
     kw["beta"] = beta
     if opts.get("soft"):
         kw["soft_labels"] = torch.rand(P, device=device)
     if loss_type in LENGTH_LOSSES:
         kw["chosen_lengths"], kw["rejected_lengths"] = len_c, len_r
-    if loss_type == "simpo":
+    if loss_type == "sft":
+        kw["chosen_lengths"] = len_c
+    if loss_type in REFERENCE_FREE or opts.get("no_ref"):
         cref = rref = None
     return [c, r, cref, rref], kw
 
@@ -69,7 +83,9 @@ def oracle(logps, loss_type, kw, upstream):
     kw64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()}
     losses, rew_c, rew_r = ref_preference_loss(*xs, loss_type=loss_type, **kw64)
     losses.backward(upstream.double())
-    return (losses.detach(), rew_c.detach(), rew_r.detach()), [None if x is None else x.grad for x in xs]
+    # An input the losses do not read (sft's rejected log-probs) has no .grad: its gradient is zero.
+    grads = [None if x is None else torch.zeros_like(x) if x.grad is None else x.grad for x in xs]
+    return (losses.detach(), rew_c.detach(), rew_r.detach()), grads
 
 
 def run(logps, loss_type, kw, upstream):
@@ -155,19 +171,24 @@ def test_huge_margins_stay_finite_and_exact(loss_type, opts, backend, device, mo
     pick = torch.tensor([-1e4, -3.0, 0.5, 1e4], device=device)
     logps, kw = make_pairs(P, loss_type, opts, beta, device)
     c, r, _, _ = logps
-    if loss_type == "simpo":
+    if loss_type in REFERENCE_FREE:
         # x = beta (c/|y_w| - r/|y_l|) - gamma spans +-1e4 with unit lengths.
-        kw["chosen_lengths"] = torch.ones(P, device=device, dtype=torch.long)
-        kw["rejected_lengths"] = torch.ones(P, device=device, dtype=torch.long)
+        if loss_type != "cpo":
+            kw["chosen_lengths"] = torch.ones(P, device=device, dtype=torch.long)
+            kw["rejected_lengths"] = torch.ones(P, device=device, dtype=torch.long)
         logps = [-1.0 - pick.abs()[torch.randint(0, 4, (P,), device=device)],
                  -1.0 - pick.abs()[torch.randint(0, 4, (P,), device=device)], None, None]
     else:
         if loss_type in LENGTH_LOSSES:
             kw["chosen_lengths"] = torch.randint(1, 5, (P,), device=device)
             kw["rejected_lengths"] = torch.randint(1, 5, (P,), device=device)
+        if loss_type == "sft":
+            kw["chosen_lengths"] = torch.randint(1, 5, (P,), device=device)
         rho_w = pick[torch.randint(0, 4, (P,), device=device)]
         rho_l = pick[torch.randint(0, 4, (P,), device=device)]
         logps = [c, r, c - rho_w, r - rho_l]
+        if opts.get("no_ref"):
+            logps[2] = logps[3] = None
     g = torch.randn(P, device=device)
     outs, grads = run(logps, loss_type, kw, g)
     check_against_oracle(outs, grads, *oracle(logps, loss_type, kw, g))
@@ -220,7 +241,9 @@ def test_dtypes_detached_rewards_and_partial_grads(dtype, device):
 
 
 def test_every_loss_type_has_a_kernel_build():
-    assert sorted(LOSS_TYPES.values()) == list(range(kern.NUM_LOSSES))
+    # The last kernel id is KTO's, unpaired, used by rdpo_fast.losses.kto and not a preference_loss type.
+    assert sorted(LOSS_TYPES.values()) == list(range(kern.NUM_LOSSES - 1))
+    assert (LOSS_TYPES["aot"], LOSS_TYPES["sft"], kern.KTO) == (kern.AOT, kern.SFT, kern.NUM_LOSSES - 1)
     assert sorted(s["constexprs"]["LOSS"] for s in kern.COMPILE_SPECS) == list(range(kern.NUM_LOSSES))
 
 

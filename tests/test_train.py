@@ -80,8 +80,8 @@ def test_resume_gives_the_same_weights(files, run_a, tmp_path):
     assert main(_args(files, out, "--stop-after-steps", "3")) == 0
     assert not os.path.exists(out / "final")
     [ck] = ckpt.list_checkpoints(str(out))
-    assert sorted(os.listdir(ck)) == ["model.safetensors", "optimizer.pt", "rng-rank0.pt", "scheduler.pt",
-                                      "trainer_state.json"]
+    assert sorted(os.listdir(ck)) == ["complete.json", "model.safetensors", "optimizer.pt", "rng-rank0.pt",
+                                      "scheduler.pt", "trainer_state.json"]
     assert json.load(open(os.path.join(ck, "trainer_state.json")))["global_step"] == 3
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # settings come from the checkpoint
     a, b = read_weights(run_a), read_weights(out)

@@ -198,6 +198,10 @@ def add_score_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     j = p.add_argument_group("judge")
     j.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    j.add_argument("--judge-mode", choices=("pairwise", "pointwise", "generate"), default="pairwise",
+                   help="pairwise (default): soft label = the judge's P(chosen better) from its label probabilities "
+                        "in both orders; pointwise: expected rubric scores from its score-token probabilities; "
+                        "generate: the judge writes a marked score [[N]], parsed strictly (rdpo_fast.evaluation)")
     j.add_argument("--task", default=None, help="take the rubric of this task template (default: the records' "
                                                 "'task' field when they share one, else a generic rubric)")
     j.add_argument("--template-file", default=None, help="extra task templates")
@@ -262,6 +266,7 @@ def _task_scale(args, records) -> dict:
 
 def run_score_cmd(args) -> int:
     from rdpo_fast.data import read_jsonl
+    from rdpo_fast.run_dir import check_file_writable
 
     from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
     from .stages import write_jsonl
@@ -269,20 +274,36 @@ def run_score_cmd(args) -> int:
     if args.score_temperature is not None and args.score_temperature <= 0:
         raise ValueError(f"--score-temperature must be > 0, got {args.score_temperature}")
     lines = read_jsonl(args.input)  # validated before any model loads
+    check_file_writable(args.output)
     records = [r for _, r in lines]
     target = None
+    if args.scorer == "judge":
+        # The judge's scale: --score-range, else the task template's (its range, soft-label temperature
+        # and target, judge_scales.py), else the judge's default.
+        from .judge import JudgeSettings
+
+        scale = _task_scale(args, records)
+        if args.score_range is None:
+            args.score_range = scale.get("range") or (JudgeSettings().lo, JudgeSettings().hi)
+            target = scale.get("target")
+            if args.score_temperature is None:
+                args.score_temperature = scale.get("temperature")
+        if args.score_temperature is None:
+            args.score_temperature = 1.0
+    if args.scorer == "judge" and args.judge_mode != "generate":
+        if not args.judge_model:
+            raise ValueError("--scorer judge needs --judge-model")
+        if target is not None and args.judge_mode == "pointwise":
+            raise ValueError(f"this task scores the judge's rating by its closeness to {target} (judge_scales.py), "
+                             "which --judge-mode pointwise does not do; use --judge-mode generate or pairwise")
+        return _score_with_probability_judge(args, lines, records)
     if args.scorer == "judge":
         from .judge import JudgeSettings
 
         if not args.judge_model:
             raise ValueError("--scorer judge needs --judge-model")
         rubric, origin = _pick_rubric(args, records)
-        scale = _task_scale(args, records)
-        lo_hi = args.score_range or scale.get("range") or (JudgeSettings().lo, JudgeSettings().hi)
-        if args.score_range is None:
-            target = scale.get("target")
-            if args.score_temperature is None:
-                args.score_temperature = scale.get("temperature")
+        lo_hi = args.score_range
         settings = JudgeSettings(rubric=rubric, lo=lo_hi[0], hi=lo_hi[1],
                                  max_retries=args.max_retries, max_new_tokens=args.judge_max_new_tokens,
                                  batch_size=args.batch_size, seed=args.seed, progress=args.progress,
@@ -323,6 +344,35 @@ def run_score_cmd(args) -> int:
     return 0
 
 
+def _score_with_probability_judge(args, lines, records) -> int:
+    """--judge-mode pairwise/pointwise: every pair gets a verdict from the judge's label probabilities."""
+    from rdpo_fast.evaluation import scoring
+    from rdpo_fast.evaluation.judge import ProbabilityJudge
+    from rdpo_fast.evaluation.rubrics import scale
+
+    from .stages import write_jsonl
+
+    scale(*args.score_range)  # bad options fail before the judge loads
+    if args.judge_mode == "pairwise":
+        rubric = scoring.pairwise_from_options(args.rubric, args.task, args.template_file)  # None: per record
+    else:
+        text, origin = _pick_rubric(args, records)
+        print(f"judge rubric: {origin}")
+        rubric = scoring.custom_pointwise(text, *args.score_range, name=args.task or "custom")
+    judge = ProbabilityJudge.load(args.judge_model, batch_size=args.batch_size, progress=args.progress)
+    if args.judge_mode == "pairwise":
+        scored, stats = scoring.pairwise_soft_labels(records, judge, rubric)
+    else:
+        scored, stats = scoring.pointwise_soft_labels(records, judge, rubric, args.score_temperature)
+    write_jsonl(args.output, scored)
+    if os.path.exists(failed_file(args.output)):
+        os.remove(failed_file(args.output))  # every pair has a verdict; an earlier run's report would mislead
+    print(scoring.summary_table(stats))
+    print(f"wrote {len(scored)} scored pairs to {args.output}; train with: rdpo-fast train --loss-type rdpo "
+          f"--data {args.output}")
+    return 0
+
+
 def failed_file(output: str) -> str:
     stem = output[: -len(".jsonl")] if output.endswith(".jsonl") else output
     return stem + ".failed.jsonl"
@@ -330,7 +380,7 @@ def failed_file(output: str) -> str:
 
 # ---------------------------------------------------------------------------------------- rdpo
 def add_rdpo_arguments(p):
-    from .rdpo_chain import METHODS, SCORERS, RdpoSettings
+    from .rdpo_chain import JUDGE_MODES, METHODS, SCORERS, RdpoSettings
 
     d = RdpoSettings()
     p.add_argument("--output-dir", required=True, help="run directory; a rerun skips finished stages")
@@ -350,6 +400,10 @@ def add_rdpo_arguments(p):
                     help=f"judge: an LLM judge with the task's rubric and scale; rm: a sequence-classification "
                          f"reward model; implicit: log pi - log pi_ref of a DPO model (default {d.scorer})")
     sc.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    sc.add_argument("--judge-mode", choices=JUDGE_MODES, default=d.judge_mode,
+                    help="pairwise: soft label = the probability judge's P(revision better); pointwise: its expected "
+                         "scores on the task's scale; generate: the judge writes [[N]], parsed strictly "
+                         f"(default {d.judge_mode})")
     sc.add_argument("--judge-max-retries", type=int, default=d.judge_max_retries,
                     help=f"retries of an unparsable judge answer (default {d.judge_max_retries})")
     sc.add_argument("--judge-max-new-tokens", type=int, default=d.judge_max_new_tokens)
@@ -386,7 +440,8 @@ def rdpo_settings(args):
     train = _train(args)  # its loss follows the method (RdpoSettings.loss_type)
     return RdpoSettings(task=args.task, template_file=args.template_file, prompts=args.prompts,
                         num_prompts=args.num_prompts, teacher=args.teacher, student=args.student, method=args.method,
-                        scorer=args.scorer, judge_model=args.judge_model, judge_max_retries=args.judge_max_retries,
+                        scorer=args.scorer, judge_model=args.judge_model, judge_mode=args.judge_mode,
+                        judge_max_retries=args.judge_max_retries,
                         judge_max_new_tokens=args.judge_max_new_tokens, judge_prefill=args.judge_prefill,
                         rm_model=args.rm_model, rm_label_index=args.rm_label_index, scorer_policy=args.scorer_policy,
                         scorer_reference=args.scorer_reference, scorer_pairs=args.scorer_pairs, offline=args.offline,

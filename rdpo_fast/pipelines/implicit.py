@@ -99,6 +99,7 @@ def sequence_logps(model, items: list[Encoded], *, pad_id: int, batch_size: int 
     lengths = [len(e.prompt) + len(e.completion) for e in items]
     batches = length_batches(lengths, batch_size, max_batch_tokens)
     budget = None if workspace_mb is None else int(workspace_mb * 2**20)
+    transform = modeling.logit_transform(model).kernel_args()  # e.g. Gemma 2's final-logit softcap
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -111,7 +112,7 @@ def sequence_logps(model, items: list[Encoded], *, pad_id: int, batch_size: int 
                                              use_cache=False).last_hidden_state
             weight = modeling.output_weight(model)
             s, c = rdpo_fast.sequence_logprobs(hidden, weight.to(hidden.dtype), target.to(device),
-                                               ignore_index=IGNORE, workspace_budget=budget)
+                                               ignore_index=IGNORE, workspace_budget=budget, **transform)
             sums[idx] = s.double().cpu()
             counts[idx] = c.cpu()
     finally:

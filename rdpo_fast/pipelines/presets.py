@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
     },
     "rdpo": {
-        "paper": {"method": "rdpo", "scorer": "judge", "max_new_tokens": 256},
+        "paper": {"method": "rdpo", "scorer": "judge", "judge_mode": "generate", "max_new_tokens": 256},
         "cpu-demo": {
             "task": "safety", "num_prompts": 8, "method": "rdpo", "scorer": "implicit", "max_new_tokens": 48,
             "temperature": 0.8, "top_p": 0.95, "scorer_max_steps": 2, "scorer_lr": 1e-4, "scorer_batch_size": 8,
@@ -95,6 +95,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
     "rdpo": [
         ("task", "task", "--task"), ("prompts (first N)", "num_prompts", "--num-prompts"),
         ("method", "method", "--method"), ("scorer", "scorer", "--scorer"),
+        ("judge reads", "judge_mode", "--judge-mode"),
         ("teacher max new tokens", "max_new_tokens", "--max-new-tokens"), ("temperature", "temperature", "--temperature"),
         ("top-p", "top_p", "--top-p"), ("judge retries", "judge_max_retries", "--judge-max-retries"),
         ("scorer DPO steps (implicit, no --scorer-policy)", "scorer_max_steps", "--scorer-max-steps"),
@@ -124,7 +125,7 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
              "top_p": "API default (not set)", "judge_max_retries": "none (no retry; role-play and "
                                                                     "sycophancy read the first integer of the prose; "
                                                                     "we parse one [[N]] strictly)",
-             "scorer": "judge (GPT-3.5/GPT-4)", "lr": "not in the released code", "beta": "not in the released code",
+             "scorer": "judge (GPT-3.5/GPT-4)", "judge_mode": "generate (the judge writes its score)", "lr": "not in the released code", "beta": "not in the released code",
              "batch_size": "not in the released code", "max_length": "not in the released code",
              "train_last_layers": "not in the released code", "scorer_max_steps": "n/a"},
 }

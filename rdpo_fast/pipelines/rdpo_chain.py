@@ -23,7 +23,7 @@ from rdpo_fast import modeling
 from rdpo_fast.data_files import default_path
 from rdpo_fast.preference import LOSS_TYPES
 
-from .baselines import distill_self_critique, sft_records
+from .baselines import distill_self_critique, sft_records, without_labels
 from .dice import offline_records
 from .generation import GenerationSettings
 from .judge import DEFAULT_RUBRIC, JudgeSettings
@@ -41,6 +41,7 @@ METHODS = {
     "dsc": ("sft", True, "revisions scored above the original, NLL on chosen (distilled self-critique)"),
 }
 SCORERS = ("judge", "rm", "implicit")
+JUDGE_MODES = ("pairwise", "pointwise", "generate")  # as `rdpo-fast score --judge-mode`
 
 
 def _scorer_train() -> TrainSettings:
@@ -58,6 +59,7 @@ class RdpoSettings:
     method: str = "rdpo"
     scorer: str = "judge"
     judge_model: str | None = None
+    judge_mode: str = "pairwise"  # probability judge (rdpo_fast.evaluation) or the strict [[N]] parser
     judge_max_retries: int = 2
     judge_max_new_tokens: int = 96
     judge_prefill: str = ""
@@ -91,6 +93,8 @@ class RdpoSettings:
                              f"does not have (rdpo_fast.preference.LOSS_TYPES: {', '.join(LOSS_TYPES)})")
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer!r}; valid: {', '.join(SCORERS)}")
+        if self.judge_mode not in JUDGE_MODES:
+            raise ValueError(f"unknown judge mode {self.judge_mode!r}; valid: {', '.join(JUDGE_MODES)}")
         if self.needs_scores():
             if self.scorer == "judge" and not self.judge_model:
                 raise ValueError("--scorer judge needs --judge-model")
@@ -132,6 +136,10 @@ class RdpoChain:
         if s.needs_scores() and s.scorer == "implicit" and not s.scorer_policy:
             self.offline = offline_records(s.offline or default_path("train"))[: s.scorer_pairs]
         self.scale = self._scale()
+        if (s.needs_scores() and s.scorer == "judge" and s.judge_mode == "pointwise"
+                and self.scale["target"] is not None):
+            raise ValueError(f"task {s.task!r} scores the judge's rating by its closeness to {self.scale['target']} "
+                             "(judge_scales.py), which --judge-mode pointwise does not do; use pairwise or generate")
 
     def _scale(self) -> dict:
         """The judge's range, soft-label temperature and target: flags, else the task's, else defaults."""
@@ -177,7 +185,7 @@ class RdpoChain:
             recs = read_jsonl(data)
             kept, st = distill_self_critique(recs) if s.method == "dsc" else sft_records(recs)
             path = run.file("train.jsonl")
-            write_jsonl(path, kept)
+            write_jsonl(path, without_labels(kept) if s.loss_type() == "sft" else kept)
             return dict(st, method=s.method), [path]
 
         stats["select"] = run.run("select", select_stage)
@@ -207,7 +215,10 @@ class RdpoChain:
             policy = os.path.join(run.path, "scorer", "train", "final")
 
         def go():
-            if s.scorer == "judge":
+            probability = s.scorer == "judge" and s.judge_mode != "generate"
+            if probability:
+                (scored, st), failed = self._probability_judge(records), []
+            elif s.scorer == "judge":
                 lo, hi = self.scale["range"]
                 settings = JudgeSettings(rubric=self.task.judge_rubric or DEFAULT_RUBRIC, lo=lo, hi=hi,
                                          max_retries=s.judge_max_retries, max_new_tokens=s.judge_max_new_tokens,
@@ -222,7 +233,8 @@ class RdpoChain:
                 m = self.models
                 scorer = ImplicitScorer(policy, reference, batch_size=s.score_batch_size,
                                         models=(m.model(policy), m.model(reference), m.tokenizer(reference)))
-            scored, failed, st = score_records(records, scorer, temperature=self.scale["temperature"])
+            if not probability:
+                scored, failed, st = score_records(records, scorer, temperature=self.scale["temperature"])
             path, failed_path = run.file("scored.jsonl"), run.file("scored.failed.jsonl")
             write_jsonl(path, scored)
             write_jsonl(failed_path, failed)
@@ -230,10 +242,27 @@ class RdpoChain:
                 self.log(f"[score] {len(failed)} pair(s) could not be scored (none guessed); reasons in {failed_path}")
             if not scored:
                 raise ValueError(f"no pair could be scored; see {failed_path}")
-            return dict(st, score_range=self.scale["range"], score_target=self.scale["target"],
+            pairwise = probability and s.judge_mode == "pairwise"  # one preference per pair, no scale
+            return dict(st, judge_mode=s.judge_mode if s.scorer == "judge" else None,
+                        score_range=None if pairwise else self.scale["range"], score_target=self.scale["target"],
                         scorer_policy=policy if s.scorer == "implicit" else None), [path, failed_path]
 
         return run.run("score", go)
+
+    def _probability_judge(self, records: list[dict]):
+        """Soft labels from the probability judge (rdpo_fast.evaluation): pairwise P(revision better) with
+        the task's pairwise rubric, or pointwise expected scores on the task's scale."""
+        from rdpo_fast.evaluation import scoring
+        from rdpo_fast.evaluation.judge import ProbabilityJudge
+
+        s = self.s
+        judge = ProbabilityJudge.load(s.judge_model, batch_size=s.score_batch_size, progress=s.generation.progress)
+        if s.judge_mode == "pairwise":
+            return scoring.pairwise_soft_labels(records, judge, scoring.pairwise_from_options(None, s.task,
+                                                                                            s.template_file))
+        lo, hi = self.scale["range"]
+        rubric = scoring.custom_pointwise(self.task.judge_rubric or DEFAULT_RUBRIC, lo, hi, name=s.task)
+        return scoring.pointwise_soft_labels(records, judge, rubric, self.scale["temperature"])
 
     def finish(self, start: str, final: str, stats: dict) -> dict:
         """The one place a run ends: summary.json with every stage's numbers, the starting and the final
@@ -257,10 +286,11 @@ def summary_table(summary: dict) -> str:
     rows = [["method", f"{summary['method']}: {METHODS[summary['method']][2]}"],
             ["task", summary["task"]], ["prompts", syn.get("prompts")], ["pairs synthesised", syn.get("pairs")]]
     if sc:
-        rows += [["pairs scored / failed", f"{sc.get('scored')} / {sc.get('failed')}"],
-                 ["mean score rejected -> chosen", f"{sc.get('mean_rejected_score', float('nan')):.3g} -> "
-                                                   f"{sc.get('mean_chosen_score', float('nan')):.3g}"],
-                 ["mean soft label", sc.get("mean_soft_label")]]
+        rows.append(["pairs scored / failed", f"{sc.get('scored')} / {sc.get('failed')}"])
+        if "mean_chosen_score" in sc:
+            rows.append(["mean score rejected -> chosen", f"{sc['mean_rejected_score']:.3g} -> "
+                                                          f"{sc['mean_chosen_score']:.3g}"])
+        rows.append(["mean soft label", sc.get("mean_soft_label")])
     rows += [["pairs trained on", sel.get("kept")], ["train steps", tr.get("global_step")],
              ["seconds (synth / score / train)",
               f"{secs.get('synth', 0):.0f} / {secs.get('score', 0) + secs.get('scorer/train', 0):.0f} / "

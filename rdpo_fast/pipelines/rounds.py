@@ -19,6 +19,7 @@ import torch
 
 from rdpo_fast import modeling
 from rdpo_fast.config import TrainConfig, read_config_file
+from rdpo_fast.loss_table import LOSSES
 from rdpo_fast.preference import LOSS_TYPES
 
 from . import filters
@@ -32,8 +33,9 @@ from .stages import RunDir
 _PIPELINE_OWNED = ("model", "data", "eval_data", "output_dir", "overwrite", "resume", "export", "cache_dir",
                    "reference", "stop_after_steps")
 SCHEDULERS = ("constant", "cosine", "linear")  # rdpo_fast.config's choices; constant = constant with warmup
-# Losses that read no reference model: the training stage runs them reference-free.
-_REFERENCE_FREE = ("simpo", "sft")
+# Losses that need no reference model (rdpo_fast.loss_table: "free", or "optional" as sft): the training
+# stage runs them without one instead of paying for a reference pass they do not read.
+_REFERENCE_FREE = tuple(name for name, info in LOSSES.items() if info.reference != "required")
 
 
 @dataclass

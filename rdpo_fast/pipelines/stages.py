@@ -15,6 +15,8 @@ import shutil
 import time
 from typing import Callable
 
+from rdpo_fast.run_dir import check_writable
+
 RUN_FILE = "run.json"
 
 
@@ -77,6 +79,7 @@ class RunDir:
         elif os.path.isdir(path) and os.listdir(path):
             raise RunDirError(f"{path} exists, is not empty and is not a pipeline run directory (no {RUN_FILE}); "
                               "choose another --output-dir")
+        check_writable(path, what="run directory")  # before any model loads
         os.makedirs(path, exist_ok=True)
         if not os.path.isfile(run_file):
             write_json(run_file, settings)

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from rdpo_fast import modeling
+from rdpo_fast.run_dir import check_file_writable
 
 from . import filters
 from .chat import assistant, user_turn
@@ -82,6 +83,7 @@ def run_synth(*, teacher: str, task: TaskTemplate, output: str, prompts_file: st
               settings: SynthSettings | None = None, log=print) -> dict:
     settings = settings or SynthSettings()
     prompts = load_prompts(task, prompts_file, settings.num_prompts)  # bad input fails before the model loads
+    check_file_writable(output)
     modeling.resolve(teacher)
     tokenizer = modeling.load_tokenizer(teacher)
     model = modeling.load_model(teacher).eval()

@@ -16,10 +16,13 @@ not overlap these.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from importlib.resources import files
+
+from rdpo_fast import textfile
 
 PROMPT_FILES = files(__package__).joinpath("prompt_files")
 SHIPPED_TEMPLATES = str(PROMPT_FILES.joinpath("tasks.yaml"))
@@ -73,17 +76,7 @@ class TaskTemplate:
 def _load_file(path: str) -> dict[str, TaskTemplate]:
     if not os.path.isfile(path):
         raise TemplateError(f"template file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-    except Exception as e:  # both parsers name the position
-        raise TemplateError(f"template file {path}: cannot parse ({e})") from None
+    doc = textfile.parse_structured(path, "template file", TemplateError)
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict) or not doc["tasks"]:
         raise TemplateError(f"template file {path}: expected a mapping with a non-empty 'tasks' mapping of "
                             "task name to template")
@@ -192,8 +185,8 @@ def read_prompts(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise TemplateError(f"prompt file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
+        for lineno, line in f:
             if not line.strip():
                 continue
             if path.endswith(".txt"):
@@ -239,8 +232,8 @@ def read_parallel(path: str = PARALLEL_PROMPTS) -> list[dict]:
     if not os.path.isfile(path):
         raise TemplateError(f"parallel prompt file not found: {path}")
     rows, langs = [], None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
+        for lineno, line in f:
             if not line.strip():
                 continue
             try:

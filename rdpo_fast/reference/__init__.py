@@ -5,6 +5,7 @@ Importable on its own: nothing here touches Triton.
 from .logprobs import (
     logits_from_hidden,
     ref_linear_logprobs,
+    ref_log_sum_sq_probs,
     ref_logprobs,
     ref_sequence_logit_sums,
     ref_sequence_logprobs,
@@ -17,6 +18,7 @@ __all__ = [
     "ref_preference_loss",
     "logits_from_hidden",
     "ref_linear_logprobs",
+    "ref_log_sum_sq_probs",
     "ref_logprobs",
     "ref_sequence_logit_sums",
     "ref_sequence_logprobs",

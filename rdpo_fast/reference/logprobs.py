@@ -71,3 +71,13 @@ def ref_sequence_logit_sums(hidden, weight, labels, *, bias=None, ignore_index=-
     TRL's logits/* metric is this divided by V * token count."""
     z = transform_logits(logits_from_hidden(hidden, weight, bias), temperature, softcap)
     return ref_sequence_sums(z.sum(-1), labels, ignore_index=ignore_index, segment_ids=segment_ids)[0]
+
+
+def ref_log_sum_sq_probs(logits, labels=None, *, ignore_index=-100, temperature=1.0, softcap=None):
+    """log sum_v p_v^2 of each position's next-token distribution (TRL's WPO statistic), 0 where labels
+    (if given) == ignore_index."""
+    z = transform_logits(logits, temperature, softcap)
+    out = torch.logsumexp(2 * z, dim=-1) - 2 * torch.logsumexp(z, dim=-1)
+    if labels is not None:
+        out = torch.where(labels != ignore_index, out, torch.zeros_like(out))
+    return out

@@ -1,0 +1,61 @@
+"""Named moments of a run where a test can stop the process, or make a write fail as a full or read-only
+disk would. A test hook, off unless the environment asks for it (then one dictionary look-up per point).
+
+    RDPO_FAST_PAUSE_AT=POINT[:N]         the N-th time POINT is reached (without :N, the first), the
+                                         process writes its pid to RDPO_FAST_PAUSE_FILE (when set) and
+                                         sleeps until it is killed, so a SIGKILL lands at that moment
+    RDPO_FAST_FAIL_AT=POINT[:N]=ERRNO    there (without :N, every time) an OSError(ERRNO) is raised for
+                                         the path being written, e.g. checkpoint-write:2=ENOSPC (disk
+                                         full at the second checkpoint), output-check=EROFS (read-only)
+
+Points:
+    output-check               the writability check of an output location, before any model loads
+    checkpoint-write           a checkpoint half written: weights and optimizer state in its temporary
+                               directory, the scheduler, trainer state and completion marker not yet
+    checkpoint-complete        every file and the completion marker written, not yet renamed into place
+    checkpoint-rotate          an old checkpoint renamed out of the listing, not yet deleted
+    checkpoint-rotate-partial  that deletion half done (its marker and weights gone)
+    export-write               the final export half written (in its temporary directory)
+"""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+PAUSE_ENV = "RDPO_FAST_PAUSE_AT"
+PAUSE_FILE_ENV = "RDPO_FAST_PAUSE_FILE"
+FAIL_ENV = "RDPO_FAST_FAIL_AT"
+POINTS = ("output-check", "checkpoint-write", "checkpoint-complete", "checkpoint-rotate",
+          "checkpoint-rotate-partial", "export-write")
+
+_seen: dict[str, int] = {}
+
+
+def _matches(spec: str, point: str, count: int) -> bool:
+    name, _, n = spec.partition(":")
+    if name not in POINTS:
+        raise ValueError(f"unknown fault point {name!r} (known: {', '.join(POINTS)})")
+    return name == point and (not n or int(n) == count)
+
+
+def reached(point: str, path: str | None = None) -> None:
+    """Marks that the run is at `point` (writing `path`); pauses or fails there when asked to."""
+    pause, fail = os.environ.get(PAUSE_ENV), os.environ.get(FAIL_ENV)
+    if not pause and not fail:
+        return
+    count = _seen[point] = _seen.get(point, 0) + 1
+    if fail:
+        spec, _, name = fail.partition("=")
+        if _matches(spec, point, count):
+            code = getattr(errno, name or "EIO")
+            raise OSError(code, os.strerror(code), path)
+    if pause and _matches(pause, point, count):
+        signal_file = os.environ.get(PAUSE_FILE_ENV)
+        if signal_file:
+            tmp = signal_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(tmp, signal_file)
+        while True:  # until killed
+            time.sleep(60)

@@ -1,0 +1,219 @@
+"""KTO (Ethayarajh et al. 2024) as Liger's LigerFusedLinearKTOLoss, on rdpo_fast's fused log-prob path:
+unpaired sequences, each desirable or undesirable, loss 1 - sigmoid(beta (rho - kl) m) with
+rho = log pi - log pi_ref (log pi alone without a reference), m = +1 / -1, kl the batch's KL baseline
+(TRL estimates it from mismatched prompt/completion pairs: kto_kl_baseline), averaged over sequences.
+
+The schedule is FusedLinearPreferenceLoss's, over whole sequences instead of whole pairs: the loss of a
+sequence depends on nothing else (kl is a constant), so each chunk's head gives its gradients at once,
+one pass, 6NHV. The per-sequence head is the preference head kernel's KTO branch.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from ..backend import backend
+from ..fused_loss import _chunk_grads, _chunk_stats, _chunks_of_pairs, _Grads, _SeqStats
+from ..ops import _linear_stats, chunk_rows, sequence_logprobs
+from ..reference.preference import ref_kto_loss
+
+
+def kto_head(logps, ref_logps, kl, desirable, beta):
+    """Per sequence (losses, rewards beta * rho, d loss / d logp), float32 [B]; kl: a [B] tensor."""
+    if backend(logps) != "torch":
+        from ..kernels.preference_head import KTO, preference_head_fwd
+
+        losses, rew, _, dc, _, _, _ = preference_head_fwd(
+            logps, kl, ref_logps, None, desirable.float(), None, None, loss_id=KTO, beta=beta, eps=0.0,
+            gamma=0.0, tau=0.05)
+        return losses, rew, dc
+    with torch.inference_mode(False), torch.enable_grad():
+        x = logps.detach().double().requires_grad_(True)
+        losses, rew = ref_kto_loss(x, ref_logps.double(), desirable, beta=beta, kl=kl.double())
+        (g,) = torch.autograd.grad(losses.sum(), [x])
+    return losses.detach().float(), rew.detach().float(), g.float()
+
+
+class _FusedKTOFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, _input, weight, bias, target, ref_logps, kl, desirable, opts, need_grad, host_counts):
+        B, T, H = _input.shape
+        V = weight.shape[0]
+        dev = _input.device
+        x2 = _input.reshape(-1, H)
+        keep = target != opts["ignore_index"]
+        rows = keep.reshape(-1).nonzero().squeeze(1)  # sequence by sequence already
+        seq = torch.div(rows, T, rounding_mode="floor")
+        labels = target.reshape(-1).index_select(0, rows)
+        lens = keep.sum(1).float()
+        num = B if opts["num_sequences"] is None else opts["num_sequences"]
+        stats = _SeqStats(B, dev, with_sq=False)
+        grads = _Grads(x2, weight, need_grad, opts["dw_accumulation"])
+        losses = torch.empty(B, device=dev, dtype=torch.float32)
+        rewards = torch.empty_like(losses)
+        g_seq = torch.zeros_like(losses)
+        chunks = _chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
+        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=_input.dtype)
+        for k, (s0, s1, r0, r1) in enumerate(chunks):
+            xc, z, lse = _chunk_stats(ws, x2, weight, bias, rows[r0:r1], labels[r0:r1], seq[r0:r1], stats)
+            scale = 1.0 / lens[s0:s1] if opts["average_log_prob"] else torch.ones_like(lens[s0:s1])
+            logp = stats.logp[s0:s1] * scale
+            l, rew, d = kto_head(logp, ref_logps[s0:s1], kl[s0:s1], desirable[s0:s1], opts["beta"])
+            losses[s0:s1], rewards[s0:s1] = l, rew
+            g_seq[s0:s1] = d * scale / num
+            if grads.any:
+                _chunk_grads(z, xc, labels[r0:r1], lse, g_seq.index_select(0, seq[r0:r1]), rows[r0:r1], weight,
+                             grads, first=k == 0)
+        logps = stats.logp * (1.0 / lens if opts["average_log_prob"] else 1.0)
+        d = desirable.float()
+        u = 1.0 - d
+        out = (losses.sum() / num, (logps * d).sum(), (logps * u).sum(), (stats.logit * d).sum(),
+               (stats.logit * u).sum(), (rewards * d).sum(), (rewards * u).sum())
+        ctx.save_for_backward(
+            None if grads.x is None else grads.x.view(_input.shape),
+            None if grads.w is None else grads.w.to(weight.dtype),
+            None if grads.b is None else grads.b.to(bias.dtype))
+        ctx.mark_non_differentiable(*out[1:])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_aux):
+        gx, gw, gb = ctx.saved_tensors
+        unit = bool(grad_loss == 1)
+        out = [None if (not need or g is None) else g if unit else g * grad_loss.to(g.dtype)
+               for g, need in zip((gx, gw, gb), ctx.needs_input_grad[:3])]
+        return (*out, None, None, None, None, None, None, None)
+
+
+class FusedLinearKTOLoss(torch.nn.Module):
+    """Drop-in for liger_kernel.chunked_loss.LigerFusedLinearKTOLoss: same constructor (defaults
+    included), forward(_input, lin_weight, target, bias=None, preference_labels=None, ref_input=None,
+    ref_weight=None, ref_bias=None, kl=None) (note Liger's order: _input first) and return
+    (loss, (chosen_logps_sum, rejected_logps_sum, chosen_logits_sum, rejected_logits_sum,
+    chosen_rewards_sum, rejected_rewards_sum)), "chosen" meaning desirable. The logits sums are over
+    completion tokens (Liger sums every padded position, which a pass that skips prompt rows cannot).
+    Extra: ref_logps= (precomputed reference log-probs instead of ref_input/ref_weight), num_sequences=
+    (the whole batch's count when this call is one micro-batch of it), workspace_budget,
+    dw_accumulation. kl: None, a number, or a tensor with one value or one per sequence; no gradient.
+    `compiled`, `chunk_size`: accepted, no effect."""
+
+    def __init__(self, ignore_index: int = -100, beta: float = 0.1, compiled: bool = True, use_ref_model: bool = False,
+                 average_log_prob: bool = False, chunk_size: int = 1, *, workspace_budget=None,
+                 dw_accumulation="fp32"):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.beta = beta
+        self.compiled = compiled
+        self.use_ref_model = use_ref_model
+        self.average_log_prob = average_log_prob
+        self.chunk_size = chunk_size
+        self.workspace_budget = workspace_budget
+        self.dw_accumulation = dw_accumulation
+        self._check_settings()
+
+    def _check_settings(self):
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0 or beta == float("inf"):
+            raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+        if self.dw_accumulation not in ("fp32", "weight"):
+            raise ValueError(f"dw_accumulation must be 'fp32' or 'weight', got {self.dw_accumulation!r}")
+
+    def forward(self, _input, lin_weight, target, bias=None, preference_labels=None, ref_input=None,
+                ref_weight=None, ref_bias=None, kl=None, *, ref_logps=None, num_sequences=None):
+        self._check_settings()  # Liger reads its attributes at every call; so do we, validated
+        ignore_index = int(self.ignore_index)
+        if not isinstance(_input, torch.Tensor) or _input.dim() != 3 or _input.shape[0] == 0:
+            raise ValueError(f"_input must be [B, T, H] with B > 0, got {getattr(_input, 'shape', type(_input))}")
+        if not isinstance(target, torch.Tensor) or target.dim() != 2:
+            raise ValueError(f"target must be [B, T], got {getattr(target, 'shape', type(target).__name__)}")
+        _checks.check_linear_inputs(_input, lin_weight, target, bias, ignore_index, 1.0, None, check_range=False)
+        B, V = _input.shape[0], lin_weight.shape[0]
+        if preference_labels is None:
+            raise ValueError("preference_labels is required: a bool tensor [B], True for desirable sequences")
+        if (not isinstance(preference_labels, torch.Tensor) or preference_labels.dtype != torch.bool
+                or tuple(preference_labels.shape) != (B,)):
+            raise ValueError(f"preference_labels must be a bool tensor of shape [{B}] (True: desirable)")
+        if preference_labels.device != _input.device:
+            raise ValueError(f"preference_labels is on {preference_labels.device} but _input is on {_input.device}")
+        host = torch.cat([(target != ignore_index).sum(1),
+                          _checks.out_of_range(target, V, ignore_index).view(1)]).tolist()
+        counts, n_bad = host[:B], host[B]
+        if n_bad:
+            _checks.raise_out_of_range(target, V, ignore_index, "target")
+        if 0 in counts:
+            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets are "
+                             f"ignore_index={ignore_index}); its log-prob is undefined")
+        if num_sequences is not None and (not isinstance(num_sequences, int) or num_sequences <= 0):
+            raise ValueError(f"num_sequences must be a positive int (the whole batch's count), got {num_sequences!r}")
+        ref = self._reference(ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index)
+        kl_vec = self._kl(kl, B, _input.device)
+        need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
+        need = tuple(torch.is_grad_enabled() and n for n in need)
+        opts = dict(ignore_index=ignore_index, beta=float(self.beta), average_log_prob=bool(self.average_log_prob),
+                    num_sequences=num_sequences, workspace_budget=self.workspace_budget,
+                    dw_accumulation=self.dw_accumulation)
+        with torch.autocast(_input.device.type, enabled=False):
+            out = _FusedKTOFn.apply(_input, lin_weight, bias, target, ref, kl_vec, preference_labels, opts, need,
+                                    counts)
+        return out[0], tuple(out[1:])
+
+    @staticmethod
+    def _kl(kl, B, device):
+        if kl is None:
+            return torch.zeros(B, device=device)
+        if isinstance(kl, (int, float)) and not isinstance(kl, bool):
+            kl = torch.tensor(float(kl), device=device)
+        if not isinstance(kl, torch.Tensor) or kl.numel() not in (1, B) or not kl.is_floating_point():
+            raise ValueError(f"kl must be None, a number, or a float tensor with 1 or {B} values")
+        if kl.device != device:
+            raise ValueError(f"kl is on {kl.device} but _input is on {device}")
+        kl = kl.detach().float().reshape(-1)
+        if not bool(kl.isfinite().all()):
+            raise ValueError("kl must be finite")
+        return kl.expand(B).contiguous()
+
+    def _reference(self, ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index):
+        in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
+        if not self.use_ref_model:
+            if in_pass or ref_logps is not None:
+                raise ValueError("use_ref_model=False, yet reference inputs or log-probs were given")
+            return torch.zeros(B, device=target.device)
+        if in_pass and ref_logps is not None:
+            raise ValueError("give the reference either in-pass (ref_input, ref_weight) or as ref_logps, not both")
+        if ref_logps is not None:
+            if not isinstance(ref_logps, torch.Tensor) or tuple(ref_logps.shape) != (B,):
+                raise ValueError(f"ref_logps must be a tensor of shape [{B}] (one per sequence)")
+            if ref_logps.device != target.device:
+                raise ValueError(f"ref_logps is on {ref_logps.device} but target is on {target.device}")
+            return ref_logps.detach().float()
+        if ref_input is None or ref_weight is None:
+            raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_logps")
+        if not isinstance(ref_input, torch.Tensor) or ref_input.shape[:2] != target.shape:
+            raise ValueError(f"ref_input must be [B, T, H] like _input, got {getattr(ref_input, 'shape', None)}")
+        _checks.check_linear_inputs(ref_input, ref_weight, target, ref_bias, ignore_index, 1.0, None,
+                                    check_range=False)
+        if ref_weight.shape[0] != V:
+            raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: the "
+                             "reference must score the same token ids")
+        with torch.no_grad():
+            seq_ids = torch.arange(B, device=target.device).repeat_interleave(target.shape[1])
+            _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
+                                       self.workspace_budget)
+            if self.average_log_prob:
+                sums = sums / (target != ignore_index).sum(1)
+        return sums
+
+
+def kto_kl_baseline(kl_input, lin_weight, kl_target, bias=None, ref_kl_input=None, ref_weight=None, ref_bias=None,
+                    *, ref_kl_logps=None, ignore_index=-100):
+    """TRL's KTO KL baseline from mismatched prompt/completion pairs: mean over them of
+    log pi(y|x') - log pi_ref(y|x'), clamped at 0, without gradient, through the fused forward-only op.
+    Under data parallelism, average it across processes before passing it as kl (TRL gathers it)."""
+    with torch.no_grad():
+        pol, _ = sequence_logprobs(kl_input, lin_weight, kl_target, bias=bias, ignore_index=ignore_index)
+        if ref_kl_logps is None:
+            if ref_kl_input is None or ref_weight is None:
+                raise ValueError("kto_kl_baseline needs ref_kl_input and ref_weight, or ref_kl_logps")
+            ref_kl_logps, _ = sequence_logprobs(ref_kl_input, ref_weight, kl_target, bias=ref_bias,
+                                                ignore_index=ignore_index)
+        return (pol - ref_kl_logps.float()).mean().clamp(min=0)
