@@ -100,7 +100,9 @@ def test_distilled_self_critique_keeps_revisions_scored_higher():
 
 def test_task_templates_follow_the_paper():
     ts = load_templates()
+    assert all(t.pairwise_criteria for t in ts.values())
     rp = ts["roleplay"]
+    assert "neutral" in rp.pairwise_criteria and "persona" in rp.pairwise_criteria
     assert rp.system and rp.system in rp.critique() and "{system}" not in rp.critique() + rp.revision()
     assert rp.critique().startswith("Identify specific ways in which your previous answer is at odds with your "
                                     "system prompt")
@@ -191,4 +193,5 @@ def test_rdpo_chain_with_the_probability_judge(files, tmp_path):
     assert summary["score"]["judge_mode"] == "pairwise" and summary["score"]["score_range"] is None
     scored = [json.loads(line) for line in open(out / "scored.jsonl")]
     assert scored and all(0 < r["soft_label"] < 1 and "judge" in r for r in scored)
+    assert all(r["judge"]["rubric"] == "roleplay" for r in scored)  # the task template's pairwise criteria
     assert not (out / "scorer").exists()  # no implicit scorer was trained

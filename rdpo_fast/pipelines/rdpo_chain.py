@@ -258,8 +258,13 @@ class RdpoChain:
         s = self.s
         judge = ProbabilityJudge.load(s.judge_model, batch_size=s.score_batch_size, progress=s.generation.progress)
         if s.judge_mode == "pairwise":
-            return scoring.pairwise_soft_labels(records, judge, scoring.pairwise_from_options(None, s.task,
-                                                                                            s.template_file))
+            from rdpo_fast.evaluation.rubrics import PairwiseRubric
+
+            # The task template's criteria (the tasks as this package defines them), else the
+            # evaluation's rubric of that task name.
+            rubric = (PairwiseRubric(s.task, self.task.pairwise_criteria) if self.task.pairwise_criteria
+                      else scoring.pairwise_from_options(None, s.task, s.template_file))
+            return scoring.pairwise_soft_labels(records, judge, rubric)
         lo, hi = self.scale["range"]
         rubric = scoring.custom_pointwise(self.task.judge_rubric or DEFAULT_RUBRIC, lo, hi, name=s.task)
         return scoring.pointwise_soft_labels(records, judge, rubric, self.scale["temperature"])

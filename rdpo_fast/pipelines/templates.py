@@ -33,8 +33,9 @@ REVISION_REQUEST = ("Rewrite your original response using the critique to be {go
                     "Reply with the rewritten response only.")
 _REQUIRED = ("fault", "goal")
 _OPTIONAL = ("description", "system", "wrappers", "prompts", "judge_rubric", "critique_request", "revision_request",
-             "score_range", "score_temperature", "score_target")
-_STRINGS = ("description", "system", "prompts", "judge_rubric", "critique_request", "revision_request")
+             "score_range", "score_temperature", "score_target", "pairwise_criteria")
+_STRINGS = ("description", "system", "prompts", "judge_rubric", "critique_request", "revision_request",
+            "pairwise_criteria")
 
 
 class TemplateError(ValueError):
@@ -56,6 +57,7 @@ class TaskTemplate:
     score_range: tuple[int, int] | None = None  # the judge's integer scale; None: the judge's default
     score_temperature: float | None = None  # soft-label T for that scale (judge_scales.scale_temperature)
     score_target: int | None = None  # the judge's score counts as -|score - target| (closeness to it)
+    pairwise_criteria: str | None = None  # what "better" means when a pairwise judge compares two answers
 
     def wrap(self, prompt: str, index: int) -> str:
         """The user message for prompt number `index`: prompt i takes wrapper i mod len(wrappers)."""
@@ -132,7 +134,7 @@ def _template(name, spec, path, base) -> TaskTemplate:
                         critique_request=spec.get("critique_request", CRITIQUE_REQUEST),
                         revision_request=spec.get("revision_request", REVISION_REQUEST),
                         score_range=lo_hi, score_temperature=None if temp is None else float(temp),
-                        score_target=target)
+                        score_target=target, pairwise_criteria=spec.get("pairwise_criteria"))
 
 
 def read_wrappers(path: str) -> list[str]:
