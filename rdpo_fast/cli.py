@@ -33,19 +33,10 @@ def _flag_type(annotation: str):
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON or YAML file of options (flags given here override it)")
-    for f in config_mod.fields():
-        kind = _flag_type(f.type)
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
-        # SUPPRESS: only flags actually typed end up in the namespace, so the layering
-        # (defaults < checkpoint < config file < flags) can tell them apart.
-        if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"{meta['help']} (default: {f.default})")
-        else:
-            p.add_argument(flag, type=kind, choices=meta.get("choices"), default=argparse.SUPPRESS,
-                           help=f"{meta['help']} (default: {f.default})")
+    from .train_flags import add_grouped_flags
+
+    p.add_argument("--config", help="JSON or YAML file of options, ours or TRL's names (flags given here override it)")
+    add_grouped_flags(p)  # the options in groups, TRL names as hidden aliases
 
 
 def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
@@ -63,6 +54,10 @@ def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
         # --output-dir), never into the output path its saved config names.
         values = {**resume_settings(resume, output_dir=values.get("output_dir")),
                   **{k: v for k, v in values.items() if k != "resume"}}
+
+    from .trl_names import finish
+
+    values = finish(values)  # TRL settings that only mean something together (use_peft, constant)
     known = {f.name for f in config_mod.fields()}
     return config_mod.TrainConfig(**{k: v for k, v in values.items() if k in known}).validate()
 

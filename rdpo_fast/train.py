@@ -24,9 +24,9 @@ import time
 import torch
 
 from . import checkpoint as ckpt
-from . import errors, modeling, run_dir
+from . import data_sources, errors, modeling, optim, reporting, run_dir
 from .config import TrainConfig
-from .data import PreferenceData, collate, epoch_order, load_preference_data, step_batches, steps_per_epoch
+from .data import PreferenceData, collate, epoch_order, step_batches, steps_per_epoch
 from .data_files import default_path
 from .fused_loss import FusedLinearPreferenceLoss
 
@@ -78,20 +78,25 @@ class PreferenceStep(torch.nn.Module):
     """Policy forward + fused loss as one module, so DDP and FSDP2 wrap a single forward; inside it the
     FSDP2 root has unsharded the lm_head/embedding weight, so the loss reads the full matrix."""
 
-    def __init__(self, model, loss_fn, *, adapters_reference: bool, bf16: bool):
+    def __init__(self, model, loss_fn, *, adapters_reference: bool, bf16):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.adapters_reference = adapters_reference
-        self.bf16 = bf16
+        # bf16: True / False, or the autocast dtype itself (rdpo_fast.optim.Precision.compute).
+        self.compute = bf16 if isinstance(bf16, torch.dtype) else (torch.bfloat16 if bf16 else None)
+        self.bf16 = self.compute is not None
+
+    def _device_type(self):
+        return next(self.model.parameters()).device.type
 
     def _hidden(self, batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self._device_type(), dtype=self.compute or torch.float32, enabled=self.bf16):
             return modeling.hidden_states(self.model, batch)
 
     def _cast(self, t):
-        # The loss runs outside autocast; under bf16 its GEMMs take bf16 inputs (fp32 dW accumulation).
-        return t.to(torch.bfloat16) if self.bf16 else t
+        # The loss runs outside autocast; under bf16/fp16 its GEMMs take low-precision inputs (fp32 dW accumulation).
+        return t.to(self.compute) if self.bf16 else t
 
     def forward(self, batch, num_pairs: int, num_chosen_tokens: int, ref_hidden=None, ref_weight=None):
         kw = {}
@@ -105,7 +110,7 @@ class PreferenceStep(torch.nn.Module):
             kw["ref_chosen_logps"], kw["ref_rejected_logps"] = batch.ref_chosen, batch.ref_rejected
         hidden = self._cast(self._hidden(batch))
         weight = self._cast(modeling.output_weight(self.model))
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast(self._device_type(), enabled=False):
             return self.loss_fn(weight, hidden, batch.target, soft_labels=batch.soft_labels,
                                 num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens, **kw)
 
@@ -153,9 +158,12 @@ def reference_key(cfg: TrainConfig, data: PreferenceData, bf16: bool) -> str:
     """Cache key of a reference pass: the model's files, the tokenised data (which fixes the data and
     every tokenizer setting), and the settings that shape a sequence log-prob."""
     h = hashlib.sha256()
+    weights = optim.resolve_precision(cfg.dtype, cfg.bf16, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    low = {} if weights.weights == torch.float32 else {"weights": str(weights.weights)}  # fp32 keys as before
     h.update(json.dumps({"model": modeling.identity(cfg.model), "average_log_prob": cfg.average_log_prob,
-                         "ld_alpha": cfg.ld_alpha, "bf16": bf16, "packed": cfg.packed, "max_length": cfg.max_length,
-                         "max_prompt_length": cfg.max_prompt_length}, sort_keys=True).encode())
+                         "ld_alpha": cfg.ld_alpha, "bf16": bf16 if isinstance(bf16, bool) else str(bf16),
+                         "packed": cfg.packed, "max_length": cfg.max_length,
+                         "max_prompt_length": cfg.max_prompt_length, **low}, sort_keys=True).encode())
     for p in data.pairs:
         h.update(json.dumps([p.prompt, p.chosen, p.rejected]).encode())
     return h.hexdigest()
@@ -355,18 +363,17 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         resume_from = ckpt.find_checkpoint(cfg.resume)
     run_dir.prepare_output_dir(cfg, dist.main)  # writable, no other run's checkpoints: before anything loads
     _seed_everything(cfg.seed)
-    bf16 = torch.cuda.is_available() if cfg.bf16 is None else bool(cfg.bf16)
-    if bf16 and not torch.cuda.is_available():
-        raise ValueError("bf16 autocast is for CUDA; on CPU train in fp32 (--no-bf16)")
+    precision = optim.resolve_precision(cfg.dtype, cfg.bf16, dist.device)
+    bf16 = precision.compute or False  # the autocast dtype (False: none)
 
     # Data first: bad input fails in seconds, before the model loads or anything is written.
-    tokenizer = modeling.load_tokenizer(cfg.model)
+    tokenizer = modeling.load_tokenizer(cfg.model, cache_dir=_cache_dir(cfg))
     train_path = cfg.data or default_path("train")
-    eval_path = cfg.eval_data or (default_path("eval") if cfg.data is None else None)
+    eval_path, eval_split = data_sources.eval_source(cfg, default_path("eval"))
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-              score_temperature=cfg.score_temperature)
-    train_data = load_preference_data(train_path, tokenizer, **kw)
-    eval_data = load_preference_data(eval_path, tokenizer, **kw) if eval_path else None
+              score_temperature=cfg.score_temperature, columns=data_sources.columns(cfg))
+    train_data = data_sources.load(train_path, tokenizer, split=cfg.dataset_split, **kw)
+    eval_data = data_sources.load(eval_path, tokenizer, split=eval_split, **kw) if eval_path else None
     if cfg.loss_type == "rdpo" and not train_data.has_soft_labels:
         raise ValueError(f"loss_type 'rdpo' needs soft labels: give soft_label or chosen_score/rejected_score on "
                          f"every record of {train_path}")
@@ -384,7 +391,9 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
                          f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {dist.world} processes)")
     total = cfg.max_steps or per_epoch * cfg.epochs
 
-    model = modeling.load_model(cfg.model).to(dist.device)
+    model = modeling.load_model(cfg.model, dtype=precision.weights, cache_dir=_cache_dir(cfg)).to(dist.device)
+    optim.prepare_model(model, precision=precision, gradient_checkpointing=cfg.gradient_checkpointing,
+                        disable_dropout=cfg.disable_dropout)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
     if resume_from is not None:
@@ -402,6 +411,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         model = modeling.apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                     targets=[t.strip() for t in cfg.lora_targets.split(",") if t.strip()])
     modeling.freeze_all_but_last(model, cfg.train_last_layers)
+    optim.master_weights(model)  # trained weights in fp32; frozen ones stay in --dtype
     loss_fn = FusedLinearPreferenceLoss(
         loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
         alpha=cfg.nll_alpha if cfg.nll_alpha > 0 else 1.0, compute_nll_loss=cfg.nll_alpha > 0,
@@ -411,7 +421,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
     wrapped = _wrap(step_module, cfg, dist)
     params = [p for p in model.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = optim.build_optimizer(cfg.optim, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stepper = optim.Stepper(optimizer, params, precision=precision, clip=_clip, max_grad_norm=cfg.max_grad_norm)
     scheduler, warmup = _scheduler(cfg, optimizer, total)
 
     if resume_from is not None:
@@ -423,6 +434,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     if dist.main:
         _trim_metrics(metrics_path, state["global_step"])
+    reporter = reporting.for_run(cfg, enabled=dist.main)
     log(f"model {cfg.model}: {n_train / 1e6:.3g}M of {sum(p.numel() for p in model.parameters()) / 1e6:.3g}M "
         f"parameters trained; reference: {mode}; {len(train_data)} train pairs"
         + (f", {len(eval_data)} held-out" if eval_data else "") + f"; {total} steps of "
@@ -452,11 +464,10 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             for i, mb in enumerate(mbs):
                 with _sync(wrapped, cfg, dist, i == len(mbs) - 1):
                     loss, aux = wrapped(mb, num_pairs, num_tokens, **_ref_inputs(ref_model, mb))
-                    (loss * dist.world).backward()
+                    stepper.backward(loss * dist.world)
                 stats.add(loss, aux)
-            grad_norm = _clip(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            grad_norm = stepper.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["global_step"] += 1
@@ -465,7 +476,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             row = stats.reduce(dist, nll=cfg.nll_alpha > 0)
             if step % cfg.logging_steps == 0 or step == total:
                 row.update(step=step, epoch=round(step / per_epoch, 4), learning_rate=lr, grad_norm=grad_norm)
-                _append_metrics(metrics_path, row, dist)
+                _append_metrics(metrics_path, row, dist, reporter)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
@@ -473,7 +484,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             if eval_data is not None and cfg.eval_steps and step % cfg.eval_steps == 0 and step < total:
                 last_eval = evaluate(step_module, eval_data, refs["eval"], cfg, dist, ref_model=ref_model,
                                      model_sharded=sharded_eval, pad_id=pad_id)
-                _append_metrics(metrics_path, {**last_eval, "step": step}, dist)
+                _append_metrics(metrics_path, {**last_eval, "step": step}, dist, reporter)
             stop_now = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps and step < total
             if (cfg.save_steps and step % cfg.save_steps == 0 and step < total) or stop_now:
                 path = ckpt.save_checkpoint(cfg.output_dir, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -497,7 +508,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         if eval_data is not None:
             last_eval = evaluate(step_module, eval_data, refs["eval"], cfg, dist, ref_model=ref_model,
                                  model_sharded=sharded_eval, pad_id=pad_id)
-            _append_metrics(metrics_path, {**last_eval, "step": state["global_step"]}, dist)
+            _append_metrics(metrics_path, {**last_eval, "step": state["global_step"]}, dist, reporter)
             summary.update(last_eval, eval_pairs=len(eval_data), eval_truncated=eval_data.num_truncated)
         if cfg.save_steps:
             summary["checkpoint"] = ckpt.save_checkpoint(
@@ -507,6 +518,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             weights = ckpt.full_model_state(model) if dist.world > 1 else None
             ckpt.export_model(os.path.join(cfg.output_dir, "final"), model, tokenizer, weights)
             summary["export"] = os.path.join(cfg.output_dir, "final")
+    reporter.close()
     summary["seconds"] = round(time.time() - t_start, 1)
     if dist.main:
         run_dir.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
@@ -528,10 +540,12 @@ def _clip(params, max_norm) -> float:
     return float(full() if full is not None else norm)
 
 
-def _append_metrics(path, row, dist):
+def _append_metrics(path, row, dist, reporter=None):
     if dist.main:
         with errors.writing(path), open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if reporter is not None:
+            reporter.log(row)
 
 
 def _trim_metrics(path, step):

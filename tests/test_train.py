@@ -106,7 +106,7 @@ def test_config_file_and_flag_override(files, tmp_path):
     saved = json.load(open(out / "config.json"))
     assert saved["lr"] == 3e-4 and saved["max_steps"] == 1 and saved["batch_size"] == 2
     bad = tmp_path / "bad.json"
-    bad.write_text('{"learning_rate": 1}')
+    bad.write_text('{"learning_rat": 1}')  # (learning_rate is TRL's name for lr: tests/test_train_io.py)
     assert main(["train", "--config", str(bad)]) == 2
 
 

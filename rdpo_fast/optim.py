@@ -1,0 +1,126 @@
+"""Precision, memory and the optimizer of the training loop.
+
+Precision (--dtype, --bf16). The weights are stored in --dtype (bf16 by default on CUDA, fp32 on CPU):
+every frozen weight (the reference copy, frozen layers, a LoRA base) and the activations take half the
+memory in bf16/fp16. The weights that are *trained* are kept in fp32, and the forward runs under
+autocast in the low-precision dtype, i.e. the trained weights are their own fp32 master copies. Why not
+train bf16 weights in place: an AdamW update is about lr per element, and at DPO's learning rates
+(1e-7..1e-5) it is far below half a bf16 ulp of a typical weight (2^-9 * |w|, ~4e-5 for |w| = 0.02), so
+round-to-nearest would silently drop most updates. The fused loss sums dW over its chunks in fp32
+(dw_accumulation="fp32") and hands autograd a gradient in the compute dtype, which autograd adds into
+the fp32 weight's .grad; micro-batch accumulation therefore runs in fp32 too.
+fp16 (CUDA only) adds dynamic loss scaling (torch.amp.GradScaler) so small gradients do not flush to
+zero; bf16 needs none.
+
+Memory: --gradient-checkpointing recomputes each decoder layer in backward (non-reentrant, so frozen
+inputs are fine) instead of storing its activations.
+
+Optimizer: `adamw` is torch's AdamW, fused (one kernel for all parameters) where every parameter is a
+plain tensor on CPU or CUDA, the for-each implementation otherwise (FSDP2's DTensors); `adamw_8bit` is
+bitsandbytes' AdamW8bit (8-bit moments: 2 bytes per parameter instead of 8), when it is importable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: torch.dtype  # storage of the weights as loaded (frozen ones stay so)
+    compute: torch.dtype | None  # autocast dtype; None: compute in the weights' own dtype (fp32)
+
+    @property
+    def loss_scaling(self) -> bool:
+        return self.compute == torch.float16
+
+    def key(self) -> str:
+        """What a cached reference pass depends on."""
+        return f"{self.weights}/{self.compute}"
+
+
+def resolve_precision(dtype: str | None, bf16: bool | None, device: torch.device) -> Precision:
+    """The weights' and the compute dtype for --dtype and --bf16 on this device; impossible combinations
+    are refused with the reason."""
+    cuda = device.type == "cuda"
+    name = dtype or ("bf16" if cuda else "fp32")
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be bf16, fp16 or fp32, got {name!r}")
+    if name == "fp16" and not cuda:
+        raise ValueError("dtype fp16 needs CUDA: on CPU there is no fp16 autocast with loss scaling here; "
+                         "use --dtype bf16 or fp32")
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16: use --dtype fp16 (with loss scaling) or fp32")
+    if name == "fp16" and bf16:
+        raise ValueError("dtype fp16 computes in fp16: drop --bf16, or use --dtype bf16")
+    weights = DTYPES[name]
+    if name != "fp32":
+        return Precision(weights, weights)
+    on = cuda if bf16 is None else bool(bf16)
+    return Precision(weights, torch.bfloat16 if on else None)
+
+
+def prepare_model(model, *, precision: Precision, gradient_checkpointing: bool, disable_dropout: bool) -> None:
+    """Before freezing/LoRA: dropout off (as TRL) and gradient checkpointing on, as asked."""
+    if disable_dropout:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            if isinstance(getattr(model.config, name, None), float):
+                setattr(model.config, name, 0.0)
+    if gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def master_weights(model) -> int:
+    """Trained weights to fp32 (their own master copies); frozen ones keep the storage dtype. Returns
+    how many parameters were upcast."""
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+            n += p.numel()
+    return n
+
+
+def build_optimizer(name: str, params: list, *, lr: float, weight_decay: float):
+    if name == "adamw":
+        plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if plain else {}))
+    if name == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except Exception as e:  # ImportError, or a broken CUDA setup raising at import
+            raise ValueError(f"optim adamw_8bit needs bitsandbytes, which cannot be imported here ({e}); "
+                             "pip install bitsandbytes, or use optim adamw") from None
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optim must be adamw or adamw_8bit, got {name!r}")
+
+
+class Stepper:
+    """backward and the optimizer step, with fp16 loss scaling when the precision needs it; step()
+    returns the gradient norm (before clipping), unscaled."""
+
+    def __init__(self, optimizer, params, *, precision: Precision, clip, max_grad_norm: float):
+        self.optimizer, self.params, self.clip, self.max_grad_norm = optimizer, params, clip, max_grad_norm
+        self.scaler = torch.amp.GradScaler("cuda") if precision.loss_scaling else None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self) -> float:
+        if self.scaler is None:
+            norm = self.clip(self.params, self.max_grad_norm)
+            self.optimizer.step()
+            return norm
+        self.scaler.unscale_(self.optimizer)
+        norm = self.clip(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+        self.scaler.update()
+        return norm

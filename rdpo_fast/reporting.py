@@ -1,0 +1,95 @@
+"""Where a run's metrics go besides RUN/metrics.jsonl (which always stays): TensorBoard event files, and
+Weights & Biases (offline, into the run's directory, when no credentials are configured). Both are
+optional imports: asking for one that is not installed is a clear error before training starts.
+
+Rows are the training loop's metric dicts (TRL's names: loss, rewards/accuracies, eval_loss, ...); the
+step is the row's "step". Train rows are logged under train/..., held-out rows (eval_*) under eval/...,
+as the Hugging Face Trainer's integrations name them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+REPORTERS = ("tensorboard", "wandb")
+
+
+def parse_report_to(value: str | None) -> list[str]:
+    names = [n.strip() for n in (value or "none").split(",") if n.strip()]
+    return [] if names in ([], ["none"]) else names
+
+
+def check_report_to(value: str | None) -> None:
+    """Known names, and their packages importable: a missing one fails before anything runs."""
+    names = parse_report_to(value)
+    bad = [n for n in names if n not in REPORTERS]
+    if bad or ("none" in names):
+        raise ValueError(f"report_to must be none or a comma-separated list of {', '.join(REPORTERS)}, got {value!r}")
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"report_to {name} needs the {name} package: pip install {name}")
+
+
+def for_run(cfg, *, enabled: bool) -> "Reporter":
+    """The run's reporter: into --logging-dir (default RUN/runs), named --run-name (default the run
+    directory's name)."""
+    return Reporter(cfg.report_to, log_dir=cfg.logging_dir or os.path.join(cfg.output_dir, "runs"),
+                    run_name=cfg.run_name or os.path.basename(os.path.normpath(cfg.output_dir)),
+                    config=cfg.to_dict(), enabled=enabled)
+
+
+def _tag(key: str) -> str:
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    return "train/" + key
+
+
+class Reporter:
+    """Fans each metrics row out to the configured backends; a no-op on non-main ranks or with none."""
+
+    def __init__(self, report_to: str | None, *, log_dir: str, run_name: str, config: dict, enabled: bool = True):
+        self.backends = []
+        names = parse_report_to(report_to) if enabled else []
+        check_report_to(report_to)
+        if "tensorboard" in names:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=os.path.join(log_dir, run_name))
+            self.backends.append(self._tensorboard)
+        if "wandb" in names:
+            import wandb
+
+            offline = not (os.environ.get("WANDB_API_KEY") or _wandb_logged_in())
+            mode = os.environ.get("WANDB_MODE") or ("offline" if offline else "online")
+            os.makedirs(log_dir, exist_ok=True)
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "rdpo_fast"), name=run_name, dir=log_dir,
+                                    config=config, mode=mode)
+            self.backends.append(self._wandb)
+
+    def _tensorboard(self, row, step):
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.tb.add_scalar(_tag(k), v, step)
+        self.tb.flush()
+
+    def _wandb(self, row, step):
+        self.wandb.log({_tag(k): v for k, v in row.items() if k != "step"}, step=step)
+
+    def log(self, row: dict) -> None:
+        for backend in self.backends:
+            backend(row, int(row.get("step", 0)))
+
+    def close(self) -> None:
+        if hasattr(self, "tb"):
+            self.tb.close()
+        if hasattr(self, "wandb"):
+            self.wandb.finish()
+
+
+def _wandb_logged_in() -> bool:
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(netrc) as f:
+            return "api.wandb.ai" in f.read()
+    except OSError:
+        return False
