@@ -31,6 +31,9 @@ setup(
         "trl": ["trl==1.16.0"],
         "eval": ["py3langid"],  # language identification of answers (ships its model; offline)
         "gpu": ["flash-attn"],
+        # --generator vllm (GPU only): the pipelines' K samples per prompt through vLLM's offline engine.
+        # It pins its own torch: install it where the GPU torch it wants is the one you use.
+        "vllm": ["vllm"],
     },
     entry_points={"console_scripts": ["rdpo-fast = rdpo_fast.cli:main"]},
 )

@@ -39,27 +39,41 @@ def test_prefix_is_the_papers():
 
 def test_crosslingual_end_to_end(files, capsys):
     out = files["root"] / "run"
-    assert main(_args(files, out)) == 0
+    assert main(_args(files, out, "--languages", "en,es,de", "--rounds", "2", "--prompt-pool", "same",
+                      "--reward-pair", "previous-vs-initial")) == 0
     printed = capsys.readouterr().out
-    assert "es: pairs / alpha" in printed and "win vs round 0" in printed
+    assert "es: pairs / alpha" in printed and "en: pairs / alpha" in printed and "win vs round 0" in printed
     scored = [json.loads(line) for line in open(out / "round1" / "scored.jsonl")]
-    assert len(scored) == 4  # 2 prompts x 2 languages
+    assert len(scored) == 6  # 2 prompts x 3 languages
     by_id = {r["id"]: r for r in ROWS}
     for g in scored:
         row = by_id[g["id"]]
-        # Sampled for the target-language instruction, scored under the prefixed English one.
+        # Sampled for the target-language instruction, scored under the English one: prefixed for the
+        # other languages, as it is for English itself (upstream).
         assert g["prompt"][-1]["content"] == row[g["language"]]
-        assert g["score_prompt"][-1]["content"] == language_prefix(g["language"]) + row["en"]
+        want = row["en"] if g["language"] == "en" else language_prefix(g["language"]) + row["en"]
+        assert g["score_prompt"][-1]["content"] == want
         assert all("reward" in c for c in g["candidates"] if c["reason"] is None)
+    # The same prompts both rounds; round 2 scores with (pi_1, ref_0).
+    again = [json.loads(line) for line in open(out / "round2" / "scored.jsonl")]
+    assert [g["id"] for g in again] == [g["id"] for g in scored]
+    r2 = json.load(open(out / "round2" / "score.done.json"))["stats"]
+    assert r2["reward_policy"] == str(out / "round1" / "train" / "final")
+    assert r2["reward_reference"] == files["model"]  # ref_0: the policy the English DPO started from
+    r1 = json.load(open(out / "round1" / "score.done.json"))["stats"]
+    assert r1["reward_policy"] == str(out / "round0" / "train" / "final") and r1["tokens_per_s"] > 0
     pairs = [json.loads(line) for line in open(out / "round1" / "train.jsonl")]
     assert pairs and all(p["prompt"][-1]["content"] == by_id[next(g["id"] for g in scored if g["prompt"] == p["prompt"])][p["language"]]
                          for p in pairs)
     summary = json.load(open(out / "summary.json"))
     r1 = summary["rounds"][1]
-    assert set(r1["languages"]) == {"es", "de"} and r1["pairs"] == len(pairs)
+    assert set(r1["languages"]) == {"en", "es", "de"} and r1["pairs"] == len(pairs)
     for st in r1["languages"].values():
-        assert st["pairs"] + st["skipped_no_valid"] + st["skipped_one_valid"] + st["skipped_tied"] == 2
-    assert summary["rounds"][0]["eval"]["prompts"] == 2 and 0 <= r1["eval"]["win_rate_vs_round0"] <= 1
+        assert st["pairs"] + st["skipped_no_valid"] + st["skipped_one_valid"] + st["skipped_few_valid"] + \
+            st["skipped_tied"] == 2
+    assert summary["final_policy"] == str(out / "round2" / "train" / "final")
+    assert summary["start_policy"] == str(out / "round0" / "train" / "final")
+    assert summary["rounds"][0]["eval"]["prompts"] == 3 and 0 <= r1["eval"]["win_rate_vs_round0"] <= 1
     cfg = json.load(open(out / "round1" / "train" / "config.json"))
     assert cfg["nll_alpha"] == 1.0 and cfg["loss_type"] == "sigmoid"  # DPO + NLL
     held = [json.loads(line) for line in open(out / "eval" / "round1.jsonl")]
@@ -72,7 +86,7 @@ def test_crosslingual_end_to_end(files, capsys):
     (["--languages", "fr"], "not in the parallel prompt file"),
     (["-k", "1"], "K (samples per prompt) must be >= 2"),
     (["--eval-prompts", "4"], "leaves none"),
-    (["--scorer", "fixed", "--policy", "/no/such/model"], "model path not found"),
+    (["--reward-pair", "initial", "--policy", "/no/such/model"], "model path not found"),
 ])
 def test_crosslingual_bad_input(files, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

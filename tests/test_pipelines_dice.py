@@ -7,7 +7,7 @@ import os
 import pytest
 
 import rdpo_fast.train
-from rdpo_fast.pipelines import dice as dice_mod
+from rdpo_fast.pipelines import driver as driver_mod
 from rdpo_fast.pipelines.cli import main
 from rdpo_fast.pipelines.generation import Sample
 from rdpo_fast.pipelines.pairing import prompt_key
@@ -37,7 +37,7 @@ class Counters:
     def __init__(self, monkeypatch, crash_at=None):
         self.sampled, self.scored, self.trained = [], 0, []
         real_train = rdpo_fast.train.train
-        real_reward = dice_mod.ImplicitReward
+        real_reward = driver_mod.ImplicitReward
 
         def sample(model, tok, convs, k, settings):
             self.sampled.append(len(convs))
@@ -60,8 +60,8 @@ class Counters:
                 raise RuntimeError("interrupted")
             return real_train(cfg)
 
-        monkeypatch.setattr(dice_mod, "sample_groups", sample)
-        monkeypatch.setattr(dice_mod, "ImplicitReward", counting_reward)
+        monkeypatch.setattr(driver_mod, "sample_groups", sample)
+        monkeypatch.setattr(driver_mod, "ImplicitReward", counting_reward)
         monkeypatch.setattr(rdpo_fast.train, "train", train)
 
 
@@ -122,6 +122,11 @@ def test_summary_counts_skips_and_replays_on_disjoint_prompts(files, resumed):
     # The chain: round 2 sampled from round 1's policy and trained with it as reference.
     cfg = json.load(open(out / "round2" / "train" / "config.json"))
     assert cfg["model"].endswith("round1/train/final") and cfg["reference"] == "precompute"
+    # ... and scored with the default reward pair (pi_1, ref_1 = pi_0).
+    st = json.load(open(out / "round2" / "score.done.json"))["stats"]
+    assert st["reward_policy"] == str(out / "round1" / "train" / "final")
+    assert st["reward_reference"] == str(out / "round0" / "train" / "final")
+    assert summary["final_policy"] == st["reward_policy"].replace("round1", "round2")
 
 
 def test_changed_settings_are_refused(files, resumed, capsys):

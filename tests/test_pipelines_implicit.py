@@ -6,7 +6,7 @@ import torch
 from rdpo_fast import modeling
 from rdpo_fast.pipelines.chat import assistant, completion_text, user_turn
 from rdpo_fast.pipelines.generation import GenerationSettings, generate
-from rdpo_fast.pipelines.implicit import ImplicitReward, encode
+from rdpo_fast.pipelines.implicit import ImplicitReward, encode, length_batches
 from rdpo_fast.reference import ref_sequence_logprobs
 
 
@@ -43,10 +43,14 @@ def oracle_logps(model, tokenizer, prompt, response):
     return direct, len(c)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_implicit_reward_equals_the_oracle(models, batch_size):
+@pytest.mark.parametrize("batch_size,max_tokens", [(1, None), (3, None), (8, 60)])
+def test_implicit_reward_equals_the_oracle(models, batch_size, max_tokens):
     pol, ref, tok = models
-    s = ImplicitReward(pol, ref, tok, batch_size=batch_size)(PROMPTS, RESPONSES)
+    reward = ImplicitReward(pol, ref, tok, batch_size=batch_size, max_batch_tokens=max_tokens)
+    s = reward(PROMPTS, RESPONSES)
+    st = reward.stats  # the pass reports its tokens and throughput
+    assert st["sequences"] == 4 and st["forward_tokens"] > 0 and st["tokens_per_s"] > 0
+    assert st["padded_tokens"] >= st["forward_tokens"] and (batch_size > 1 or st["padding"] == 0)
     assert s.reward.dtype == torch.float64
     for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
         lp, n = oracle_logps(pol, tok, p, r)
@@ -55,6 +59,22 @@ def test_implicit_reward_equals_the_oracle(models, batch_size):
         assert float(s.reference_logps[i]) == pytest.approx(lr, abs=2e-3)
         assert float(s.reward[i]) == pytest.approx(lp - lr, abs=3e-3)
         assert int(s.num_tokens[i]) == n
+
+
+def test_token_budgeted_batches():
+    lengths = [30, 5, 12, 12, 40, 7, 100, 3]
+    for size, budget in [(8, None), (3, None), (8, 40), (2, 25), (8, 1)]:
+        batches = length_batches(lengths, size, budget)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        flat = [lengths[i] for b in batches for i in b]
+        assert flat == sorted(lengths)  # in order of length: little padding
+        for b in batches:
+            assert len(b) <= size
+            if budget is not None and len(b) > 1:
+                assert len(b) * max(lengths[i] for i in b) <= budget
+    assert length_batches(lengths, 8, 40) == [[7, 1, 5], [2, 3], [0], [4], [6]]
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        length_batches(lengths, 8, 0)
 
 
 def test_encoding_matches_training_tokenisation(models):

@@ -9,7 +9,7 @@ from rdpo_fast.pipelines.cli import main
 from rdpo_fast.pipelines.generation import Sample
 from rdpo_fast.pipelines.synth import SynthSettings, synthesize
 from rdpo_fast.pipelines.templates import (TemplateError, get_template, load_templates, read_parallel, read_prompts,
-                                           shipped_task_prompts, task_prompts)
+                                           shipped_task_prompts, task_prompts, train_jailbreak_wrappers)
 from tiny import save_tiny
 
 
@@ -20,7 +20,9 @@ def test_shipped_templates_and_prompts():
         assert t.critique().startswith("Identify specific ways in which your previous answer is ")
         assert t.revision().startswith("Rewrite your original response using the critique to be ")
         assert t.judge_rubric and len(task_prompts(t)) >= 30
-    assert "{prompt}" not in ts["safety"].wrap("Q?", 1) and ts["safety"].wrap("Q?", 0) == "Q?"
+    # Every safety prompt is framed by a training jailbreak wrapper (the held-out ones are for evaluation).
+    assert ts["safety"].wrappers == tuple(train_jailbreak_wrappers()) and len(ts["safety"].wrappers) >= 8
+    assert all("{prompt}" not in ts["safety"].wrap("Q?", i) and "Q?" in ts["safety"].wrap("Q?", i) for i in range(10))
     mixed = shipped_task_prompts()
     assert len(mixed) == sum(len(task_prompts(t)) for t in ts.values()) and len(set(mixed)) == len(mixed)
     rows = read_parallel()

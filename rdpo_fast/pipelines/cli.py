@@ -1,27 +1,33 @@
-"""The pipelines' subcommands of `rdpo-fast`: synth, score, dice, crosslingual.
+"""The pipelines' subcommands of `rdpo-fast`: synth, score, rdpo, dice, crosslingual.
 
-SUBCOMMANDS lists them (name, help, add arguments, run), and rdpo_fast.cli registers them beside
-train and plot; `main(argv)` is the same CLI (tests, `python -m rdpo_fast.pipelines.cli`).
-Bad input raises ValueError subclasses with a clear message, which the CLI prints as one line.
+SUBCOMMANDS lists them (name, help, add arguments, run); rdpo_fast.cli registers them beside train and
+plot. This module does not import rdpo_fast.cli (the dependency runs one way: the top-level CLI
+imports the pipelines); `main(argv)` parses the pipeline subcommands alone (tests,
+`python -m rdpo_fast.pipelines.cli`). Bad input raises ValueError subclasses with a clear message,
+which the CLI prints as one line. The rdpo, dice and crosslingual commands take `--preset paper` or
+`--preset cpu-demo` (presets.py); explicit flags override the preset.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from .chat import BRIEF_SYSTEM
+from . import presets
 from .generation import GenerationSettings
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
 # ---------------------------------------------------------------------------------------- shared flags
-def _generation_flags(p, *, max_new_tokens=64, temperature=0.8):
-    g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"tokens per answer (default {max_new_tokens})")
-    g.add_argument("--temperature", type=float, default=temperature, help=f"sampling temperature, 0 = greedy (default {temperature})")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
-    g.add_argument("--gen-batch-size", type=int, default=16, help="sequences per generate call (default 16)")
+def _generation_flags(p, d: GenerationSettings, *, what: str = "generation"):
+    g = p.add_argument_group(what)
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"tokens per answer (default {d.max_new_tokens})")
+    g.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature, 0 = greedy (default {d.temperature})")
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling (default {d.top_p})")
+    g.add_argument("--gen-batch-size", type=int, default=d.batch_size,
+                   help=f"sequences per generate call (default {d.batch_size})")
     g.add_argument("--seed", type=int, default=0, help="seed of sampling, replay draws and training (default 0)")
 
 
@@ -30,38 +36,58 @@ def _generation(args) -> GenerationSettings:
                               batch_size=args.gen_batch_size, seed=args.seed, progress=args.progress).validate()
 
 
-def _train_flags(p, *, nll_alpha=0.0):
-    from .rounds import TrainSettings
+def _train_flags(p, d, *, title="training of each round (rdpo_fast.train; --train-config sets any other option)",
+                 loss: bool = True):
+    from rdpo_fast.preference import LOSS_TYPES
 
-    d = TrainSettings()
-    t = p.add_argument_group("training of each round (rdpo_fast.train; --train-config sets any other option)")
+    from .rounds import SCHEDULERS
+
+    t = p.add_argument_group(title)
+    if loss:  # choices come from the loss itself, so a loss type added there appears here
+        t.add_argument("--loss-type", choices=tuple(LOSS_TYPES), default=d.loss_type,
+                       help=f"preference loss (default {d.loss_type})")
     t.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
     t.add_argument("--beta", type=float, default=d.beta, help=f"DPO beta (default {d.beta})")
+    t.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                   help=f"learning-rate schedule after warmup; constant = constant with warmup (default {d.scheduler})")
+    t.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warmup steps (default {d.warmup_steps})")
+    t.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio,
+                   help=f"warmup as a share of the steps, when --warmup-steps is 0 (default {d.warmup_ratio})")
     t.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per round (default {d.epochs})")
-    t.add_argument("--max-steps", type=int, default=None, help="optimizer steps per round (overrides epochs)")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
+    t.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps per round (overrides epochs)")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per micro-batch (default {d.batch_size})")
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum, help=f"micro-batches per step (default {d.grad_accum})")
     t.add_argument("--train-last-layers", type=int, default=d.train_last_layers,
                    help=f"train only the last N decoder layers, 0 = all (default {d.train_last_layers})")
     t.add_argument("--max-length", type=int, default=d.max_length, help=f"max prompt+answer tokens (default {d.max_length})")
-    t.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps (default 0)")
-    t.add_argument("--nll-alpha", type=float, default=nll_alpha, help=f"weight of NLL on chosen (default {nll_alpha})")
+    t.add_argument("--nll-alpha", type=float, default=d.nll_alpha, help=f"weight of NLL on chosen (default {d.nll_alpha})")
     t.add_argument("--train-config", default=None, help="JSON/YAML file of further rdpo-fast train options")
 
 
-def _train(args):
+def _train(args, prefix: str = ""):
     from .rounds import TrainSettings
 
-    return TrainSettings(lr=args.lr, beta=args.beta, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, train_last_layers=args.train_last_layers,
-                         max_length=args.max_length, warmup_steps=args.warmup_steps, nll_alpha=args.nll_alpha,
-                         seed=args.seed, progress=args.progress, config_file=args.train_config)
+    v = vars(args)
+    keys = ("lr", "beta", "epochs", "max_steps", "batch_size", "grad_accum", "train_last_layers", "max_length",
+            "warmup_steps", "warmup_ratio", "scheduler", "loss_type", "nll_alpha")
+    return TrainSettings(**{k: v[prefix + k] for k in keys if prefix + k in v}, seed=args.seed,
+                         progress=args.progress, config_file=v.get(prefix + "train_config"))
 
 
 def _common(p):
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _rounds_flags(p, *, what: str, k=4, rounds=2, per_round=16):
+def _system_flag(p, default):
+    shown = "none" if default is None else repr(default)
+    p.add_argument("--system", default=default,
+                   help=f"system message of the prompts ('' = none; default {shown})")
+
+
+def _rounds_flags(p, d, *, what: str):
+    from .driver import GENERATORS, PROMPT_POOLS, REWARD_PAIRS
+    from .pairing import ALPHA_RULES
+
     p.add_argument("--policy", default=DEFAULT_MODEL,
                    help=f"{what} (local HF directory, .gguf file or {DEFAULT_MODEL!r}; default {DEFAULT_MODEL})")
     p.add_argument("--reference", default=None,
@@ -69,15 +95,56 @@ def _rounds_flags(p, *, what: str, k=4, rounds=2, per_round=16):
                         "on offline pairs (the policy would otherwise be its own reference: every reward 0)")
     p.add_argument("--output-dir", required=True, help="run directory; a rerun skips finished stages")
     p.add_argument("--overwrite", action="store_true", help="start the run directory over")
-    p.add_argument("--rounds", type=int, default=rounds, help=f"rounds (default {rounds})")
-    p.add_argument("-k", "--k", type=int, default=k, help=f"samples per prompt, >= 2 (default {k})")
-    p.add_argument("--prompts-per-round", type=int, default=per_round,
-                   help=f"prompts sampled per round (default {per_round})")
+    p.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
+    p.add_argument("-k", "--k", type=int, default=d.k, help=f"samples per prompt, >= 2 (default {d.k})")
+    p.add_argument("--prompts-per-round", type=int, default=d.prompts_per_round,
+                   help=f"prompts sampled per round, 0 = the whole pool (default {d.prompts_per_round})")
+    p.add_argument("--prompt-pool", choices=PROMPT_POOLS, default=d.prompt_pool,
+                   help="fresh: round r takes the r-th slice of the pool; same: the same prompts every round "
+                        f"(upstream) (default {d.prompt_pool})")
+    p.add_argument("--min-valid", type=int, default=d.min_valid,
+                   help="valid samples a prompt needs before it may form a pair (upstream DICE: 8 of 16; "
+                        "default K/2, at least 2)")
+    p.add_argument("--alpha-rule", choices=ALPHA_RULES, default=d.alpha_rule,
+                   help="length-debiasing alpha: argmin = the grid point with mean chosen-rejected length closest "
+                        "to 0; early-stop = DICE's walk from the grid's start, stopping at the first alpha that "
+                        f"makes it worse (default {d.alpha_rule})")
+    p.add_argument("--alpha-grid", type=float, nargs=3, default=[d.alpha_start, d.alpha_stop, d.alpha_step],
+                   metavar=("START", "STOP", "STEP"),
+                   help=f"alpha grid, STOP included (default {d.alpha_start:g} {d.alpha_stop:g} {d.alpha_step:g})")
+    p.add_argument("--reward-pair", choices=tuple(REWARD_PAIRS), default=d.reward_pair,
+                   help="implicit reward of round r: " + "; ".join(f"{k} = {v}" for k, v in REWARD_PAIRS.items())
+                        + f" (default {d.reward_pair})")
     p.add_argument("--offline", default=None, help="offline preference JSONL (default: the shipped training pairs)")
-    p.add_argument("--init-pairs", type=int, default=64, help="offline pairs of the round-0 DPO (default 64)")
-    p.add_argument("--system", default=BRIEF_SYSTEM, help=f"system message of the prompts (default {BRIEF_SYSTEM!r}; '' = none)")
-    p.add_argument("--keep-truncated", action="store_true", help="keep samples cut off by --max-new-tokens")
-    p.add_argument("--score-batch-size", type=int, default=8, help="sequences per implicit-reward forward (default 8)")
+    p.add_argument("--init-pairs", type=int, default=d.init_pairs,
+                   help=f"offline pairs of the round-0 DPO (default {d.init_pairs})")
+    _system_flag(p, d.system)
+    p.add_argument("--keep-truncated", action=argparse.BooleanOptionalAction, default=d.keep_truncated,
+                   help=f"keep samples cut off by --max-new-tokens as candidates (default {d.keep_truncated})")
+    p.add_argument("--score-batch-size", type=int, default=d.score_batch_size,
+                   help=f"sequences per implicit-reward forward (default {d.score_batch_size})")
+    p.add_argument("--score-max-tokens", type=int, default=d.score_max_tokens,
+                   help="token budget of one implicit-reward forward, rows x longest row (default: none)")
+    p.add_argument("--generator", choices=GENERATORS, default=d.generator,
+                   help="sampler of the K candidates: transformers' generate, or vLLM (GPU; pip install "
+                        f"'rdpo_fast[vllm]') (default {d.generator})")
+    p.add_argument("--vllm-gpu-memory", type=float, default=d.vllm.gpu_memory_utilization,
+                   help=f"vLLM gpu_memory_utilization; training in the same process needs the rest "
+                        f"(default {d.vllm.gpu_memory_utilization})")
+
+
+def _round_settings(args) -> dict:
+    from .vllm_generation import VllmSettings
+
+    start, stop, step = args.alpha_grid
+    return dict(policy=args.policy, reference=args.reference, offline=args.offline, init_pairs=args.init_pairs,
+                rounds=args.rounds, k=args.k, prompts_per_round=args.prompts_per_round, prompt_pool=args.prompt_pool,
+                min_valid=args.min_valid, alpha_rule=args.alpha_rule, alpha_start=start, alpha_stop=stop,
+                alpha_step=step, reward_pair=args.reward_pair, system=args.system or None,
+                keep_truncated=args.keep_truncated, score_batch_size=args.score_batch_size,
+                score_max_tokens=args.score_max_tokens, generator=args.generator,
+                vllm=VllmSettings(gpu_memory_utilization=args.vllm_gpu_memory), seed=args.seed,
+                generation=_generation(args), train=_train(args))
 
 
 # ---------------------------------------------------------------------------------------- synth
@@ -92,7 +159,7 @@ def add_synth_arguments(p):
     p.add_argument("--teacher", default=DEFAULT_MODEL, help=f"teacher model (default {DEFAULT_MODEL})")
     p.add_argument("--output", "-o", default=None, help="output JSONL (required unless --list-tasks)")
     p.add_argument("--drop-truncated", action="store_true", help="drop pairs whose answer or revision was cut off")
-    _generation_flags(p, max_new_tokens=96)
+    _generation_flags(p, GenerationSettings(max_new_tokens=96))
     _common(p)
 
 
@@ -124,8 +191,9 @@ def add_score_arguments(p):
     p.add_argument("--scorer", choices=("judge", "rm", "implicit"), required=True,
                    help="judge: an LLM judge with a rubric; rm: a sequence-classification reward model; "
                         "implicit: log pi - log pi_ref of a DPO model and its reference")
-    p.add_argument("--score-temperature", type=float, default=1.0,
-                   help="T of soft_label = sigmoid((chosen_score - rejected_score) / T) (default 1)")
+    p.add_argument("--score-temperature", type=float, default=None,
+                   help="T of soft_label = sigmoid((chosen_score - rejected_score) / T) (default: the task "
+                        "template's, judge_scales.py; else 1)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward or generate call (default 8)")
     p.add_argument("--seed", type=int, default=0)
     j = p.add_argument_group("judge")
@@ -138,8 +206,8 @@ def add_score_arguments(p):
                                                 "'task' field when they share one, else a generic rubric)")
     j.add_argument("--template-file", default=None, help="extra task templates")
     j.add_argument("--rubric", default=None, help="rubric text (overrides --task)")
-    j.add_argument("--score-range", type=int, nargs=2, default=(d.lo, d.hi), metavar=("LO", "HI"),
-                   help=f"integer score range (default {d.lo} {d.hi})")
+    j.add_argument("--score-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help=f"integer score range (default: the task template's, else {d.lo} {d.hi})")
     j.add_argument("--max-retries", type=int, default=d.max_retries, help=f"retries of an unparsable answer (default {d.max_retries})")
     j.add_argument("--judge-max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
     j.add_argument("--judge-prefill", default="", help="text the judge's answer is forced to start with, e.g. "
@@ -177,6 +245,25 @@ def _pick_rubric(args, records):
     return t.judge_rubric, f"task {name!r}"
 
 
+def _task_scale(args, records) -> dict:
+    """The judge scale of the task the rubric came from (empty for --rubric or the generic rubric)."""
+    from .templates import get_template
+
+    if args.rubric:
+        return {}
+    name = args.task
+    if name is None:
+        tasks = {r.get("task") for r in records}
+        name = tasks.pop() if len(tasks) == 1 else None
+    if name is None:
+        return {}
+    try:
+        t = get_template(name, args.template_file)
+    except ValueError:
+        return {}
+    return {"range": t.score_range, "temperature": t.score_temperature, "target": t.score_target}
+
+
 def run_score_cmd(args) -> int:
     from rdpo_fast.data import read_jsonl
     from rdpo_fast.run_dir import check_file_writable
@@ -184,14 +271,31 @@ def run_score_cmd(args) -> int:
     from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
     from .stages import write_jsonl
 
-    if args.score_temperature <= 0:
+    if args.score_temperature is not None and args.score_temperature <= 0:
         raise ValueError(f"--score-temperature must be > 0, got {args.score_temperature}")
     lines = read_jsonl(args.input)  # validated before any model loads
     check_file_writable(args.output)
     records = [r for _, r in lines]
+    target = None
+    if args.scorer == "judge":
+        # The judge's scale: --score-range, else the task template's (its range, soft-label temperature
+        # and target, judge_scales.py), else the judge's default.
+        from .judge import JudgeSettings
+
+        scale = _task_scale(args, records)
+        if args.score_range is None:
+            args.score_range = scale.get("range") or (JudgeSettings().lo, JudgeSettings().hi)
+            target = scale.get("target")
+            if args.score_temperature is None:
+                args.score_temperature = scale.get("temperature")
+        if args.score_temperature is None:
+            args.score_temperature = 1.0
     if args.scorer == "judge" and args.judge_mode != "generate":
         if not args.judge_model:
             raise ValueError("--scorer judge needs --judge-model")
+        if target is not None and args.judge_mode == "pointwise":
+            raise ValueError(f"this task scores the judge's rating by its closeness to {target} (judge_scales.py), "
+                             "which --judge-mode pointwise does not do; use --judge-mode generate or pairwise")
         return _score_with_probability_judge(args, lines, records)
     if args.scorer == "judge":
         from .judge import JudgeSettings
@@ -199,12 +303,18 @@ def run_score_cmd(args) -> int:
         if not args.judge_model:
             raise ValueError("--scorer judge needs --judge-model")
         rubric, origin = _pick_rubric(args, records)
-        settings = JudgeSettings(rubric=rubric, lo=args.score_range[0], hi=args.score_range[1],
+        lo_hi = args.score_range
+        settings = JudgeSettings(rubric=rubric, lo=lo_hi[0], hi=lo_hi[1],
                                  max_retries=args.max_retries, max_new_tokens=args.judge_max_new_tokens,
                                  batch_size=args.batch_size, seed=args.seed, progress=args.progress,
                                  prefill=args.judge_prefill).validate()
-        print(f"judge rubric: {origin}")
+        print(f"judge rubric: {origin}; scale {lo_hi[0]}..{lo_hi[1]}"
+              + (f", scored by closeness to {target}" if target is not None else ""))
         scorer = JudgeScorer(args.judge_model, settings)
+        if target is not None:
+            from .judge_scales import TargetScorer
+
+            scorer = TargetScorer(scorer, target)
     elif args.scorer == "rm":
         if not args.rm_model:
             raise ValueError("--scorer rm needs --rm-model DIR")
@@ -214,6 +324,8 @@ def run_score_cmd(args) -> int:
         if not (args.policy and args.reference):
             raise ValueError("--scorer implicit needs --policy (the DPO model) and --reference")
         scorer = ImplicitScorer(args.policy, args.reference, batch_size=args.batch_size)
+    if args.score_temperature is None:
+        args.score_temperature = 1.0
     scored, failed, stats = score_records(records, scorer, temperature=args.score_temperature,
                                           sources=[f"{args.input}:{ln}" for ln, _ in lines])
     write_jsonl(args.output, scored)
@@ -266,57 +378,148 @@ def failed_file(output: str) -> str:
     return stem + ".failed.jsonl"
 
 
+# ---------------------------------------------------------------------------------------- rdpo
+def add_rdpo_arguments(p):
+    from .rdpo_chain import JUDGE_MODES, METHODS, SCORERS, RdpoSettings
+
+    d = RdpoSettings()
+    p.add_argument("--output-dir", required=True, help="run directory; a rerun skips finished stages")
+    p.add_argument("--overwrite", action="store_true", help="start the run directory over")
+    p.add_argument("--task", default=d.task, help=f"task template: safety, roleplay, sycophancy, or one of "
+                                                  f"--template-file (default {d.task})")
+    p.add_argument("--template-file", default=None, help="YAML/JSON file of task templates")
+    p.add_argument("--prompts", default=None, help="prompt file (default: the task's shipped prompts)")
+    p.add_argument("--num-prompts", type=int, default=d.num_prompts, help="use the first N prompts")
+    p.add_argument("--teacher", default=d.teacher, help=f"teacher model (default {d.teacher})")
+    p.add_argument("--student", default=None, help="student model (default: the teacher)")
+    p.add_argument("--method", choices=tuple(METHODS), default=d.method,
+                   help="; ".join(f"{k}: {v[2]}" for k, v in METHODS.items()) + f" (default {d.method})")
+    p.add_argument("--drop-truncated", action="store_true", help="drop pairs whose answer or revision was cut off")
+    sc = p.add_argument_group("scoring")
+    sc.add_argument("--scorer", choices=SCORERS, default=d.scorer,
+                    help=f"judge: an LLM judge with the task's rubric and scale; rm: a sequence-classification "
+                         f"reward model; implicit: log pi - log pi_ref of a DPO model (default {d.scorer})")
+    sc.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    sc.add_argument("--judge-mode", choices=JUDGE_MODES, default=d.judge_mode,
+                    help="pairwise: soft label = the probability judge's P(revision better); pointwise: its expected "
+                         "scores on the task's scale; generate: the judge writes [[N]], parsed strictly "
+                         f"(default {d.judge_mode})")
+    sc.add_argument("--judge-max-retries", type=int, default=d.judge_max_retries,
+                    help=f"retries of an unparsable judge answer (default {d.judge_max_retries})")
+    sc.add_argument("--judge-max-new-tokens", type=int, default=d.judge_max_new_tokens)
+    sc.add_argument("--judge-prefill", default="", help="text the judge's answer is forced to start with")
+    sc.add_argument("--rm-model", default=None, help="sequence-classification reward model directory")
+    sc.add_argument("--rm-label-index", type=int, default=None)
+    sc.add_argument("--scorer-policy", default=None, help="implicit scorer: the DPO model (default: trained by DPO "
+                                                          "from --scorer-reference on --offline pairs)")
+    sc.add_argument("--scorer-reference", default=None, help="implicit scorer: its reference (default: the teacher)")
+    sc.add_argument("--scorer-pairs", type=int, default=d.scorer_pairs,
+                    help=f"offline pairs of the implicit scorer's DPO (default {d.scorer_pairs})")
+    sc.add_argument("--scorer-max-steps", type=int, default=d.scorer_train.max_steps)
+    sc.add_argument("--scorer-lr", type=float, default=d.scorer_train.lr)
+    sc.add_argument("--scorer-batch-size", type=int, default=d.scorer_train.batch_size)
+    sc.add_argument("--offline", default=None, help="offline pairs of the scorer's DPO (default: the shipped ones)")
+    sc.add_argument("--score-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="judge's integer scale (default: the task's)")
+    sc.add_argument("--score-temperature", type=float, default=None,
+                    help="soft-label T (default: the task's, judge_scales.py; 1 for rm/implicit)")
+    sc.add_argument("--score-batch-size", type=int, default=d.score_batch_size)
+    _generation_flags(p, d.generation, what="teacher generation")
+    _train_flags(p, d.train, title="student training (rdpo_fast.train; the loss follows --method)", loss=False)
+    _common(p)
+    presets.install(p, "rdpo")
+
+
+def rdpo_settings(args):
+    from .rdpo_chain import RdpoSettings
+
+    scorer_train = _train(args)
+    scorer_train.loss_type, scorer_train.nll_alpha = "sigmoid", 0.0
+    scorer_train.max_steps, scorer_train.lr, scorer_train.batch_size = (args.scorer_max_steps, args.scorer_lr,
+                                                                        args.scorer_batch_size)
+    train = _train(args)  # its loss follows the method (RdpoSettings.loss_type)
+    return RdpoSettings(task=args.task, template_file=args.template_file, prompts=args.prompts,
+                        num_prompts=args.num_prompts, teacher=args.teacher, student=args.student, method=args.method,
+                        scorer=args.scorer, judge_model=args.judge_model, judge_mode=args.judge_mode,
+                        judge_max_retries=args.judge_max_retries,
+                        judge_max_new_tokens=args.judge_max_new_tokens, judge_prefill=args.judge_prefill,
+                        rm_model=args.rm_model, rm_label_index=args.rm_label_index, scorer_policy=args.scorer_policy,
+                        scorer_reference=args.scorer_reference, scorer_pairs=args.scorer_pairs, offline=args.offline,
+                        score_range=tuple(args.score_range) if args.score_range else None,
+                        score_temperature=args.score_temperature, score_batch_size=args.score_batch_size,
+                        drop_truncated=args.drop_truncated, seed=args.seed, generation=_generation(args),
+                        train=train, scorer_train=scorer_train)
+
+
+def run_rdpo_cmd(args) -> int:
+    from .rdpo_chain import run_rdpo
+
+    run_rdpo(rdpo_settings(args), args.output_dir, overwrite=args.overwrite)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- dice
 def add_dice_arguments(p):
-    _rounds_flags(p, what="the DPO model to bootstrap")
+    from .dice import DiceSettings
+
+    d = DiceSettings()
+    _rounds_flags(p, d, what="the DPO model to bootstrap")
     p.add_argument("--prompts", default=None, help="prompt file (default: the shipped task prompts)")
-    p.add_argument("--gamma", type=float, default=0.5, help="share of offline pairs in each round's mix (default 0.5)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help=f"share of offline pairs in each round's mix (default {d.gamma})")
     p.add_argument("--eval-data", default=None, help="held-out pairs (default: the shipped held-out split)")
-    p.add_argument("--eval-pairs", type=int, default=None, help="first N held-out pairs (0: no evaluation)")
-    _generation_flags(p)
-    _train_flags(p)
+    p.add_argument("--eval-pairs", type=int, default=d.eval_pairs, help="first N held-out pairs (0: no evaluation)")
+    _generation_flags(p, d.generation)
+    _train_flags(p, d.train)
     _common(p)
+    presets.install(p, "dice")
+
+
+def dice_settings(args):
+    from .dice import DiceSettings
+
+    return DiceSettings(**_round_settings(args), prompts=args.prompts, eval_data=args.eval_data,
+                        eval_pairs=args.eval_pairs, gamma=args.gamma)
 
 
 def run_dice_cmd(args) -> int:
-    from .dice import DiceSettings, run_dice
+    from .dice import run_dice
 
-    s = DiceSettings(policy=args.policy, reference=args.reference, prompts=args.prompts, offline=args.offline,
-                     eval_data=args.eval_data, eval_pairs=args.eval_pairs, rounds=args.rounds, k=args.k,
-                     prompts_per_round=args.prompts_per_round, gamma=args.gamma, init_pairs=args.init_pairs,
-                     system=args.system or None, keep_truncated=args.keep_truncated,
-                     score_batch_size=args.score_batch_size, seed=args.seed, generation=_generation(args),
-                     train=_train(args))
-    run_dice(s, args.output_dir, overwrite=args.overwrite)
+    run_dice(dice_settings(args), args.output_dir, overwrite=args.overwrite)
     return 0
 
 
 # ---------------------------------------------------------------------------------------- crosslingual
 def add_crosslingual_arguments(p):
-    _rounds_flags(p, what="the English DPO model", per_round=8)
+    from .crosslingual import CrossLingualSettings
+
+    d = CrossLingualSettings()
+    _rounds_flags(p, d, what="the English DPO model")
     p.add_argument("--parallel", default=None, help="parallel prompt JSONL, {'id', 'en': ..., '<lang>': ...} per line "
                                                     "(default: the shipped set: en, es, fr, de, it)")
-    p.add_argument("--languages", default="es,fr,de,it", help="target language codes (default es,fr,de,it)")
-    p.add_argument("--eval-prompts", type=int, default=4,
-                   help="held-out parallel prompts per language, the file's last rows (default 4; 0: none)")
-    p.add_argument("--scorer", choices=("iterate", "fixed"), default="iterate",
-                   help="iterate: round r scores with (pi_{r-1}, its reference); fixed: always the English pair")
-    _generation_flags(p)
-    _train_flags(p, nll_alpha=1.0)
+    p.add_argument("--languages", default=",".join(d.languages),
+                   help="language codes; English ('en') is scored under its own instruction, the others under the "
+                        f"prefixed English one (default {','.join(d.languages)})")
+    p.add_argument("--eval-prompts", type=int, default=d.eval_prompts,
+                   help=f"held-out parallel prompts per language, the file's last rows (default {d.eval_prompts}; 0: none)")
+    _generation_flags(p, d.generation)
+    _train_flags(p, d.train)
     _common(p)
+    presets.install(p, "crosslingual")
+
+
+def crosslingual_settings(args):
+    from .crosslingual import CrossLingualSettings
+
+    langs = tuple(c.strip() for c in args.languages.split(",") if c.strip())
+    return CrossLingualSettings(**_round_settings(args), parallel=args.parallel, languages=langs,
+                                eval_prompts=args.eval_prompts)
 
 
 def run_crosslingual_cmd(args) -> int:
-    from .crosslingual import CrossLingualSettings, run_crosslingual
+    from .crosslingual import run_crosslingual
 
-    langs = tuple(c.strip() for c in args.languages.split(",") if c.strip())
-    s = CrossLingualSettings(policy=args.policy, reference=args.reference, parallel=args.parallel, languages=langs,
-                             offline=args.offline, init_pairs=args.init_pairs, rounds=args.rounds, k=args.k,
-                             prompts_per_round=args.prompts_per_round, eval_prompts=args.eval_prompts,
-                             scorer=args.scorer, system=args.system or None, keep_truncated=args.keep_truncated,
-                             score_batch_size=args.score_batch_size, seed=args.seed, generation=_generation(args),
-                             train=_train(args))
-    run_crosslingual(s, args.output_dir, overwrite=args.overwrite)
+    run_crosslingual(crosslingual_settings(args), args.output_dir, overwrite=args.overwrite)
     return 0
 
 
@@ -325,17 +528,33 @@ SUBCOMMANDS = [
      add_synth_arguments, run_synth_cmd),
     ("score", "score pairs with an LLM judge, a reward model or an implicit reward; write soft labels",
      add_score_arguments, run_score_cmd),
+    ("rdpo", "rDPO in one resumable run: synth -> score -> select -> train (or the SFT/dSC/DPO baselines)",
+     add_rdpo_arguments, run_rdpo_cmd),
     ("dice", "DICE: bootstrap a DPO model with its own implicit rewards, in rounds", add_dice_arguments, run_dice_cmd),
     ("crosslingual", "transfer English preferences to other languages by implicit cross-lingual rewarding",
      add_crosslingual_arguments, run_crosslingual_cmd),
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The same as `rdpo-fast`: these subcommands are registered on the main CLI (rdpo_fast.cli)."""
-    from ..cli import main as cli_main
+def build_parser() -> argparse.ArgumentParser:
+    """A parser of the pipeline subcommands alone (the same arguments as under `rdpo-fast`)."""
+    parser = argparse.ArgumentParser(prog="rdpo-fast", description="rdpo_fast pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments, run in SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
+    return parser
 
-    return cli_main(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input of any kind: one clear line, no traceback (the format of rdpo_fast.cli).
+        print(f"rdpo-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,9 +3,18 @@ pairing, and experience replay of offline pairs on disjoint prompts (SPEC sectio
 
 Candidates of prompt i: rewards r_ik and character lengths l_ik of its valid samples (a prompt may
 have any number). For a given alpha the adjusted reward is r - alpha * l; chosen is its argmax and
-rejected its argmin (first index on ties). The sweep tries alpha on the grid 0, 0.001, ..., 1 and
-keeps the alpha whose mean chosen-minus-rejected length over prompts is closest to 0 (the smallest
-such alpha on ties), so the new pairs carry no length preference on average.
+rejected its argmin (first index on ties). The sweep tries alpha on a grid (default 0, 0.001, ..., 1)
+for the alpha whose mean chosen-minus-rejected length over prompts is closest to 0, so the new pairs
+carry no length preference on average. Two rules (ALPHA_RULES):
+- "argmin": every grid point; the one closest to 0 (the smallest such alpha on ties). The
+  cross-lingual paper's rule, and ours by default.
+- "early-stop": DICE's rule. Walk the grid from its start and stop at the first alpha whose |mean
+  difference| is worse than the best seen so far; the best alpha seen wins (the first on ties).
+With argmax/argmin pairing the two agree: raising alpha can only shorten the chosen candidate and
+lengthen the rejected one (if c wins at alpha and c' at alpha' > alpha, adding the two optimality
+inequalities gives (alpha' - alpha)(len c - len c') >= 0), so the mean difference falls monotonically
+and the walk stops just past its crossing of 0, at the argmin. The early stop evaluates fewer grid
+points; a difference between the rules would come only from floating-point rounding at exact ties.
 """
 from __future__ import annotations
 
@@ -15,14 +24,36 @@ from dataclasses import dataclass
 
 import torch
 
-ALPHA_GRID = torch.arange(0, 1001, dtype=torch.float64) / 1000
+ALPHA_RULES = ("argmin", "early-stop")
+_MAX_GRID = 1_000_000
+
+
+def alpha_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.001) -> torch.Tensor:
+    """start, start + step, ... up to stop (included when it falls on the grid), as float64. Points are
+    rounded to 12 decimals so a decimal step gives the decimal values (0.003, not 0.0030000000000000001)."""
+    for name, v in (("start", start), ("stop", stop), ("step", step)):
+        if not math.isfinite(v):
+            raise ValueError(f"alpha grid {name} must be finite, got {v}")
+    if step <= 0:
+        raise ValueError(f"alpha grid step must be > 0, got {step}")
+    if stop < start:
+        raise ValueError(f"alpha grid stop ({stop}) is below its start ({start})")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if n > _MAX_GRID:
+        raise ValueError(f"alpha grid of {n} points (start {start}, stop {stop}, step {step}); at most {_MAX_GRID}")
+    return torch.tensor([round(start + i * step, 12) for i in range(n)], dtype=torch.float64)
+
+
+ALPHA_GRID = alpha_grid()
 
 
 @dataclass
 class AlphaChoice:
     alpha: float
     mean_length_diff: float  # mean chosen-minus-rejected characters at alpha
-    mean_length_diff_at_0: float  # the same with no length penalty, for comparison
+    mean_length_diff_at_0: float  # the same at the grid's first point (no penalty for the default grid)
+    rule: str = "argmin"
+    points_tried: int = 0  # grid points evaluated (all of them for "argmin")
 
 
 def _padded(rewards: list[list[float]], lengths: list[list[int]]):
@@ -55,19 +86,34 @@ def _best_worst(R, L, valid, alphas):
 
 
 def choose_alpha(rewards: list[list[float]], lengths: list[list[int]], grid: torch.Tensor = ALPHA_GRID,
-                 chunk: int = 128) -> AlphaChoice:
-    """The grid alpha whose mean (len(chosen) - len(rejected)) is closest to 0; the first on ties."""
+                 chunk: int = 128, rule: str = "argmin") -> AlphaChoice:
+    """The grid alpha whose mean (len(chosen) - len(rejected)) is closest to 0 under `rule` (see the
+    module docstring); the first on ties."""
+    if rule not in ALPHA_RULES:
+        raise ValueError(f"unknown alpha rule {rule!r}; valid: {', '.join(ALPHA_RULES)}")
     if not rewards:
         raise ValueError("choose_alpha needs at least one prompt with candidates")
+    if len(grid) == 0:
+        raise ValueError("the alpha grid is empty")
     R, L, valid = _padded(rewards, lengths)
     diffs = []
+    best_abs = math.inf
     for start in range(0, len(grid), chunk):  # bounded memory: chunk x P x K at a time
         a = grid[start: start + chunk].to(torch.float64)
         hi, lo = _best_worst(R, L, valid, a)
-        diffs.append((L.gather(1, hi.T).T - L.gather(1, lo.T).T).mean(1))
+        d = (L.gather(1, hi.T).T - L.gather(1, lo.T).T).mean(1)
+        if rule == "early-stop":
+            # Worse than the best so far (this point included) means worse than an earlier point.
+            running = torch.minimum(torch.cummin(d.abs(), 0).values, torch.tensor(best_abs, dtype=torch.float64))
+            worse = (d.abs() > running).nonzero()
+            if len(worse):
+                diffs.append(d[: int(worse[0]) + 1])
+                break
+            best_abs = float(running[-1])
+        diffs.append(d)
     diff = torch.cat(diffs)
     best = int(torch.argmin(diff.abs()))  # argmin returns the first minimum: the smallest alpha
-    return AlphaChoice(float(grid[best]), float(diff[best]), float(diff[0]))
+    return AlphaChoice(float(grid[best]), float(diff[best]), float(diff[0]), rule, len(diff))
 
 
 def select_pairs(rewards: list[list[float]], lengths: list[list[int]], alpha: float) -> list[tuple[int, int] | None]:

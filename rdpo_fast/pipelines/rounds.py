@@ -1,11 +1,12 @@
-"""Machinery shared by the DICE and cross-lingual rounds: materialising models in the run directory,
-sampling and filtering candidates, scoring them with the implicit reward, pairing, the training stage
-(rdpo_fast.train) and held-out implicit-reward accuracy.
+"""Pieces shared by the pipelines' stages: materialising models in the run directory, sampling and
+filtering candidates, scoring them with the implicit reward, pairing, the training stage
+(rdpo_fast.train) and held-out implicit-reward accuracy. The round skeleton itself is driver.py.
 
 Model chain: pi_0 is the starting DPO model and ref_0 its reference. Round r samples from pi_{r-1},
-scores with the implicit reward of (pi_{r-1}, ref_{r-1}), and trains pi_r from pi_{r-1} with pi_{r-1}
-as the DPO reference, so ref_r = pi_{r-1}. Without a DPO model to start from (the policy is its own
-reference, every implicit reward would be 0) round 0 first trains pi_0 by DPO on offline pairs.
+scores with the implicit reward of a chosen pair (by default (pi_{r-1}, ref_{r-1}); see
+driver.REWARD_PAIRS), and trains pi_r from pi_{r-1} with pi_{r-1} as the DPO reference, so
+ref_r = pi_{r-1}. Without a DPO model to start from (the policy is its own reference, every implicit
+reward would be 0) round 0 first trains pi_0 by DPO on offline pairs.
 """
 from __future__ import annotations
 
@@ -18,17 +19,23 @@ import torch
 
 from rdpo_fast import modeling
 from rdpo_fast.config import TrainConfig, read_config_file
+from rdpo_fast.loss_table import LOSSES
+from rdpo_fast.preference import LOSS_TYPES
 
 from . import filters
 from .chat import as_messages, as_text, assistant
 from .generation import GenerationSettings, Sample, generate
 from .implicit import ImplicitReward, encode, sequence_logps
-from .pairing import choose_alpha, select_pairs
+from .pairing import ALPHA_GRID, choose_alpha, select_pairs
 from .stages import RunDir
 
 # Options of the training stage the pipeline itself decides; a --train-config file may not set them.
 _PIPELINE_OWNED = ("model", "data", "eval_data", "output_dir", "overwrite", "resume", "export", "cache_dir",
                    "reference", "stop_after_steps")
+SCHEDULERS = ("constant", "cosine", "linear")  # rdpo_fast.config's choices; constant = constant with warmup
+# Losses that need no reference model (rdpo_fast.loss_table: "free", or "optional" as sft): the training
+# stage runs them without one instead of paying for a reference pass they do not read.
+_REFERENCE_FREE = tuple(name for name, info in LOSSES.items() if info.reference != "required")
 
 
 @dataclass
@@ -39,9 +46,13 @@ class TrainSettings:
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 4
+    grad_accum: int = 1
     train_last_layers: int = 4
     max_length: int = 384
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    scheduler: str = "cosine"
+    loss_type: str = "sigmoid"  # any of rdpo_fast.preference.LOSS_TYPES
     nll_alpha: float = 0.0
     seed: int = 0
     progress: bool = True
@@ -52,13 +63,18 @@ class TrainSettings:
         owned = sorted(set(extra) & set(_PIPELINE_OWNED))
         if owned:
             raise ValueError(f"train config file {self.config_file}: {owned} are set by the pipeline itself")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; this build of rdpo_fast has: "
+                             f"{', '.join(LOSS_TYPES)}")
         values = dict(lr=self.lr, beta=self.beta, epochs=self.epochs, max_steps=self.max_steps,
-                      batch_size=self.batch_size, train_last_layers=self.train_last_layers, max_length=self.max_length,
-                      warmup_steps=self.warmup_steps, nll_alpha=self.nll_alpha, seed=self.seed,
-                      progress=self.progress, loss_type="sigmoid")
+                      batch_size=self.batch_size, grad_accum=self.grad_accum, train_last_layers=self.train_last_layers,
+                      max_length=self.max_length, warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio,
+                      scheduler=self.scheduler, nll_alpha=self.nll_alpha, seed=self.seed, progress=self.progress,
+                      loss_type=self.loss_type)
         values.update(extra)
+        reference = "none" if values["loss_type"] in _REFERENCE_FREE else "precompute"
         values.update(model=model, data=data, eval_data=None, output_dir=output_dir, overwrite=True, export=True,
-                      cache_dir=cache_dir, reference="precompute")
+                      cache_dir=cache_dir, reference=reference)
         # A round makes as many pairs as it makes: a batch larger than that would train zero steps.
         per_step = values["batch_size"] * values.get("grad_accum", 1)
         if n_pairs < per_step:
@@ -138,7 +154,8 @@ def candidates_record(prompt, samples: list[Sample], *, drop_truncated: bool, **
 
 def score_groups(reward: ImplicitReward, groups: list[dict], score_key: str = "prompt") -> list[dict]:
     """Adds reward, policy/reference log-probs and character length to every valid candidate, in one
-    length-sorted batched pass over all of them; rejected candidates are not scored."""
+    length-sorted batched pass over all of them; rejected candidates are not scored. The reward's
+    `stats` afterwards hold the pass's tokens and tokens/s."""
     flat = [(gi, ci) for gi, g in enumerate(groups) for ci, c in enumerate(g["candidates"]) if c["reason"] is None]
     if flat:
         s = reward([groups[gi][score_key] for gi, _ in flat], [groups[gi]["candidates"][ci]["text"] for gi, ci in flat])
@@ -149,37 +166,55 @@ def score_groups(reward: ImplicitReward, groups: list[dict], score_key: str = "p
     return groups
 
 
-def pair_groups(groups: list[dict], *, length_control: bool = True) -> tuple[list[dict], dict]:
-    """(preference records, stats). Prompts with fewer than two valid candidates are skipped and
-    counted, as are prompts whose candidates all tie; alpha comes from the length sweep over the rest."""
+def default_min_valid(k: int) -> int:
+    """DICE keeps a prompt only with at least half its samples valid (8 of 16); never fewer than 2."""
+    return max(2, k // 2)
+
+
+def pair_groups(groups: list[dict], *, length_control: bool = True, min_valid: int = 2, grid=ALPHA_GRID,
+                alpha_rule: str = "argmin") -> tuple[list[dict], dict]:
+    """(preference records, stats). Prompts with no valid candidate, with fewer than two distinct ones,
+    or with fewer than `min_valid` valid ones (duplicates counted, as DICE counts scored samples) are
+    skipped and counted, as are prompts whose candidates all tie; alpha comes from the length sweep
+    (`grid`, `alpha_rule`, see pairing.py) over the rest."""
+    if min_valid < 2:
+        raise ValueError(f"min_valid must be >= 2 (a pair needs two candidates), got {min_valid}")
     stats = {"prompts": len(groups), "candidates": sum(len(g["candidates"]) for g in groups),
-             **{f"dropped_{r}": 0 for r in filters.REASONS},
-             "skipped_no_valid": 0, "skipped_one_valid": 0, "skipped_tied": 0, "duplicate_candidates": 0}
+             **{f"dropped_{r}": 0 for r in filters.REASONS}, "min_valid": min_valid,
+             "skipped_no_valid": 0, "skipped_one_valid": 0, "skipped_few_valid": 0, "skipped_tied": 0,
+             "duplicate_candidates": 0}
     usable = []
     for g in groups:
         valid = []
         seen = set()
+        n_valid = 0
         for c in g["candidates"]:
             if c["reason"] is not None:
                 stats[f"dropped_{c['reason']}"] += 1
             elif c["text"] in seen:  # identical samples carry one reward; keep one of them
+                n_valid += 1
                 stats["duplicate_candidates"] += 1
             else:
+                n_valid += 1
                 seen.add(c["text"])
                 valid.append(c)
         if not valid:
             stats["skipped_no_valid"] += 1
         elif len(valid) == 1:
             stats["skipped_one_valid"] += 1
+        elif n_valid < min_valid:
+            stats["skipped_few_valid"] += 1
         else:
             usable.append((g, valid))
     rewards = [[c["reward"] for c in v] for _, v in usable]
     lengths = [[c["chars"] for c in v] for _, v in usable]
     if usable and length_control:
-        choice = choose_alpha(rewards, lengths)
-        stats.update(alpha=choice.alpha, length_diff=choice.mean_length_diff, length_diff_alpha0=choice.mean_length_diff_at_0)
+        choice = choose_alpha(rewards, lengths, grid=grid, rule=alpha_rule)
+        stats.update(alpha=choice.alpha, length_diff=choice.mean_length_diff, length_diff_alpha0=choice.mean_length_diff_at_0,
+                     alpha_rule=choice.rule, alpha_points_tried=choice.points_tried)
     else:
-        stats.update(alpha=0.0 if usable else None, length_diff=None, length_diff_alpha0=None)
+        stats.update(alpha=0.0 if usable else None, length_diff=None, length_diff_alpha0=None, alpha_rule=None,
+                     alpha_points_tried=0)
     records = []
     picks = select_pairs(rewards, lengths, stats["alpha"]) if usable else []
     for (g, valid), pick in zip(usable, picks):
