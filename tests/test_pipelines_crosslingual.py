@@ -23,12 +23,17 @@ def files(tmp_path_factory):
             "offline": write_subset(str(root / "offline.jsonl"), 4), "root": root}
 
 
+def final_eval_flags(files):
+    """The run's external evaluation, small: the tiny model judges 2 held-out prompts per set."""
+    return ["--judge", files["model"], "--final-eval-num-prompts", "2", "--final-eval-max-new-tokens", "4"]
+
+
 def _args(files, out, *extra):
     return ["crosslingual", "--policy", files["model"], "--output-dir", str(out), "--parallel", files["parallel"],
             "--offline", files["offline"], "--languages", "es,de", "--rounds", "1", "-k", "3",
             "--prompts-per-round", "2", "--eval-prompts", "1", "--init-pairs", "4", "--batch-size", "2",
             "--max-steps", "1", "--train-last-layers", "0", "--max-length", "160", "--lr", "1e-3",
-            "--max-new-tokens", "6", "--keep-truncated", "--no-progress", *extra]
+            "--max-new-tokens", "6", "--keep-truncated", "--no-progress", *final_eval_flags(files), *extra]
 
 
 def test_prefix_is_the_papers():
@@ -43,6 +48,13 @@ def test_crosslingual_end_to_end(files, capsys):
                       "--reward-pair", "previous-vs-initial")) == 0
     printed = capsys.readouterr().out
     assert "es: pairs / alpha" in printed and "en: pairs / alpha" in printed and "win vs round 0" in printed
+    # The external evaluation: the multilingual held-out set in the run's languages, by the judge given,
+    # with the win rate and the share of answers in the requested language per language.
+    ev = json.load(open(out / "summary.json"))["final_eval"]
+    assert ev["n_total"] == 6 and ev["settings"]["languages"] == ["en", "es", "de"]
+    assert sorted(ev["by_language"]) == ["de", "en", "es"] and sorted(ev["language_share"]) == ["de", "en", "es"]
+    assert all(0 <= sh["model"] <= 1 and sh["n"] == 2 for sh in ev["language_share"].values())
+    assert "es: share of answers in es" in printed and "implicit win vs round 0" in printed
     scored = [json.loads(line) for line in open(out / "round1" / "scored.jsonl")]
     assert len(scored) == 6  # 2 prompts x 3 languages
     by_id = {r["id"]: r for r in ROWS}

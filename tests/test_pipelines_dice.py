@@ -25,12 +25,17 @@ def files(tmp_path_factory):
             "root": root}
 
 
+def final_eval_flags(files):
+    """The run's external evaluation, small: the tiny model judges 2 held-out prompts per set."""
+    return ["--judge", files["model"], "--final-eval-num-prompts", "2", "--final-eval-max-new-tokens", "4"]
+
+
 def _args(files, out, *extra):
     return ["dice", "--policy", files["model"], "--output-dir", str(out), "--prompts", files["prompts"],
             "--offline", files["offline"], "--eval-data", files["eval"], "--rounds", "2", "-k", "3",
             "--prompts-per-round", "3", "--init-pairs", "4", "--batch-size", "2", "--max-steps", "1",
             "--train-last-layers", "0", "--max-length", "160", "--lr", "1e-3", "--max-new-tokens", "8",
-            "--no-progress", *extra]
+            "--no-progress", *final_eval_flags(files), *extra]
 
 
 class Counters:
@@ -129,6 +134,31 @@ def test_summary_counts_skips_and_replays_on_disjoint_prompts(files, resumed):
     assert summary["final_policy"] == st["reward_policy"].replace("round1", "round2")
 
 
+def test_the_run_ends_with_the_external_judge_on_held_out_prompts(files, resumed, monkeypatch, capsys):
+    out, _, _ = resumed
+    ev = json.load(open(out / "summary.json"))["final_eval"]
+    # The final policy against pi_0, by the judge given, on the general held-out set (not the rounds' prompts).
+    assert ev["final_model"] == str(out / "round2" / "train" / "final")
+    assert ev["start_model"] == str(out / "round0" / "train" / "final")
+    assert ev["judge"] == files["model"] and ev["n_total"] == 2 and ev["settings"]["prompts"] == "general"
+    assert 0 <= ev["win_rate"] <= 100 and ev["standard_error"] is not None
+    assert ev["length_controlled_winrate"] is not None
+    answers = json.load(open(out / ev["files"]["final"]))
+    assert [a["dataset"] for a in answers] == ["rdpo_fast/general"] * 2
+    assert not {a["instruction"] for a in answers} & set(PROMPTS)
+    # Judged again with other evaluation settings: only the evaluation reruns, nothing is trained.
+    again = Counters(monkeypatch)
+    assert main(_args(files, out, "--final-eval-num-prompts", "3")) == 0
+    printed = capsys.readouterr().out
+    assert again.sampled == [] and again.trained == [] and "evaluation settings changed" in printed
+    assert json.load(open(out / "summary.json"))["final_eval"]["n_total"] == 3
+    assert "win rate final vs start" in printed and "implicit held-out acc" in printed
+    # ... and without it, the summary says it did not run.
+    assert main(_args(files, out, "--no-final-eval")) == 0
+    assert json.load(open(out / "summary.json"))["final_eval"] is None
+    assert "final evaluation: not run" in capsys.readouterr().out
+
+
 def test_changed_settings_are_refused(files, resumed, capsys):
     out, _, _ = resumed
     assert main(_args(files, out, "--gamma", "0.25")) == 2
@@ -146,6 +176,10 @@ def test_changed_settings_are_refused(files, resumed, capsys):
     (["--rounds", "0"], "rounds must be >= 1"),
     (["--temperature", "0"], "greedy"),
     (["--lr", "-1"], "lr must be > 0"),
+    (["--final-eval-prompts", "nosuch"], "unknown task nosuch"),
+    (["--final-eval-prompts", "/no/prompts.jsonl"], "/no/prompts.jsonl"),
+    (["--judge", "/no/such/judge"], "model path not found"),
+    (["--final-eval-num-prompts", "0"], "num_prompts must be >= 1"),
 ])
 def test_dice_bad_input(files, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

@@ -24,11 +24,17 @@ def files(tmp_path_factory):
             "root": root}
 
 
+def final_eval_flags(files):
+    """The run's external evaluation, small: the tiny model judges 2 held-out prompts per set."""
+    return ["--judge", files["model"], "--final-eval-num-prompts", "2", "--final-eval-max-new-tokens", "4"]
+
+
 def _args(files, out, *extra):
     return ["rdpo", "--teacher", files["model"], "--output-dir", str(out), "--task", "roleplay", "--num-prompts", "4",
             "--max-new-tokens", "8", "--scorer", "implicit", "--offline", files["offline"], "--scorer-pairs", "4",
             "--scorer-max-steps", "1", "--scorer-batch-size", "2", "--batch-size", "2", "--max-steps", "1",
-            "--train-last-layers", "0", "--max-length", "320", "--lr", "1e-3", "--no-progress", *extra]
+            "--train-last-layers", "0", "--max-length", "320", "--lr", "1e-3", "--no-progress",
+            *final_eval_flags(files), *extra]
 
 
 def test_rdpo_chain_end_to_end(files, capsys):
@@ -39,6 +45,12 @@ def test_rdpo_chain_end_to_end(files, capsys):
     summary = json.load(open(out / "summary.json"))
     assert summary["method"] == "rdpo" and summary["final_policy"] == str(out / "student" / "train" / "final")
     assert summary["start_policy"] == files["model"]
+    # The run ends with the student judged against the untrained one on the task's held-out prompts, with
+    # the task's rubric rate (role-play: persona leak), by the judge given.
+    ev = summary["final_eval"]
+    assert ev["start_model"] == files["model"] and ev["final_model"] == summary["final_policy"]
+    assert ev["n_total"] == 2 and ev["settings"]["prompts"] == "roleplay" and not ev["same_judge_as_training"]
+    assert ev["rates"]["roleplay"]["n"] == 2 and "roleplay: persona" in printed
     scored = [json.loads(line) for line in open(out / "scored.jsonl")]
     assert scored and len(scored) == summary["select"]["kept"] == summary["score"]["scored"]
     assert all(0 < r["soft_label"] < 1 for r in scored)

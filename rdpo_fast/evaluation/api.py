@@ -53,6 +53,8 @@ def summarize(report: dict) -> dict:
     out["language_share"] = report.get("language_share") or {}
     out["by_task"] = {t: {k: s[k] for k in ("n_total", "win_rate", "standard_error")}
                       for t, s in report["by_task"].items()}
+    out["by_language"] = {c: {k: s[k] for k in ("n_total", "win_rate", "standard_error")}
+                          for c, s in (report.get("by_language") or {}).items() if c}
     return out
 
 

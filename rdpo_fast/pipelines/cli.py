@@ -78,6 +78,37 @@ def _common(p):
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def _final_eval_flags(p, what: str):
+    from .final_eval import DEFAULT_JUDGE, FinalEvalSettings
+
+    d = FinalEvalSettings()
+    e = p.add_argument_group("final evaluation (the final model vs the starting one, by an external judge on "
+                             "held-out prompts; final_eval.py)")
+    e.add_argument("--judge", default=d.judge,
+                   help=f"judge model: local HF directory, .gguf or 'smollm2-135m' (default {DEFAULT_JUDGE}); a larger "
+                        "local instruct model judges far better than the 135M default")
+    e.add_argument("--no-final-eval", dest="final_eval", action="store_false", help="end without the evaluation")
+    e.add_argument("--final-eval-prompts", default=None,
+                   help=f"task names of the shipped held-out sets (safety, roleplay, sycophancy, general, multilingual) "
+                        f"or a prompt file (JSONL, or AlpacaEval JSON) (default: {what})")
+    e.add_argument("--final-eval-num-prompts", type=int, default=d.num_prompts,
+                   help="the first N prompts of each set, per language for multilingual (default: all)")
+    e.add_argument("--final-eval-max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"tokens of each model's greedy answer (default {d.max_new_tokens})")
+    e.add_argument("--final-eval-batch-size", type=int, default=d.batch_size,
+                   help=f"answers per generate call (default {d.batch_size})")
+    e.add_argument("--judge-batch-size", type=int, default=d.judge_batch_size,
+                   help=f"judge prompts per forward (default {d.judge_batch_size})")
+
+
+def _final_eval(args):
+    from .final_eval import FinalEvalSettings
+
+    return FinalEvalSettings(judge=args.judge, enabled=args.final_eval, prompts=args.final_eval_prompts,
+                             num_prompts=args.final_eval_num_prompts, max_new_tokens=args.final_eval_max_new_tokens,
+                             batch_size=args.final_eval_batch_size, judge_batch_size=args.judge_batch_size)
+
+
 def _system_flag(p, default):
     shown = "none" if default is None else repr(default)
     p.add_argument("--system", default=default,
@@ -426,6 +457,7 @@ def add_rdpo_arguments(p):
     sc.add_argument("--score-batch-size", type=int, default=d.score_batch_size)
     _generation_flags(p, d.generation, what="teacher generation")
     _train_flags(p, d.train, title="student training (rdpo_fast.train; the loss follows --method)", loss=False)
+    _final_eval_flags(p, "the task's held-out set (safety: held-out jailbreak wrappers), else general")
     _common(p)
     presets.install(p, "rdpo")
 
@@ -454,7 +486,7 @@ def rdpo_settings(args):
 def run_rdpo_cmd(args) -> int:
     from .rdpo_chain import run_rdpo
 
-    run_rdpo(rdpo_settings(args), args.output_dir, overwrite=args.overwrite)
+    run_rdpo(rdpo_settings(args), args.output_dir, overwrite=args.overwrite, final_eval=_final_eval(args))
     return 0
 
 
@@ -471,6 +503,7 @@ def add_dice_arguments(p):
     p.add_argument("--eval-pairs", type=int, default=d.eval_pairs, help="first N held-out pairs (0: no evaluation)")
     _generation_flags(p, d.generation)
     _train_flags(p, d.train)
+    _final_eval_flags(p, "general, the AlpacaEval kind")
     _common(p)
     presets.install(p, "dice")
 
@@ -485,7 +518,7 @@ def dice_settings(args):
 def run_dice_cmd(args) -> int:
     from .dice import run_dice
 
-    run_dice(dice_settings(args), args.output_dir, overwrite=args.overwrite)
+    run_dice(dice_settings(args), args.output_dir, overwrite=args.overwrite, final_eval=_final_eval(args))
     return 0
 
 
@@ -504,6 +537,7 @@ def add_crosslingual_arguments(p):
                    help=f"held-out parallel prompts per language, the file's last rows (default {d.eval_prompts}; 0: none)")
     _generation_flags(p, d.generation)
     _train_flags(p, d.train)
+    _final_eval_flags(p, "multilingual, in the run's languages")
     _common(p)
     presets.install(p, "crosslingual")
 
@@ -519,7 +553,8 @@ def crosslingual_settings(args):
 def run_crosslingual_cmd(args) -> int:
     from .crosslingual import run_crosslingual
 
-    run_crosslingual(crosslingual_settings(args), args.output_dir, overwrite=args.overwrite)
+    run_crosslingual(crosslingual_settings(args), args.output_dir, overwrite=args.overwrite,
+                     final_eval=_final_eval(args))
     return 0
 
 

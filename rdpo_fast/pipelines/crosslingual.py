@@ -12,9 +12,11 @@ the result is the next round's policy. Later rounds score with a selectable rewa
 (driver.REWARD_PAIRS: (pi_{r-1}, ref_{r-1}), (pi_0, ref_0) or (pi_{r-1}, ref_0)). The rounds run
 through driver.RoundDriver.
 
-Held-out measure: greedy answers of each round's policy to held-out parallel prompts (never trained
-on), scored by the starting English reward (pi_0, ref_0): their mean reward and the win rate against
-round 0's answers.
+Held-out implicit measure (per round): greedy answers of each round's policy to held-out parallel
+prompts (never trained on), scored by the starting English reward (pi_0, ref_0): their mean reward and
+the win rate against round 0's answers. That is the training signal's own view; the run ends with the
+external one (final_eval.py): the final policy against pi_0 on the evaluation's multilingual set in the
+run's languages, by a separate judge, with the share of answers in the requested language.
 """
 from __future__ import annotations
 
@@ -183,6 +185,14 @@ class CrossLingualRounds(RoundDriver):
 
         return run.run(f"eval/{name}", go)
 
+    def final_eval_prompts(self):
+        from .final_eval import multilingual_languages
+
+        fe = self.final_eval_settings
+        if fe is not None and (fe.prompts or not fe.enabled):
+            return fe.prompts or "multilingual", list(self.s.languages)
+        return "multilingual", multilingual_languages(self.s.languages)
+
     def summary_extra(self, chain):
         return {"english_reward": list(chain[0])}
 
@@ -190,8 +200,8 @@ class CrossLingualRounds(RoundDriver):
         return summary_table(rows, self.s.languages)
 
 
-def run_crosslingual(s: CrossLingualSettings, output_dir: str, *, overwrite: bool = False, log=print) -> dict:
-    return CrossLingualRounds(s, output_dir, overwrite=overwrite, log=log).run()
+def run_crosslingual(s: CrossLingualSettings, output_dir: str, *, overwrite: bool = False, final_eval=None, log=print) -> dict:
+    return CrossLingualRounds(s, output_dir, overwrite=overwrite, final_eval=final_eval, log=log).run()
 
 
 def summary_table(rows: list[dict], languages) -> str:
@@ -206,7 +216,7 @@ def summary_table(rows: list[dict], languages) -> str:
         out.append([row["round"], *cells, skipped(row) if per else None, row.get("steps"), ev.get("mean_reward"),
                     ev.get("win_rate_vs_round0"), ev.get("truncated"), row.get("seconds")])
     return table(["round", *[f"{c}: pairs / alpha" for c in languages], "skipped prompts", "train steps",
-                  "held-out reward", "win vs round 0", "held-out truncated", "stage s"], out,
-                 title="cross-lingual (held-out: greedy answers to unseen target-language prompts, scored by the "
+                  "implicit held-out reward", "implicit win vs round 0", "held-out truncated", "stage s"],
+                 out, title="cross-lingual (implicit: greedy answers to unseen target-language prompts, scored by the "
                        "starting English implicit reward under the English instruction, prefixed for other "
                        "languages)")

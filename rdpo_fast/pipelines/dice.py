@@ -8,7 +8,10 @@ The rounds run through driver.RoundDriver. What is DICE's own:
             16); alpha from the length sweep (full-grid argmin, or DICE's early stop); pair the argmax
             and argmin of r - alpha * len(chars)
   mix       offline pairs (share gamma of the mix) whose prompts are disjoint from this round's
-  eval      held-out implicit-reward accuracy of pi_r against the starting reference ref_0
+  eval      held-out implicit-reward accuracy of pi_r against the starting reference ref_0 (the
+            training signal, measured on held-out pairs)
+  final     the final policy against pi_0 on the general held-out prompts (AlpacaEval's kind) by an
+            external judge: win rate and LC win rate (final_eval.py)
 """
 from __future__ import annotations
 
@@ -125,6 +128,9 @@ class DiceRounds(RoundDriver):
 
         return run.run(f"eval/{name}", go)
 
+    def final_eval_prompts(self):
+        return "general", None
+
     def summary_extra(self, chain):
         return {"reference": chain[0][1]}
 
@@ -132,8 +138,8 @@ class DiceRounds(RoundDriver):
         return summary_table(rows)
 
 
-def run_dice(s: DiceSettings, output_dir: str, *, overwrite: bool = False, log=print) -> dict:
-    return DiceRounds(s, output_dir, overwrite=overwrite, log=log).run()
+def run_dice(s: DiceSettings, output_dir: str, *, overwrite: bool = False, final_eval=None, log=print) -> dict:
+    return DiceRounds(s, output_dir, overwrite=overwrite, final_eval=final_eval, log=log).run()
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -150,6 +156,7 @@ def summary_table(rows: list[dict]) -> str:
                     row.get("pairs"), row.get("alpha"), ld, row.get("offline"), row.get("steps"),
                     ev.get("accuracy"), ev.get("margin"), row.get("seconds")])
     return table(["round", "prompts", "valid samples", "skipped prompts", "pairs made", "alpha",
-                  "len diff a=0 -> alpha", "offline mixed", "train steps", "held-out acc", "held-out margin", "stage s"],
-                 out, title="DICE (held-out implicit-reward accuracy of each round's policy against the starting "
+                  "len diff a=0 -> alpha", "offline mixed", "train steps", "implicit held-out acc", "implicit held-out margin",
+                  "stage s"],
+                 out, title="DICE (implicit: held-out implicit-reward accuracy of each round's policy against the starting "
                             "reference; round 0 is the starting DPO model)")

@@ -8,8 +8,9 @@ Both run the same skeleton, each step a resumable stage of the run directory:
                       samples skipped and counted
             mix       the pipeline's training mix (DICE: offline replay on disjoint prompts)
             train     from pi_{r-1} with pi_{r-1} as the reference -> pi_r
-            eval      the pipeline's held-out measure of pi_r
-  finish    summary.json: every round's numbers, the starting and the final policy
+            eval      the pipeline's held-out implicit-reward measure of pi_r (its own training signal)
+  final_eval the final policy against pi_0 by an external judge on held-out prompts (final_eval.py)
+  finish    summary.json: every round's numbers, the external evaluation, the starting and final policy
 
 A pipeline is a subclass that says what differs: its settings, the prompts of a round, how it pairs,
 mixes and evaluates, and its summary table. `RoundDriver.finish` is the one place a run ends.
@@ -20,6 +21,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from .final_eval import FinalEval, FinalEvalSettings, summary_table as final_eval_table
 from .generation import GenerationSettings, generate
 from .implicit import ImplicitReward
 from .pairing import ALPHA_RULES, alpha_grid
@@ -142,8 +144,10 @@ class RoundDriver:
     """Runs the rounds of one pipeline; subclasses fill in the hooks marked 'pipeline'."""
     name = "rounds"
 
-    def __init__(self, settings: RoundSettings, output_dir: str, *, overwrite: bool = False, log=print):
+    def __init__(self, settings: RoundSettings, output_dir: str, *, overwrite: bool = False,
+                 final_eval: FinalEvalSettings | None = None, log=print):
         self.s, self.output_dir, self.overwrite, self.log = settings, output_dir, overwrite, log
+        self.final_eval_settings = final_eval
         self.models = Models()
         self.run_dir: RunDir | None = None
         self.tok = None
@@ -181,6 +185,10 @@ class RoundDriver:
     def evaluate(self, name: str, path: str) -> dict | None:
         return None
 
+    def final_eval_prompts(self) -> tuple[str, list[str] | None]:
+        """The held-out set of the external evaluation (final_eval.py) and its languages."""
+        return "general", None
+
     def alpha_report(self, rd: str, stats: dict) -> None:
         pass
 
@@ -215,6 +223,10 @@ class RoundDriver:
         s = self.s
         s.validate()
         self.prepare()
+        prompts, languages = self.final_eval_prompts()
+        self.final_eval = FinalEval(self.final_eval_settings, default_prompts=prompts, languages=languages,
+                                    system=s.system, log=self.log)
+        self.final_eval.prepare()
         self.run_dir = run = RunDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
         models = self.models
 
@@ -308,18 +320,22 @@ class RoundDriver:
                 "eval": self.evaluate(rd, new)}
 
     def finish(self, rows: list[dict], chain) -> dict:
-        """The one place a run ends: summary.json with every round, the starting and the final policy.
-        An evaluation of the final policy against the starting one (issue 10) belongs here."""
+        """The one place a run ends: the external evaluation of the final policy against pi_0, then
+        summary.json with every round, that evaluation, the starting and the final policy."""
         run = self.run_dir
+        self.models.keep()
+        final_eval = self.final_eval.run(run, self.models, chain[0][0], chain[-1][0])
         secs = run.seconds()
         for row in rows:
             rd = f"round{row['round']}/"
             row["seconds"] = round(sum(v for k, v in secs.items() if k.startswith(rd) or k == f"eval/round{row['round']}"), 1)
         pi0, ref0 = chain[0]
         summary = {"pipeline": self.name, "rounds": rows, "start_policy": pi0, "start_reference": ref0,
-                   "final_policy": chain[-1][0], **self.summary_extra(chain), "stage_seconds": secs}
+                   "final_policy": chain[-1][0], **self.summary_extra(chain), "final_eval": final_eval,
+                   "stage_seconds": secs}
         write_json(os.path.join(run.path, "summary.json"), summary)
         self.log(self.summary_table(rows))
+        self.log(final_eval_table(final_eval))
         self.log(f"final policy: {summary['final_policy']}")
         return summary
 

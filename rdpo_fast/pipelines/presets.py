@@ -31,7 +31,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "cpu-demo": {
             "rounds": 2, "k": 4, "prompts_per_round": 8, "init_pairs": 16, "eval_pairs": 16, "system": BRIEF_SYSTEM,
             "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64, "keep_truncated": False, "batch_size": 8,
-            "lr": 1e-4, "train_last_layers": 4, "max_length": 384,
+            "lr": 1e-4, "train_last_layers": 4, "max_length": 384, "final_eval_num_prompts": 8,
+            "final_eval_max_new_tokens": 64,
         },
     },
     "crosslingual": {
@@ -45,6 +46,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "languages": "en,es,fr,de", "rounds": 2, "k": 3, "prompts_per_round": 3, "eval_prompts": 2,
             "init_pairs": 16, "system": BRIEF_SYSTEM, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64,
             "keep_truncated": False, "batch_size": 8, "lr": 1e-4, "train_last_layers": 4, "max_length": 384,
+            "final_eval_num_prompts": 3, "final_eval_max_new_tokens": 64,
         },
     },
     "rdpo": {
@@ -52,10 +54,17 @@ PRESETS: dict[str, dict[str, dict]] = {
         "cpu-demo": {
             "task": "safety", "num_prompts": 8, "method": "rdpo", "scorer": "implicit", "max_new_tokens": 48,
             "temperature": 0.8, "top_p": 0.95, "scorer_max_steps": 2, "scorer_lr": 1e-4, "scorer_batch_size": 8,
-            "lr": 1e-4, "batch_size": 4, "train_last_layers": 4, "max_length": 384,
+            "lr": 1e-4, "batch_size": 4, "train_last_layers": 4, "max_length": 384, "final_eval_num_prompts": 8,
+            "final_eval_max_new_tokens": 64,
         },
     },
 }
+
+# The external evaluation that ends every run (final_eval.py), a row group of each table.
+FINAL_EVAL_ROWS = [("external judge of the final evaluation", "judge", "--judge"),
+                   ("final-evaluation prompts per set (per language)", "final_eval_num_prompts",
+                    "--final-eval-num-prompts"),
+                   ("final-evaluation answer tokens", "final_eval_max_new_tokens", "--final-eval-max-new-tokens")]
 
 # Rows of each README table: (setting, flag destination, flag as typed).
 ROWS: dict[str, list[tuple[str, str, str]]] = {
@@ -74,6 +83,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("pairs per micro-batch", "batch_size", "--batch-size"), ("micro-batches per step", "grad_accum", "--grad-accum"),
         ("max tokens", "max_length", "--max-length"), ("trained layers (0: all)", "train_last_layers", "--train-last-layers"),
         ("offline pairs of round 0", "init_pairs", "--init-pairs"), ("held-out pairs", "eval_pairs", "--eval-pairs"),
+        *FINAL_EVAL_ROWS,
     ],
     "crosslingual": [
         ("languages", "languages", "--languages"), ("rounds", "rounds", "--rounds"),
@@ -91,6 +101,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("trained layers (0: all)", "train_last_layers", "--train-last-layers"),
         ("offline pairs of round 0", "init_pairs", "--init-pairs"),
         ("held-out prompts per language", "eval_prompts", "--eval-prompts"),
+        *FINAL_EVAL_ROWS,
     ],
     "rdpo": [
         ("task", "task", "--task"), ("prompts (first N)", "num_prompts", "--num-prompts"),
@@ -102,6 +113,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("student learning rate", "lr", "--lr"), ("student beta", "beta", "--beta"),
         ("pairs per micro-batch", "batch_size", "--batch-size"), ("max tokens", "max_length", "--max-length"),
         ("trained layers (0: all)", "train_last_layers", "--train-last-layers"),
+        *FINAL_EVAL_ROWS,
     ],
 }
 
@@ -111,7 +123,8 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
              "alpha_grid": "0.0 1.0 0.001 (1.0 itself left out upstream)", "system": "none (chat template only)",
              "batch_size": "4 (x 8 = 32 pairs per step; 1 x 4 x 8 GPUs upstream)",
              "train_last_layers": "0 (full fine-tuning)", "init_pairs": "n/a (starts from a DPO model)",
-             "eval_pairs": "n/a (AlpacaEval 2)"},
+             "eval_pairs": "n/a (AlpacaEval 2)", "judge": "GPT-4 Turbo (AlpacaEval 2)",
+             "final_eval_num_prompts": "805 (AlpacaEval 2)", "final_eval_max_new_tokens": "2048"},
     "crosslingual": {"reward_pair": "previous-vs-initial (inferred from the released checkpoints: the "
                                     "t-1-reference variant is an ablation)",
                      "prompt_pool": "same (inferred: one prompt set per run)", "min_valid": "2 (no filter)",
@@ -119,7 +132,9 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
                      "lr": "not in the released code", "batch_size": "not in the released code",
                      "max_length": "not in the released code", "train_last_layers": "not in the released code",
                      "alpha_grid": "0.0 1.0 0.001 (1.0 itself left out upstream)",
-                     "init_pairs": "n/a (starts from a DPO model)", "eval_prompts": "n/a (X-AlpacaEval)"},
+                     "init_pairs": "n/a (starts from a DPO model)", "eval_prompts": "n/a (X-AlpacaEval)",
+                     "judge": "GPT-4 (X-AlpacaEval)", "final_eval_num_prompts": "805 per language (X-AlpacaEval)",
+                     "final_eval_max_new_tokens": "2400"},
     "rdpo": {"task": "safety, roleplay, sycophancy", "num_prompts": "not in the released code",
              "max_new_tokens": "256 (teacher API calls)", "temperature": "API default (not set)",
              "top_p": "API default (not set)", "judge_max_retries": "none (no retry; role-play and "
@@ -127,13 +142,15 @@ PAPER_NOTES: dict[str, dict[str, str]] = {
                                                                     "we parse one [[N]] strictly)",
              "scorer": "judge (GPT-3.5/GPT-4)", "judge_mode": "generate (the judge writes its score)", "lr": "not in the released code", "beta": "not in the released code",
              "batch_size": "not in the released code", "max_length": "not in the released code",
-             "train_last_layers": "not in the released code", "scorer_max_steps": "n/a"},
+             "train_last_layers": "not in the released code", "scorer_max_steps": "n/a",
+             "judge": "GPT-4 (the notebooks' rating prompts)", "final_eval_num_prompts": "not in the released code",
+             "final_eval_max_new_tokens": "not in the released code"},
 }
 
 
 # Where "our default" is not a plain value.
 DEFAULT_NOTES = {"min_valid": "K/2 (at least 2)", "max_steps": "none (epochs)", "num_prompts": "all",
-                 "eval_pairs": "all"}
+                 "eval_pairs": "all", "final_eval_num_prompts": "all"}
 
 
 def values(command: str, preset: str) -> dict:

@@ -8,6 +8,9 @@ Stages of the run directory:
                  (scorers.py, with the task's judge scale, judge_scales.py)
   select         the training records of the method (below)
   student/train  the student trained on them (rdpo_fast.train)
+  final_eval     the trained student against the untrained one on the task's held-out prompts (safety
+                 with held-out jailbreak wrappers), by an external judge: win rate and the task's
+                 rubric rate (final_eval.py)
 
 Methods (the paper's rDPO and its baselines, one loop):
   rdpo   scored pairs, loss "rdpo" (soft labels)       dpo   all pairs, loss "sigmoid" (no scores)
@@ -24,7 +27,9 @@ from rdpo_fast.data_files import default_path
 from rdpo_fast.preference import LOSS_TYPES
 
 from .baselines import distill_self_critique, sft_records, without_labels
+from .chat import DEFAULT_SYSTEM
 from .dice import offline_records
+from .final_eval import FinalEval, FinalEvalSettings, default_task_prompts, summary_table as final_eval_table
 from .generation import GenerationSettings
 from .judge import DEFAULT_RUBRIC, JudgeSettings
 from .judge_scales import TargetScorer, scale_temperature
@@ -121,8 +126,10 @@ class RdpoSettings:
 class RdpoChain:
     name = "rdpo"
 
-    def __init__(self, s: RdpoSettings, output_dir: str, *, overwrite: bool = False, log=print):
+    def __init__(self, s: RdpoSettings, output_dir: str, *, overwrite: bool = False,
+                 final_eval: FinalEvalSettings | None = None, log=print):
         self.s, self.output_dir, self.overwrite, self.log = s, output_dir, overwrite, log
+        self.final_eval_settings = final_eval
         self.models = Models()
 
     def prepare(self):
@@ -136,6 +143,11 @@ class RdpoChain:
         if s.needs_scores() and s.scorer == "implicit" and not s.scorer_policy:
             self.offline = offline_records(s.offline or default_path("train"))[: s.scorer_pairs]
         self.scale = self._scale()
+        self.final_eval = FinalEval(self.final_eval_settings, default_prompts=default_task_prompts(s.task),
+                                    system=DEFAULT_SYSTEM,
+                                    log=self.log)
+        uses_judge = s.needs_scores() and s.scorer == "judge"
+        self.final_eval.prepare(training_judge=s.judge_model if uses_judge else None)
         if (s.needs_scores() and s.scorer == "judge" and s.judge_mode == "pointwise"
                 and self.scale["target"] is not None):
             raise ValueError(f"task {s.task!r} scores the judge's rating by its closeness to {self.scale['target']} "
@@ -270,19 +282,23 @@ class RdpoChain:
         return scoring.pointwise_soft_labels(records, judge, rubric, self.scale["temperature"])
 
     def finish(self, start: str, final: str, stats: dict) -> dict:
-        """The one place a run ends: summary.json with every stage's numbers, the starting and the final
-        student. An evaluation of the final student against the starting one (issue 10) belongs here."""
+        """The one place a run ends: the external evaluation of the final student against the starting
+        one, then summary.json with every stage's numbers, that evaluation, the two students."""
         run = self.run_dir
+        self.models.keep()
+        final_eval = self.final_eval.run(run, self.models, start, final)
         summary = {"pipeline": self.name, "method": self.s.method, "task": self.s.task, "start_policy": start,
-                   "final_policy": final, **stats, "stage_seconds": run.seconds()}
+                   "final_policy": final, **stats, "final_eval": final_eval, "stage_seconds": run.seconds()}
         write_json(os.path.join(run.path, "summary.json"), summary)
         self.log(summary_table(summary))
+        self.log(final_eval_table(final_eval))
         self.log(f"final policy: {final}")
         return summary
 
 
-def run_rdpo(s: RdpoSettings, output_dir: str, *, overwrite: bool = False, log=print) -> dict:
-    return RdpoChain(s, output_dir, overwrite=overwrite, log=log).run()
+def run_rdpo(s: RdpoSettings, output_dir: str, *, overwrite: bool = False,
+             final_eval: FinalEvalSettings | None = None, log=print) -> dict:
+    return RdpoChain(s, output_dir, overwrite=overwrite, final_eval=final_eval, log=log).run()
 
 
 def summary_table(summary: dict) -> str:
