@@ -207,3 +207,6 @@ def test_rdpo_chain_with_the_probability_judge(files, tmp_path):
     assert scored and all(0 < r["soft_label"] < 1 and "judge" in r for r in scored)
     assert all(r["judge"]["rubric"] == "roleplay" for r in scored)  # the task template's pairwise criteria
     assert not (out / "scorer").exists()  # no implicit scorer was trained
+    # The evaluation judge is the scoring judge here: the run says its win rate is not independent.
+    ev = summary["final_eval"]
+    assert ev["same_judge_as_training"] and ev["judge"] == files["model"]

@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "cpu-demo": {
             "rounds": 2, "k": 4, "prompts_per_round": 8, "init_pairs": 16, "eval_pairs": 16, "system": BRIEF_SYSTEM,
             "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64, "keep_truncated": False, "batch_size": 8,
-            "lr": 1e-4, "train_last_layers": 4, "max_length": 384, "final_eval_num_prompts": 8,
+            "lr": 1e-4, "train_last_layers": 4, "max_length": 384, "final_eval_num_prompts": 16,
             "final_eval_max_new_tokens": 64,
         },
     },
@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "languages": "en,es,fr,de", "rounds": 2, "k": 3, "prompts_per_round": 3, "eval_prompts": 2,
             "init_pairs": 16, "system": BRIEF_SYSTEM, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64,
             "keep_truncated": False, "batch_size": 8, "lr": 1e-4, "train_last_layers": 4, "max_length": 384,
-            "final_eval_num_prompts": 3, "final_eval_max_new_tokens": 64,
+            "final_eval_num_prompts": 4, "final_eval_max_new_tokens": 64,
         },
     },
     "rdpo": {
@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "cpu-demo": {
             "task": "safety", "num_prompts": 8, "method": "rdpo", "scorer": "implicit", "max_new_tokens": 48,
             "temperature": 0.8, "top_p": 0.95, "scorer_max_steps": 2, "scorer_lr": 1e-4, "scorer_batch_size": 8,
-            "lr": 1e-4, "batch_size": 4, "train_last_layers": 4, "max_length": 384, "final_eval_num_prompts": 8,
+            "lr": 1e-4, "batch_size": 4, "train_last_layers": 4, "max_length": 384, "final_eval_num_prompts": 16,
             "final_eval_max_new_tokens": 64,
         },
     },
