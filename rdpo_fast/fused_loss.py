@@ -139,17 +139,20 @@ class _Config:
                     f_divergence_type=self.f_divergence_type, f_alpha_divergence_coef=self.f_alpha_divergence_coef)
 
 
-def _pair_order(labels2d, ignore_index):
+def _pair_order(labels2d, ignore_index, n_kept):
     """Kept rows (flat indices), grouped pair by pair (chosen rows, then the matching rejected rows),
-    with each row's sequence index and the per-sequence token counts."""
+    with each row's sequence index and the per-sequence token counts. n_kept: the number of kept rows,
+    known on the host, so the rows come from one sort of unique keys instead of nonzero (a host sync)."""
     n_seq, T = labels2d.shape
     P = n_seq // 2
+    dev = labels2d.device
     keep = labels2d != ignore_index
-    rows = keep.reshape(-1).nonzero().squeeze(1)
+    s = torch.arange(n_seq, device=dev)[:, None]
+    # Sort key (pair, chosen/rejected, position); ignored rows after every kept one.
+    key = (s % P) * (2 * T) + torch.div(s, P, rounding_mode="floor") * T + torch.arange(T, device=dev)
+    key = torch.where(keep, key, key + n_seq * T)
+    rows = torch.sort(key.reshape(-1)).indices[:n_kept]
     seq = torch.div(rows, T, rounding_mode="floor")
-    pair = seq % P
-    order = torch.sort(pair, stable=True).indices
-    rows, seq = rows[order], seq[order]
     return rows, seq, keep.sum(1)
 
 
@@ -389,7 +392,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
         w_c = weight if weight.dtype == cd else weight.to(cd)
         b_c = bias if bias is None or bias.dtype == cd else bias.to(cd)
         tf = cfg.transform
-        rows, seq, counts = _pair_order(target, cfg.ignore_index)
+        rows, seq, counts = _pair_order(target, cfg.ignore_index, sum(host_counts))
         labels = target.reshape(-1).index_select(0, rows)
         slot = seq
         if cfg.ld_alpha is not None:
@@ -582,30 +585,29 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
 
     def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
                 *, ref_chosen_logps=None, ref_rejected_logps=None, soft_labels=None, num_pairs=None,
-                num_chosen_tokens=None, return_token_stats=False):
+                num_chosen_tokens=None, return_token_stats=False, host_counts=None):
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
         return_token_stats=True adds a third element, TRL's per-token metrics as sums (fp32 tensors):
         {"entropy_sum": over all completion tokens, "chosen_top1": chosen tokens whose label is the
-        argmax (ties go to the lower token id, as torch.argmax), "num_tokens", "num_chosen_tokens"}."""
+        argmax (ties go to the lower token id, as torch.argmax), "num_tokens", "num_chosen_tokens"}.
+        host_counts: the completion-token count of each of the 2B rows of target as host ints (the
+        collator has them): the call then makes no host sync before its kernels are queued (the counts,
+        and the row order, are otherwise read back from the device once). On CUDA the given counts and
+        the label range are then checked on the device (torch._assert_async: a mismatch fails at the
+        next sync, as a device-side error); where syncs cost nothing (CPU) they are checked exactly,
+        with a ValueError naming host_counts. Results are identical with and without them."""
         cfg = self.cfg
         compute = _compute_dtype(cfg, _input)
         _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
         n_seq = _input.shape[0]
         P = n_seq // 2
         V = lin_weight.shape[0]
-        # One host transfer for every count the schedule and the checks need.
-        host = torch.cat([(target != cfg.ignore_index).sum(1),
-                          _checks.out_of_range(target, V, cfg.ignore_index).view(1)]).tolist()
-        counts, n_bad = host[:n_seq], host[n_seq]
-        if n_bad:
-            _checks.raise_out_of_range(target, V, cfg.ignore_index, "target")
-        if 0 in counts:
-            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
-                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        sync = host_counts is None or _syncs_free(_input.device)
+        counts = self._counts(target, V, host_counts, sync)
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V, compute)
+                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts))
         if soft_labels is not None:
             if not cfg.reads_soft_labels:
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not "
@@ -616,8 +618,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 raise ValueError(f"soft_labels is on {soft_labels.device} but _input is on {_input.device}")
             if cfg.label_smoothing != 0.0:
                 raise ValueError("soft_labels and label_smoothing both set the label noise; give one")
-            if not bool(((soft_labels >= 0) & (soft_labels <= 1)).all()):
-                raise ValueError("soft_labels must lie in [0, 1]")
+            _require((soft_labels >= 0) & (soft_labels <= 1), "soft_labels must lie in [0, 1]", sync)
             soft_labels = soft_labels.detach()
         for name, v in (("num_pairs", num_pairs), ("num_chosen_tokens", num_chosen_tokens)):
             if v is not None and (not isinstance(v, int) or v <= 0):
@@ -645,8 +646,39 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
                              "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
 
+    def _counts(self, target, V, host_counts, sync):
+        """Completion tokens per row of target (host ints), the labels' range checked."""
+        cfg = self.cfg
+        n_seq = target.shape[0]
+        dev_counts = (target != cfg.ignore_index).sum(1)
+        bad = _checks.out_of_range(target, V, cfg.ignore_index)
+        if host_counts is not None:
+            if not isinstance(host_counts, (list, tuple)) or len(host_counts) != n_seq or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in host_counts):
+                raise ValueError(f"host_counts must be a list of {n_seq} ints >= 0 (the completion tokens of each "
+                                 f"row of target), got {host_counts!r}")
+            counts = list(host_counts)
+        if sync:
+            # One host transfer for every count the schedule and the checks need.
+            host = torch.cat([dev_counts, bad.view(1)]).tolist()
+            if host[n_seq]:
+                _checks.raise_out_of_range(target, V, cfg.ignore_index, "target")
+            if host_counts is not None and host[:n_seq] != counts:
+                first = next(i for i, (a, b) in enumerate(zip(counts, host)) if a != b)
+                raise ValueError(f"host_counts[{first}] = {counts[first]} but row {first} of target has "
+                                 f"{host[first]} completion tokens")
+            counts = host[:n_seq]
+        else:
+            want = torch.tensor(counts, dtype=dev_counts.dtype).to(target.device, non_blocking=True)
+            _require((bad == 0) & (dev_counts == want).all(), "target holds labels outside [0, V) that are not "
+                     "ignore_index, or host_counts differ from target's completion-token counts", sync=False)
+        if 0 in counts:
+            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
+                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        return counts
+
     def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
-                   compute=None):
+                   compute=None, n_kept=None):
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -685,12 +717,27 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
                                        4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
-                                       cfg.softcap, cfg.workspace_budget)
+                                       cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
                 sums = sums / (target != cfg.ignore_index).sum(1).clamp_min(1)
         return sums[:P], sums[P:]
+
+
+def _syncs_free(device):
+    """Whether a device-to-host read costs nothing: on the CPU there is no queue to drain."""
+    return device.type == "cpu"
+
+
+def _require(ok, message, sync):
+    """ValueError(message) unless the bool tensor ok is all true. sync=False queues the check on the
+    device instead (torch._assert_async), so the host does not wait for the device."""
+    if sync:
+        if not bool(ok.all()):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok.all(), message)
 
 
 def _compute_dtype(cfg, _input):
