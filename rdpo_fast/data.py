@@ -217,6 +217,9 @@ class Batch:
     soft_labels: torch.Tensor | None = None
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
+    # Completion tokens per row of target, as host ints (the collator knows them): the fused loss takes
+    # them as host_counts and then reads nothing back from the device before its kernels run.
+    host_counts: tuple[int, ...] | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -224,6 +227,8 @@ class Batch:
 
     @property
     def num_chosen_tokens(self) -> int:
+        if self.host_counts is not None:
+            return sum(self.host_counts[: self.num_pairs])
         return int((self.target[: self.num_pairs] != IGNORE).sum())
 
     def to(self, device) -> "Batch":
@@ -260,7 +265,8 @@ def collate(data: PreferenceData, indices, *, pad_id: int, packed: bool = False,
             input_ids[s, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
             attention_mask[s, : len(ids)] = 1
         position_ids = scatter = None
-    batch = Batch(input_ids, target, attention_mask, position_ids, scatter, torch.tensor(idx, dtype=torch.int64))
+    batch = Batch(input_ids, target, attention_mask, position_ids, scatter, torch.tensor(idx, dtype=torch.int64),
+                  host_counts=tuple(len(ids) - pl for ids, pl in zip(seqs, plens)))
     if data.has_soft_labels:
         batch.soft_labels = torch.tensor([p.soft_label for p in pairs], dtype=torch.float32)
     if ref_logps is not None:

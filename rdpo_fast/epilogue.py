@@ -67,8 +67,10 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temp
     in_place = row_idx is None and out is z and z.dtype == torch.float32 and softcap is None
     rows = z[:n] if row_idx is None else z[row_idx]
     raw = rows if in_place else rows.float()
+    # temperature == 1 (the usual case) skips both x(1/T) passes over the chunk: each is a full
+    # read and write of the logits block on the torch twin.
     if in_place:
-        dz = raw.mul_(1.0 / temperature).sub_(lse[:, None]).exp_()
+        dz = (raw if temperature == 1.0 else raw.mul_(1.0 / temperature)).sub_(lse[:, None]).exp_()
     else:
         # softmax in a fresh buffer: raw may alias the workspace and is still needed for softcap
         dz = (transform_logits(raw, temperature, softcap) - lse[:, None]).exp_()
@@ -78,7 +80,8 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temp
     dz.scatter_add_(1, local.clamp(0, dz.shape[1] - 1).view(-1, 1), (g * inside).view(-1, 1))
     if softcap is not None:
         dz.mul_(1.0 - torch.tanh(raw / softcap).square_())
-    dz.mul_(1.0 / temperature)
+    if temperature != 1.0:
+        dz.mul_(1.0 / temperature)
     if in_place:
         return out
     if row_idx is None:

@@ -8,7 +8,9 @@ cut into chunks of whole pairs that fit the logits workspace. Per chunk: one log
 workspace; the fused epilogue (logsumexp, label log-prob, per-sequence sums of log-probs and logits,
 and for WPO of log sum p^2); the preference head on the chunk's pairs, which gives each sequence's
 gradient; the in-place dZ kernel; then the dX GEMM (final for these rows) and the dW GEMM, accumulated
-in fp32 across chunks. Gradients are made in forward and scaled by grad_output in backward: 6NHV FLOPs.
+in fp32 across chunks (dw_accumulation="ring": the chunks' dZ stay in a ring and one dW GEMM per flush
+covers all of them, see _DwRing). Gradients are made in forward and scaled by grad_output in backward:
+6NHV FLOPs.
 
 Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios) need every pair's
 log-probs before any gradient, so they run in two phases: the forward statistics of every chunk (keeping each row's logsumexp), the head on the whole
@@ -32,7 +34,7 @@ import torch
 from . import _checks
 from . import loss_table as lt
 from .epilogue import forward_epilogue, grad_epilogue, token_stats
-from .ops import _accumulate_mm, _linear_stats, _logits_into, chunk_rows
+from .ops import _accumulate_mm, _linear_stats, _logits_into, chunk_rows, workspace_bytes
 from .preference import check_head_options, preference_head
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
@@ -41,6 +43,9 @@ LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled
 # the default). "follow": under an enabled autocast they run in its dtype (TRL's and Liger's behaviour:
 # fp32 master weights, bf16 GEMMs), dW still accumulated in fp32 and returned in the weight's dtype.
 AUTOCAST_MODES = ("disable", "follow")
+# How dW is summed over chunks (see _DwRing for "ring"). "fp32" stays the default until a GPU run has
+# measured "ring" against it (issue 12).
+DW_MODES = ("fp32", "weight", "ring")
 # Loss types whose head divides the sequence log-probs by the completion lengths itself.
 LENGTH_NORMALISED = tuple(n for n, info in lt.LOSSES.items() if n != "sft" and info.reads & lt.LENGTHS)
 
@@ -60,7 +65,7 @@ class _Config:
 
     def __init__(self, *, ignore_index, beta, alpha, compute_nll_loss, use_ref_model, average_log_prob,
                  loss_type, label_smoothing, tau, gamma, ld_alpha, workspace_budget, dw_accumulation,
-                 loss_weights=None, use_weighting=False, f_divergence_type="reverse_kl",
+                 dw_ring_budget=None, loss_weights=None, use_weighting=False, f_divergence_type="reverse_kl",
                  f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, softcap=None, temperature=1.0, logit_scale=1.0,
                  autocast="disable"):
         self.ignore_index = int(ignore_index)
@@ -75,9 +80,16 @@ class _Config:
         self.gamma = float(gamma)
         self.ld_alpha = None if ld_alpha is None else float(ld_alpha)
         self.workspace_budget = workspace_budget
-        if dw_accumulation not in ("fp32", "weight"):
-            raise ValueError(f"dw_accumulation must be 'fp32' or 'weight', got {dw_accumulation!r}")
+        if dw_accumulation not in DW_MODES:
+            raise ValueError(f"dw_accumulation must be one of {DW_MODES}, got {dw_accumulation!r}")
         self.dw_accumulation = dw_accumulation
+        if dw_ring_budget is not None:
+            if dw_accumulation != "ring":
+                raise ValueError(f"dw_ring_budget sizes the ring of dw_accumulation='ring'; with "
+                                 f"dw_accumulation={dw_accumulation!r} it would be ignored")
+            if isinstance(dw_ring_budget, bool) or not isinstance(dw_ring_budget, int) or dw_ring_budget <= 0:
+                raise ValueError(f"dw_ring_budget must be a positive int (bytes), got {dw_ring_budget!r}")
+        self.dw_ring_budget = dw_ring_budget
         self.use_weighting = bool(use_weighting)
         self.f_divergence_type = f_divergence_type
         self.f_alpha_divergence_coef = float(f_alpha_divergence_coef)
@@ -127,17 +139,20 @@ class _Config:
                     f_divergence_type=self.f_divergence_type, f_alpha_divergence_coef=self.f_alpha_divergence_coef)
 
 
-def _pair_order(labels2d, ignore_index):
+def _pair_order(labels2d, ignore_index, n_kept):
     """Kept rows (flat indices), grouped pair by pair (chosen rows, then the matching rejected rows),
-    with each row's sequence index and the per-sequence token counts."""
+    with each row's sequence index and the per-sequence token counts. n_kept: the number of kept rows,
+    known on the host, so the rows come from one sort of unique keys instead of nonzero (a host sync)."""
     n_seq, T = labels2d.shape
     P = n_seq // 2
+    dev = labels2d.device
     keep = labels2d != ignore_index
-    rows = keep.reshape(-1).nonzero().squeeze(1)
+    s = torch.arange(n_seq, device=dev)[:, None]
+    # Sort key (pair, chosen/rejected, position); ignored rows after every kept one.
+    key = (s % P) * (2 * T) + torch.div(s, P, rounding_mode="floor") * T + torch.arange(T, device=dev)
+    key = torch.where(keep, key, key + n_seq * T)
+    rows = torch.sort(key.reshape(-1)).indices[:n_kept]
     seq = torch.div(rows, T, rounding_mode="floor")
-    pair = seq % P
-    order = torch.sort(pair, stable=True).indices
-    rows, seq = rows[order], seq[order]
     return rows, seq, keep.sum(1)
 
 
@@ -183,41 +198,116 @@ class _SeqStats:
 class _Grads:
     """The gradients made in forward: dX rows (final per chunk), dW (accumulated over chunks), d bias."""
 
-    def __init__(self, x2, weight, need_grad, dw_accumulation):
+    def __init__(self, x2, weight, need_grad, dw_accumulation, w_dtype=None):
         V, H = weight.shape
         dev = x2.device
         self.x = torch.zeros_like(x2) if need_grad[0] else None
         # dW sums one GEMM per chunk: in fp32 by default, or (dw_accumulation="weight") in the weight's
-        # own dtype, which halves the traffic of re-reading and re-writing dW once per chunk.
-        w_acc = torch.float32 if dw_accumulation == "fp32" else weight.dtype
-        self.w = torch.empty(V, H, device=dev, dtype=w_acc) if need_grad[1] else None
+        # own dtype, which halves the traffic of re-reading and re-writing dW once per chunk. The ring
+        # schedule picks its own dtype (w_dtype, see _DwRing).
+        if w_dtype is None:
+            w_dtype = torch.float32 if dw_accumulation == "fp32" else weight.dtype
+        self.w = torch.empty(V, H, device=dev, dtype=w_dtype) if need_grad[1] else None
         self.b = torch.zeros(V, device=dev, dtype=torch.float32) if need_grad[2] else None
         self.any = any(need_grad)
 
 
-def _chunk_logits(ws, x2, weight, bias, rows):
-    """The chunk's hidden rows (in the GEMM dtype, weight's) and its logits in the workspace."""
-    xc = x2.index_select(0, rows)
-    if xc.dtype != weight.dtype:  # autocast="follow": the GEMMs run in the autocast dtype
-        xc = xc.to(weight.dtype)
+class _DwRing:
+    """dw_accumulation="ring": the chunks' dZ (in the GEMM dtype) and their gathered hidden rows stay in
+    a ring; dW is one GEMM per flush over every row the ring holds, dW (+)= dZ_ring^T @ x_ring, so the
+    GEMM itself sums the rows in fp32 and the [V, H] gradient is touched once per flush instead of once
+    per chunk. The ring's logit rows are the chunks' logits workspace as well: each chunk's logits GEMM
+    writes straight into its slot, the dZ kernel overwrites them in place, and the slot is kept.
+
+    Memory (budget: dw_ring_budget bytes, default the workspace budget plus the 4 V H bytes of the fp32
+    accumulator, which is what the fp32 schedule holds itself): a ring row costs (V + H) x the GEMM
+    dtype's size. When every kept row of the batch fits, there is one flush, which writes dW directly in
+    the weight's dtype (one rounding; no fp32 [V, H] buffer, no cast). Otherwise the fp32 accumulator is
+    needed across flushes and is counted in the budget: the ring gets the rest, at least one chunk.
+    Slots are whole chunks, filled in processing order; a chunk that does not fit flushes the ring first.
+
+    The plan is made on the host from the chunk sizes (host ints): no device sync."""
+
+    def __init__(self, sizes, V, H, gemm_dtype, weight_dtype, budget, dev):
+        es = torch.empty((), dtype=gemm_dtype).element_size()
+        row_bytes = (V + H) * es
+        total = sum(sizes)
+        if total * row_bytes <= budget:
+            cap = total
+        else:
+            cap = max(max(sizes), (budget - 4 * V * H) // row_bytes)
+        self.offsets, self.flush_after = [], []
+        fill = 0
+        for n in sizes:
+            if fill + n > cap:
+                self.flush_after[-1] = True
+                fill = 0
+            self.offsets.append(fill)
+            self.flush_after.append(False)
+            fill += n
+        self.flush_after[-1] = True
+        self.flushes = sum(self.flush_after)
+        self.sizes = list(sizes)
+        self.rows = max(o + n for o, n in zip(self.offsets, sizes))
+        self.z = torch.empty(self.rows, V, device=dev, dtype=gemm_dtype)
+        self.x = torch.empty(self.rows, H, device=dev, dtype=gemm_dtype)
+        # One flush: dW in the weight's dtype straight from the GEMM (fp32 master weights under
+        # autocast="follow" get the GEMM's fp32 result, not a rounded copy); several: fp32 accumulator.
+        single_ok = weight_dtype in (gemm_dtype, torch.float32)
+        self.w_dtype = weight_dtype if self.flushes == 1 and single_ok else torch.float32
+        self._fill = 0
+        self._first = True
+
+    def slot(self, i, n):
+        """(logit rows, hidden rows) of the i-th chunk in processing order, n rows."""
+        o = self.offsets[i]
+        return self.z[o: o + n], self.x[o: o + n]
+
+    def done(self, i, n, grads):
+        """The i-th chunk's dZ is in its slot: flush if the plan says so."""
+        self._fill = self.offsets[i] + n
+        if self.flush_after[i] and grads.w is not None:
+            a, b = self.z[: self._fill].t(), self.x[: self._fill]
+            if grads.w.dtype == a.dtype:
+                grads.w.addmm_(a, b, beta=0.0 if self._first else 1.0)
+            else:
+                _accumulate_mm(grads.w, a, b, first=self._first)
+            self._first = False
+
+
+def _chunk_logits(ws, x2, weight, bias, rows, xs=None):
+    """The chunk's hidden rows (in the GEMM dtype, weight's) and its logits in the workspace. xs: where
+    to gather the rows (a ring slot), else a fresh tensor."""
+    if xs is not None:
+        xc = xs[: rows.numel()]
+        if x2.dtype == xs.dtype:
+            torch.index_select(x2, 0, rows, out=xc)
+        else:
+            xc.copy_(x2.index_select(0, rows))
+    else:
+        xc = x2.index_select(0, rows)
+        if xc.dtype != weight.dtype:  # autocast="follow": the GEMMs run in the autocast dtype
+            xc = xc.to(weight.dtype)
     return xc, _logits_into(ws[: rows.numel()], xc, weight, bias)
 
 
-def _chunk_stats(ws, x2, weight, bias, rows, labels, slots, stats, *, temperature=1.0, softcap=None):
+def _chunk_stats(ws, x2, weight, bias, rows, labels, slots, stats, *, temperature=1.0, softcap=None, xs=None):
     """One chunk's logits into the workspace and its forward epilogue, adding into stats.
     Returns (the chunk's hidden rows, its logits, its rows' logsumexp)."""
-    xc, z = _chunk_logits(ws, x2, weight, bias, rows)
+    xc, z = _chunk_logits(ws, x2, weight, bias, rows, xs)
     lse, _ = forward_epilogue(z, labels, seq_ids=slots, seq_logp=stats.logp, seq_logit=stats.logit,
                               seq_sq=stats.sq, temperature=temperature, softcap=softcap)
     return xc, z, lse
 
 
-def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first, *, temperature=1.0, softcap=None):
-    """dZ in place from the chunk's logits and per-token upstream gradients, then dX, dW, d bias."""
+def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first, *, temperature=1.0, softcap=None,
+                 dw=True):
+    """dZ in place from the chunk's logits and per-token upstream gradients, then dX, dW, d bias.
+    dw=False leaves dW to the ring's flush (_DwRing)."""
     dz = grad_epilogue(z, labels, lse, g_tok, temperature=temperature, softcap=softcap)
     if grads.x is not None:
         grads.x.index_copy_(0, rows, torch.mm(dz, weight).to(grads.x.dtype))
-    if grads.w is not None:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
+    if grads.w is not None and dw:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
         if grads.w.dtype == torch.float32:
             _accumulate_mm(grads.w, dz.t(), xc, first=first)
         else:
@@ -302,7 +392,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
         w_c = weight if weight.dtype == cd else weight.to(cd)
         b_c = bias if bias is None or bias.dtype == cd else bias.to(cd)
         tf = cfg.transform
-        rows, seq, counts = _pair_order(target, cfg.ignore_index)
+        rows, seq, counts = _pair_order(target, cfg.ignore_index, sum(host_counts))
         labels = target.reshape(-1).index_select(0, rows)
         slot = seq
         if cfg.ld_alpha is not None:
@@ -315,7 +405,6 @@ class _FusedPreferenceFn(torch.autograd.Function):
 
         stats = _SeqStats(n_slots, dev, with_sq=cfg.use_weighting)
         head = _PairHead(cfg, stats, counts.float(), ref_c, ref_r, soft, P, num_pairs)
-        grads = _Grads(x2, weight, need_grad, cfg.dw_accumulation)
         # TRL's entropy and token-accuracy metrics, from the same logits (want_stats): sums over tokens.
         tok_stats = torch.zeros(2, device=dev, dtype=torch.float32) if want_stats else None
 
@@ -323,30 +412,50 @@ class _FusedPreferenceFn(torch.autograd.Function):
         per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
         cap = chunk_rows(rows.numel(), V, w_c, cfg.workspace_budget)
         chunks = _chunks_of_pairs(per_pair, cap)
-        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=cd)
+        sizes = [r1 - r0 for _, _, r0, r1 in chunks]
+        # The order the gradient pass visits the chunks: batch-level losses start with the last chunk,
+        # whose logits the statistics pass left in the workspace.
+        last = len(chunks) - 1
+        order = list(range(len(chunks))) if not cfg.batch_level else [last] + list(range(last))
+        ring = None
+        if cfg.dw_accumulation == "ring" and need_grad[1]:
+            budget = cfg.dw_ring_budget
+            if budget is None:
+                budget = (workspace_bytes() if cfg.workspace_budget is None else cfg.workspace_budget) + 4 * V * H
+            ring = _DwRing([sizes[k] for k in order], V, H, cd, weight.dtype, budget, dev)
+            # The ring's first slot is the statistics pass's workspace: order[0] lands there.
+            ws, xs = ring.z, ring.x
+        else:
+            ws, xs = torch.empty(max(sizes), V, device=dev, dtype=cd), None
+        grads = _Grads(x2, weight, need_grad, cfg.dw_accumulation, None if ring is None else ring.w_dtype)
 
-        def stats_of(k):
+        def stats_of(k, z_out=ws, x_out=xs):
             _, _, r0, r1 = chunks[k]
-            xc, z, lse = _chunk_stats(ws, x2, w_c, b_c, rows[r0:r1], labels[r0:r1], slot[r0:r1], stats, **tf)
+            xc, z, lse = _chunk_stats(z_out, x2, w_c, b_c, rows[r0:r1], labels[r0:r1], slot[r0:r1], stats,
+                                      xs=x_out, **tf)
             if tok_stats is not None:
                 entropy, top1 = token_stats(z, labels[r0:r1], lse, **tf)
                 tok_stats[0] += entropy.sum()
                 tok_stats[1] += (top1 * (seq[r0:r1] < P)).sum()
             return xc, z, lse
 
-        def grads_of(k, xc, z, lse, nll_coef, first):
+        def grads_of(i, k, xc, z, lse, nll_coef):
+            # i: the chunk's place in `order` (the first writes dW with beta=0), k: its index.
             _, _, r0, r1 = chunks[k]
             g_tok = _token_grads(head, seq[r0:r1], slot[r0:r1], nll_coef, cfg, P)
-            _chunk_grads(z, xc, labels[r0:r1], lse, g_tok, rows[r0:r1], w_c, grads, first, **tf)
+            _chunk_grads(z, xc, labels[r0:r1], lse, g_tok, rows[r0:r1], w_c, grads, i == 0, dw=ring is None,
+                         **tf)
+            if ring is not None:
+                ring.done(i, r1 - r0, grads)
 
         nll_coef = head.nll_weight() / max(num_chosen_tokens, 1)
         if not cfg.batch_level:
             # One pass, 6NHV: each chunk's head needs only its own pairs.
-            for k, (p0, p1, _, _) in enumerate(chunks):
-                xc, z, lse = stats_of(k)
+            for k, (p0, p1, r0, r1) in enumerate(chunks):
+                xc, z, lse = stats_of(k) if ring is None else stats_of(k, *ring.slot(k, r1 - r0))
                 head.run(p0, p1)
                 if grads.any:
-                    grads_of(k, xc, z, lse, nll_coef, first=k == 0)
+                    grads_of(k, k, xc, z, lse, nll_coef)
         else:
             # Two phases: every chunk's statistics, the head on the whole batch, then the gradients. The
             # last chunk's logits are still in the workspace, so it goes first and is not recomputed.
@@ -356,12 +465,12 @@ class _FusedPreferenceFn(torch.autograd.Function):
                 lses.append(lse)
             head.run(0, P)
             if grads.any:
-                last = len(chunks) - 1
-                for i, k in enumerate([last] + list(range(last))):
-                    if k != last:
+                for i, k in enumerate(order):
+                    if i > 0:
                         _, _, r0, r1 = chunks[k]
-                        xc, z = _chunk_logits(ws, x2, w_c, b_c, rows[r0:r1])
-                    grads_of(k, xc, z, lses[k], nll_coef, first=i == 0)
+                        z_out, x_out = (ws, None) if ring is None else ring.slot(i, r1 - r0)
+                        xc, z = _chunk_logits(z_out, x2, w_c, b_c, rows[r0:r1], x_out)
+                    grads_of(i, k, xc, z, lses[k], nll_coef)
 
         raw = stats.folded(stats.logp, n_seq)
         lsum = stats.folded(stats.logit, n_seq)
@@ -415,8 +524,20 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     """Drop-in for liger_kernel.chunked_loss.LigerFusedLinearDPOLoss (same keywords, forward and return),
     for every loss_type of SPEC section 4 and rdpo_fast.LOSS_TYPES. Extra keywords: gamma (simpo margin),
     tau (discopop; Liger's discopop_tau is accepted too), ld_alpha (LD-DPO verbose-tail weight),
-    workspace_budget (bytes), dw_accumulation ("fp32", the default, or "weight": sum the per-chunk dW in
-    the weight's dtype, as Liger does; faster for bf16 weights, at one rounding per chunk), check_finite
+    workspace_budget (bytes), dw_accumulation ("fp32", the default: one dW GEMM per chunk added into an
+    fp32 [V, H] accumulator; "weight": sum the per-chunk dW in the weight's dtype, as Liger does, faster
+    for bf16 weights at one rounding per chunk; "ring": keep the chunks' dZ and hidden rows in a ring of
+    dw_ring_budget bytes and issue one dW GEMM per flush, see _DwRing), dw_ring_budget (bytes, "ring"
+    only; default workspace_budget + 4 V H, the workspace and fp32 accumulator the "fp32" schedule holds).
+    Ring memory against speed, Llama-3-8B head (H=4096, V=128256) in bf16: a ring row costs (V + H) x 2
+    = 258.5 KiB; N=16384 rows in one flush take 4.04 GiB where the fp32 schedule holds 2.46 GiB (512 MiB
+    workspace + 1.96 GiB accumulator), about +1.6 GiB of peak, and then dW is written once, in bf16, with
+    no fp32 buffer and no cast; with several flushes the fp32 accumulator stays (counted in the budget)
+    and is re-read once per flush instead of once per chunk (a ring the accumulator's size, 1.96 GiB,
+    holds three 2048-row chunks: three flushes at N=16384 instead of eight dW GEMMs into the accumulator;
+    8192 rows, 2.02 GiB, give two). The default budget gives one flush up to ~10k rows at
+    that head, else the fp32 schedule's chunk-by-chunk flushes. "fp32" stays the default until a GPU
+    run has measured "ring" (bench/device_pass.sh). check_finite
     (raise on NaN/inf in the kept rows of the inputs, the weights, the reference or the outputs; default:
     the environment variable RDPO_FAST_CHECK_FINITE, else off, when NaN stays in the pairs it touches).
     TRL's DPOConfig options, same names and meaning: loss_type may be a list, with loss_weights (e.g.
@@ -438,7 +559,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     def __init__(self, ignore_index=-100, beta=0.1, alpha=1.0, compute_nll_loss=False, compiled=True,
                  use_ref_model=True, average_log_prob=False, chunk_size=1, loss_type="sigmoid",
                  label_smoothing=0.0, discopop_tau=0.05, *, tau=None, gamma=0.0, ld_alpha=None,
-                 workspace_budget=None, dw_accumulation="fp32", loss_weights=None, use_weighting=False,
+                 workspace_budget=None, dw_accumulation="fp32", dw_ring_budget=None, loss_weights=None,
+                 use_weighting=False,
                  f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, check_finite=None,
                  softcap=None, temperature=1.0, logit_scale=1.0, autocast="disable"):
         super().__init__()
@@ -450,7 +572,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
             label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau, gamma=gamma,
             ld_alpha=ld_alpha, workspace_budget=workspace_budget, dw_accumulation=dw_accumulation,
-            loss_weights=loss_weights, use_weighting=use_weighting, f_divergence_type=f_divergence_type,
+            dw_ring_budget=dw_ring_budget, loss_weights=loss_weights, use_weighting=use_weighting, f_divergence_type=f_divergence_type,
             f_alpha_divergence_coef=f_alpha_divergence_coef, softcap=softcap, temperature=temperature,
             logit_scale=logit_scale, autocast=autocast)
         self._extra = {"compiled": compiled, "chunk_size": chunk_size}
@@ -463,30 +585,29 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
 
     def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
                 *, ref_chosen_logps=None, ref_rejected_logps=None, soft_labels=None, num_pairs=None,
-                num_chosen_tokens=None, return_token_stats=False):
+                num_chosen_tokens=None, return_token_stats=False, host_counts=None):
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
         return_token_stats=True adds a third element, TRL's per-token metrics as sums (fp32 tensors):
         {"entropy_sum": over all completion tokens, "chosen_top1": chosen tokens whose label is the
-        argmax (ties go to the lower token id, as torch.argmax), "num_tokens", "num_chosen_tokens"}."""
+        argmax (ties go to the lower token id, as torch.argmax), "num_tokens", "num_chosen_tokens"}.
+        host_counts: the completion-token count of each of the 2B rows of target as host ints (the
+        collator has them): the call then makes no host sync before its kernels are queued (the counts,
+        and the row order, are otherwise read back from the device once). On CUDA the given counts and
+        the label range are then checked on the device (torch._assert_async: a mismatch fails at the
+        next sync, as a device-side error); where syncs cost nothing (CPU) they are checked exactly,
+        with a ValueError naming host_counts. Results are identical with and without them."""
         cfg = self.cfg
         compute = _compute_dtype(cfg, _input)
         _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
         n_seq = _input.shape[0]
         P = n_seq // 2
         V = lin_weight.shape[0]
-        # One host transfer for every count the schedule and the checks need.
-        host = torch.cat([(target != cfg.ignore_index).sum(1),
-                          _checks.out_of_range(target, V, cfg.ignore_index).view(1)]).tolist()
-        counts, n_bad = host[:n_seq], host[n_seq]
-        if n_bad:
-            _checks.raise_out_of_range(target, V, cfg.ignore_index, "target")
-        if 0 in counts:
-            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
-                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        sync = host_counts is None or _syncs_free(_input.device)
+        counts = self._counts(target, V, host_counts, sync)
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V, compute)
+                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts))
         if soft_labels is not None:
             if not cfg.reads_soft_labels:
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not "
@@ -497,8 +618,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 raise ValueError(f"soft_labels is on {soft_labels.device} but _input is on {_input.device}")
             if cfg.label_smoothing != 0.0:
                 raise ValueError("soft_labels and label_smoothing both set the label noise; give one")
-            if not bool(((soft_labels >= 0) & (soft_labels <= 1)).all()):
-                raise ValueError("soft_labels must lie in [0, 1]")
+            _require((soft_labels >= 0) & (soft_labels <= 1), "soft_labels must lie in [0, 1]", sync)
             soft_labels = soft_labels.detach()
         for name, v in (("num_pairs", num_pairs), ("num_chosen_tokens", num_chosen_tokens)):
             if v is not None and (not isinstance(v, int) or v <= 0):
@@ -526,8 +646,39 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
                              "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
 
+    def _counts(self, target, V, host_counts, sync):
+        """Completion tokens per row of target (host ints), the labels' range checked."""
+        cfg = self.cfg
+        n_seq = target.shape[0]
+        dev_counts = (target != cfg.ignore_index).sum(1)
+        bad = _checks.out_of_range(target, V, cfg.ignore_index)
+        if host_counts is not None:
+            if not isinstance(host_counts, (list, tuple)) or len(host_counts) != n_seq or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in host_counts):
+                raise ValueError(f"host_counts must be a list of {n_seq} ints >= 0 (the completion tokens of each "
+                                 f"row of target), got {host_counts!r}")
+            counts = list(host_counts)
+        if sync:
+            # One host transfer for every count the schedule and the checks need.
+            host = torch.cat([dev_counts, bad.view(1)]).tolist()
+            if host[n_seq]:
+                _checks.raise_out_of_range(target, V, cfg.ignore_index, "target")
+            if host_counts is not None and host[:n_seq] != counts:
+                first = next(i for i, (a, b) in enumerate(zip(counts, host)) if a != b)
+                raise ValueError(f"host_counts[{first}] = {counts[first]} but row {first} of target has "
+                                 f"{host[first]} completion tokens")
+            counts = host[:n_seq]
+        else:
+            want = torch.tensor(counts, dtype=dev_counts.dtype).to(target.device, non_blocking=True)
+            _require((bad == 0) & (dev_counts == want).all(), "target holds labels outside [0, V) that are not "
+                     "ignore_index, or host_counts differ from target's completion-token counts", sync=False)
+        if 0 in counts:
+            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
+                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        return counts
+
     def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
-                   compute=None):
+                   compute=None, n_kept=None):
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -566,12 +717,27 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
                                        4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
-                                       cfg.softcap, cfg.workspace_budget)
+                                       cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
                 sums = sums / (target != cfg.ignore_index).sum(1).clamp_min(1)
         return sums[:P], sums[P:]
+
+
+def _syncs_free(device):
+    """Whether a device-to-host read costs nothing: on the CPU there is no queue to drain."""
+    return device.type == "cpu"
+
+
+def _require(ok, message, sync):
+    """ValueError(message) unless the bool tensor ok is all true. sync=False queues the check on the
+    device instead (torch._assert_async), so the host does not wait for the device."""
+    if sync:
+        if not bool(ok.all()):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok.all(), message)
 
 
 def _compute_dtype(cfg, _input):
@@ -626,6 +792,6 @@ def _liger_attribute(name, key=None):
 for _name in LIGER_KEYWORDS:
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name, "tau" if _name == "discopop_tau" else None))
 for _name in ("gamma", "ld_alpha", "softcap", "temperature", "logit_scale", "autocast", "workspace_budget",
-              "dw_accumulation", "loss_weights", "use_weighting", "f_divergence_type", "f_alpha_divergence_coef"):
+              "dw_accumulation", "dw_ring_budget", "loss_weights", "use_weighting", "f_divergence_type", "f_alpha_divergence_coef"):
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name))
 del _name

@@ -137,11 +137,16 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
     return dh, dW, db
 
 
-def _compact(hidden, labels, ignore_index):
-    """Kept-row indices into the flattened rows, and the kept rows' hidden states and labels."""
+def _compact(hidden, labels, ignore_index, n_kept=None):
+    """Kept-row indices into the flattened rows, and the kept rows' hidden states and labels. n_kept:
+    the number of kept rows when the caller knows it on the host; the rows then come from a stable
+    sort (no nonzero, which waits for the device to learn its output size)."""
     h2 = hidden.reshape(-1, hidden.shape[-1])
     lab = labels.reshape(-1)
-    rows = (lab != ignore_index).nonzero().squeeze(1)
+    if n_kept is None:
+        rows = (lab != ignore_index).nonzero().squeeze(1)
+    else:
+        rows = torch.sort((lab == ignore_index).to(torch.uint8), stable=True).indices[:n_kept]
     return h2, rows, h2.index_select(0, rows), lab.index_select(0, rows)
 
 
@@ -182,19 +187,20 @@ def _needs_grad(*ts):
 
 
 def _linear_stats(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, temperature, softcap,
-                  workspace_budget):
-    """(per-token logp with labels' shape, per-sequence logp sums, per-sequence logit sums)."""
+                  workspace_budget, n_kept=None):
+    """(per-token logp with labels' shape, per-sequence logp sums, per-sequence logit sums). n_kept: the
+    kept-row count if the caller knows it on the host (forward-only path: no host sync then)."""
     opts = _Opts(ignore_index, temperature, softcap, workspace_budget)
     # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
     with torch.autocast(hidden.device.type, enabled=False):
-        return _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts)
+        return _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts, n_kept)
 
 
-def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts):
+def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts, n_kept=None):
     if _needs_grad(hidden, weight, bias):
         return _LinearLogprobs.apply(hidden, weight, bias, labels, seq_ids, num_seqs, opts)
     # Forward only (reference models, implicit-reward scoring): keep no logsumexp, save nothing.
-    h2, rows, hc, labels_c = _compact(hidden, labels, ignore_index)
+    h2, rows, hc, labels_c = _compact(hidden, labels, ignore_index, n_kept)
     seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
     logp_c, _, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts,
                                                      keep_lse=False)

@@ -110,6 +110,8 @@ class PreferenceStep(torch.nn.Module):
             kw["ref_chosen_logps"], kw["ref_rejected_logps"] = batch.ref_chosen, batch.ref_rejected
         hidden = self._cast(self._hidden(batch))
         weight = self._cast(modeling.output_weight(self.model))
+        if batch.host_counts is not None and isinstance(self.loss_fn, FusedLinearPreferenceLoss):
+            kw["host_counts"] = list(batch.host_counts)  # no device read-back before the loss's kernels
         with torch.autocast(self._device_type(), enabled=False):
             return self.loss_fn(weight, hidden, batch.target, soft_labels=batch.soft_labels,
                                 num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens, **kw)

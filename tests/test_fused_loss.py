@@ -62,6 +62,7 @@ def run_ref(opts, x, w, b, target, **fwd):
         opts["tau"] = opts.pop("discopop_tau")
     opts.pop("workspace_budget", None)
     opts.pop("dw_accumulation", None)
+    opts.pop("dw_ring_budget", None)
     for k in ("ref_input", "ref_weight", "ref_bias"):
         if fwd.get(k) is not None:
             fwd[k] = fwd[k].double()

@@ -22,7 +22,8 @@ TRANSFORMS = [
 
 
 def _ref(opts, x, w, b, target, **fwd):
-    opts = {k: v for k, v in opts.items() if k not in ("workspace_budget", "dw_accumulation", "autocast")}
+    skip = ("workspace_budget", "dw_accumulation", "dw_ring_budget", "autocast")
+    opts = {k: v for k, v in opts.items() if k not in skip}
     fwd = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in fwd.items()}
     xd, wd, bd = (t.detach().double().requires_grad_(True) for t in (x, w, b))
     loss, aux = ref_fused_preference_loss(wd, xd, target, bd, **opts, **fwd)
@@ -177,3 +178,37 @@ def test_logprobs_accepts_float64_logits(device):
     out.backward(g.float())
     (gw,) = torch.autograd.grad(want, logits, g)
     assert logits.grad.dtype == torch.float64 and rel(logits.grad, gw) <= 1e-5
+
+
+class _ScalarPasses(torch.overrides.TorchFunctionMode):
+    """Records every multiply or divide of a [rows, V] block by a Python number (a pass over the logits)."""
+
+    def __init__(self, V):
+        super().__init__()
+        self.V, self.seen = V, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name.strip("_").rstrip("_") in ("mul", "div", "truediv", "rmul", "rtruediv", "imul", "itruediv"):
+            t, other = (args + (None, None))[:2]
+            if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[1] == self.V \
+                    and isinstance(other, (int, float)):
+                self.seen.append((name, other))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("temperature,logit_scale", [(1.0, 1.0), (2.0, 1.0), (0.5, 0.5)])
+def test_no_temperature_pass_when_t_is_one(temperature, logit_scale, monkeypatch, device):
+    """The torch twin scales the logits by 1/T only when T != 1 (a logit scale folds into T: T/s)."""
+    if device.type != "cpu":
+        pytest.skip("counts the torch twin's passes")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # rdpo_fast.backend: the torch twins
+    V = 300
+    x, w, b, target, ref_x, ref_w = batch(2, 11, 8, V, device)
+    xx, ww = (t.detach().clone().requires_grad_(True) for t in (x, w))
+    loss_fn = FusedLinearPreferenceLoss(temperature=temperature, logit_scale=logit_scale)
+    with _ScalarPasses(V) as mode:
+        loss, _ = loss_fn(ww, xx, target, b, ref_x, ref_w)
+    loss.backward()
+    unit = temperature / logit_scale == 1.0
+    assert (mode.seen == []) == unit, mode.seen
