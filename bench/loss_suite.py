@@ -75,8 +75,13 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
     add("cublas", "3 GEMMs (6NHV)", lambda: (x2 @ w.t(), dz @ w, dz.t() @ x2), 3 * gemm)
     del dz
 
+    # The dW ring (issue 12) beside today's default, in the same interleaved run: its default budget, and
+    # one large enough for a single flush (dW written once in the weight's dtype).
     variants = {"rdpo_fast": {}, "rdpo_fast dW=weight": {"dw_accumulation": "weight"},
-                "rdpo_fast 1GiB ws": {"workspace_budget": 2**30}}
+                "rdpo_fast 1GiB ws": {"workspace_budget": 2**30},
+                "rdpo_fast dW=ring": {"dw_accumulation": "ring"},
+                "rdpo_fast dW=ring 1 flush": {"dw_accumulation": "ring",
+                                              "dw_ring_budget": 2 * N * (V + H) + 2**30}}
     for name, opts in variants.items():
         ours = rdpo_fast.FusedLinearPreferenceLoss(beta=0.1, **opts)
 
