@@ -26,7 +26,7 @@ from rdpo_fast.evaluation.tasks import TASKS, load_prompts
 
 from .generation import GenerationSettings
 from .report import table
-from .stages import RunDir, read_json
+from .stages import RunDir
 
 STAGE = "final_eval"
 DEFAULT_JUDGE = "smollm2-135m"
@@ -59,6 +59,7 @@ class FinalEval:
         self.s = (settings or FinalEvalSettings()).validate()
         self.prompts = self.s.prompts or default_prompts
         self.languages, self.system, self.log = languages, system, log
+        self.same_judge = False
 
     def prepare(self, training_judge: str | None = None) -> None:
         if not self.s.enabled:
@@ -99,7 +100,7 @@ class FinalEval:
                                        generation=gen, num_prompts=self.s.num_prompts, languages=self.languages,
                                        system=self.system, judge_batch_size=self.s.judge_batch_size, log=self.log)
             summary["files"] = {k: v and os.path.relpath(v, run.path) for k, v in summary["files"].items()}
-            summary.update(settings=want, same_judge_as_training=getattr(self, "same_judge", False),
+            summary.update(settings=want, same_judge_as_training=self.same_judge,
                            start_model=start, final_model=final)
             return summary, [out_dir]
 
@@ -107,10 +108,8 @@ class FinalEval:
 
 
 def _same_model(a: str, b: str) -> bool:
-    try:
-        return os.path.realpath(modeling.resolve(a)[0]) == os.path.realpath(modeling.resolve(b)[0])
-    except Exception:  # noqa: BLE001 - an unresolvable name is reported by prepare's own check
-        return a == b
+    """Both names resolved already (prepare): the same files on disk."""
+    return os.path.realpath(modeling.resolve(a)[0]) == os.path.realpath(modeling.resolve(b)[0])
 
 
 def default_task_prompts(task: str) -> str:
@@ -167,7 +166,3 @@ def _f(v) -> str:
         return "-"
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-
-def read_summary(run_path: str) -> dict | None:
-    path = os.path.join(run_path, f"{STAGE}.done.json")
-    return read_json(path)["stats"] if os.path.isfile(path) else None
