@@ -10,9 +10,13 @@ setup(
     name="rdpo_fast",
     version="0.1.0",
     description="Triton kernels for DPO-family preference training: fused log-probs and preference losses",
+    # rdpo_fast/kernels is a link to the top-level kernels/ folder, which has no __init__.py on purpose:
+    # a regular package there would be imported as Hugging Face's `kernels` (which transformers >= 5.25
+    # needs) whenever the repository root is on sys.path. A folder without __init__.py is only a namespace
+    # portion, and any regular `kernels` package later on the path wins the name. setuptools' editable
+    # finder cannot map such a folder through package_dir, hence the link; a wheel copies the files.
     packages=["rdpo_fast", "rdpo_fast.reference", "rdpo_fast.kernels", "rdpo_fast.data_files",
               "rdpo_fast.pipelines", "rdpo_fast.losses", "rdpo_fast.integrations", "rdpo_fast.evaluation"],
-    package_dir={"rdpo_fast.kernels": "kernels"},
     package_data={"rdpo_fast.data_files": ["*.jsonl"],
                   "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"],
                   "rdpo_fast.evaluation": ["prompt_files/*.jsonl"]},

@@ -9,14 +9,12 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
-python3 -c "import rdpo_fast.kernels.logprob_forward" 2>/dev/null || {
-  echo "editable install failed; linking kernels/ into the package"; ln -sfn ../kernels rdpo_fast/kernels
-  export PYTHONPATH=$PWD:${PYTHONPATH:-}; }
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 ||
+  echo "editable install failed: rdpo_fast imports from the working directory (rdpo_fast/kernels links kernels/)"
 nvidia-smi -L; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
 for step in "$@"; do
   case "$step" in
-    tests) timeout 400 python3 -m pytest -q ${TESTS:-tests} -p no:cacheprovider -k "not memory" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    tests) timeout 400 pytest -q ${TESTS:-tests} -p no:cacheprovider -k "not memory" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     tune) timeout 200 python3 -m bench.tune_epilogue --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
     logprobs) timeout 400 python3 -m bench.gpu --suite logprobs --out "$OUT/logprobs.json" 2>&1 | tee "$OUT/logprobs.log" ;;
     profile) timeout 200 python3 -m bench.profile_loss --out "$OUT/profile.txt" 2>&1 | tail -40 ;;
