@@ -1,8 +1,15 @@
 """Test setup: without CUDA the Triton kernels run under the interpreter, which must be switched on
 before triton is first imported (SPEC section 7)."""
 import os
+import sys
 
 import torch
+
+# Tests import bench.* helpers: the repository root goes at the END of sys.path, behind site-packages, so
+# nothing in the checkout can take an installed package's name (SPEC section 2; pytest.ini).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -40,7 +40,7 @@ def test_two_processes_match_one(setup, strategy):
            "--strategy", strategy, "--cache", str(root / "cache"), "--train-out", str(run_dir), "--out", str(out)]
     # gloo on CPU even where a GPU is present (the processes would otherwise share one device)
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+               PYTHONPATH=HERE)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.load(open(out))

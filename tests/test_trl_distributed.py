@@ -24,7 +24,7 @@ def test_ddp_same_as_trl(tiny, tmp_path):
            os.path.join(HERE, "trl_ddp_check.py"), "--policy", tiny["policy"], "--other", tiny["other"],
            "--data", str(data), "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+               PYTHONPATH=HERE)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.load(open(out))
