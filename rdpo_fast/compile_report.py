@@ -30,10 +30,16 @@ def kernel_modules():
             yield mod
 
 
-def _ptxas_stats(ptx: str) -> dict:
-    from triton import knobs
+def _ptxas(arch: int) -> str:
+    # The assembler Triton itself uses for this architecture: triton 3.9 emits PTX 9.x for sm_90 and
+    # assembles it with its CUDA 13 `ptxas-blackwell`; the CUDA 12.9 `ptxas` it also ships refuses that PTX.
+    from triton.backends.nvidia import compiler
 
-    ptxas = knobs.nvidia.ptxas.path
+    return compiler.get_ptxas(arch).path
+
+
+def _ptxas_stats(ptx: str, arch: int) -> dict:
+    ptxas = _ptxas(arch)
     # Triton targets sm_90a on Hopper; assemble for whatever the PTX names.
     target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
     with tempfile.TemporaryDirectory() as d:
@@ -79,7 +85,7 @@ def compile_all(archs=(90,)):
                 ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                     options={"num_warps": spec["num_warps"],
                                              "num_stages": spec.get("num_stages", 3)})
-                stats = _ptxas_stats(ck.asm["ptx"])
+                stats = _ptxas_stats(ck.asm["ptx"], arch)
                 rows.append({"module": mod.__name__.rsplit(".", 1)[1], "function": spec["fn"].__name__,
                              "kernel": _spec_name(spec),
                              "arch": f"sm_{arch}", "num_warps": spec["num_warps"],
