@@ -15,10 +15,10 @@ setup(
     # needs) whenever the repository root is on sys.path. A folder without __init__.py is only a namespace
     # portion, and any regular `kernels` package later on the path wins the name. setuptools' editable
     # finder cannot map such a folder through package_dir, hence the link; a wheel copies the files.
-    packages=["rdpo_fast", "rdpo_fast.reference", "rdpo_fast.kernels", "rdpo_fast.data_files",
-              "rdpo_fast.pipelines", "rdpo_fast.losses", "rdpo_fast.integrations", "rdpo_fast.evaluation"],
-    package_data={"rdpo_fast.data_files": ["*.jsonl"],
-                  "rdpo_fast.pipelines": ["prompt_files/*.jsonl", "prompt_files/*.yaml"],
+    packages=["rdpo_fast", "rdpo_fast.kernels", "rdpo_fast.ops", "rdpo_fast.losses", "rdpo_fast.oracle",
+              "rdpo_fast.models", "rdpo_fast.data", "rdpo_fast.training", "rdpo_fast.lm", "rdpo_fast.judges",
+              "rdpo_fast.evaluation", "rdpo_fast.pipelines", "rdpo_fast.integrations", "rdpo_fast.integrations.trl"],
+    package_data={"rdpo_fast.data": ["*.jsonl", "prompt_files/*.jsonl", "prompt_files/*.yaml"],
                   "rdpo_fast.evaluation": ["prompt_files/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "triton>=3.6", "transformers", "safetensors", "tqdm", "gguf", "accelerate",

@@ -37,7 +37,7 @@ def _child(name, shape):
     import torch  # noqa: F401
 
     from bench.cases import make_inputs, run_case
-    from rdpo_fast.backend import backend
+    from rdpo_fast.ops.backend import backend
 
     small = dict(shape)
     small["n" if "n" in small else "t"] = 8

@@ -98,7 +98,7 @@ def _has(mod):
 
 def check_against_naive(n, h, v, dtype, device):
     """Relative error of ours vs a float64 reference on a slice of the real shape."""
-    from rdpo_fast.reference import ref_linear_logprobs
+    from rdpo_fast.oracle import ref_linear_logprobs
 
     hidden, weight, labels = _inputs(n, h, v, dtype, device)
     hh = hidden.detach().requires_grad_(True)

@@ -6,7 +6,7 @@ preference pairs (chosen = the safe / polite / honest answer), and with itself u
 Pairwise: the share of pairs where the combined preference P(chosen better) > 0.5, the mean preference,
 the share whose two presentation orders agree on the winner, and how often each order alone picks the
 first-shown answer (a judge that always picks the first one is pure position bias: the swap combination
-then cancels it to ~0.5). Pointwise (the task rubrics of rdpo_fast.evaluation.rubrics): the share of pairs
+then cancels it to ~0.5). Pointwise (the task rubrics of rdpo_fast.judges.rubrics): the share of pairs
 whose chosen answer gets the better expected score. Timed; the machine is named in the output.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import os
 import platform
 import time
 
-from rdpo_fast.data_files import default_path
-from rdpo_fast.evaluation.judge import ProbabilityJudge
+from rdpo_fast.data.shipped import default_path
+from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.evaluation.records import write_json
-from rdpo_fast.evaluation.rubrics import POINTWISE, TASK_POINTWISE, pairwise_rubric
-from rdpo_fast.pipelines.chat import as_text, last_user_text
+from rdpo_fast.judges.rubrics import POINTWISE, TASK_POINTWISE, pairwise_rubric
+from rdpo_fast.lm.chat import as_text, last_user_text
 
 
 def main(argv=None):

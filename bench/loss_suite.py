@@ -137,7 +137,7 @@ def _naive_ref(x, w, target):
 
 def check_loss_accuracy(pairs, T, H, V, dtype, device):
     """Fused loss vs the unfused float64 reference on a slice of the real shape: relative errors."""
-    from rdpo_fast.reference.fused import ref_fused_preference_loss
+    from rdpo_fast.oracle.fused import ref_fused_preference_loss
 
     x, w, target, ref = _batch(pairs, T, H, V, dtype, device, False)
     xx, ww = x.detach().requires_grad_(True), w.detach().requires_grad_(True)

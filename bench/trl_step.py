@@ -121,7 +121,7 @@ def main(argv=None):
     import trl
     from trl import DPOTrainer
 
-    from rdpo_fast.integrations.trl import FusedDPOTrainer
+    from rdpo_fast.integrations.trl.dpo import FusedDPOTrainer
 
     tok = word_tokenizer(a.vocab)
     ds = dataset(4 * a.pairs, a.prompt, a.completion, a.vocab)

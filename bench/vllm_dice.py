@@ -24,10 +24,10 @@ from bench.timing import device_info
 
 def one_round(generator: str, args, out_dir: str) -> dict:
     from rdpo_fast.pipelines.dice import DiceSettings, run_dice
-    from rdpo_fast.pipelines.generation import GenerationSettings
+    from rdpo_fast.lm.generation import GenerationSettings
     from rdpo_fast.pipelines.rounds import TrainSettings
     from rdpo_fast.pipelines.stages import read_json, read_jsonl
-    from rdpo_fast.pipelines.vllm_generation import VllmSettings
+    from rdpo_fast.lm.vllm import VllmSettings
 
     s = DiceSettings(policy=args.policy, reference=args.reference, prompts=args.prompt_file, rounds=1, k=args.k,
                      prompts_per_round=args.prompts, init_pairs=16, eval_pairs=0, generator=generator,

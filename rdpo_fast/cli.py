@@ -1,7 +1,7 @@
 """The `rdpo-fast` command line. Each subcommand is a Command (name, help, how to add its arguments, what
 to run); a new one (synth, score, dice, crosslingual) is one more entry in COMMANDS.
 
-`rdpo-fast train`: every option of rdpo_fast.config.TrainConfig is a flag; `--config FILE` (JSON or YAML)
+`rdpo-fast train`: every option of rdpo_fast.training.config.TrainConfig is a flag; `--config FILE` (JSON or YAML)
 supplies any of them, and flags given on the command line win. With `--resume`, the checkpoint's saved
 settings are the starting point, so `rdpo-fast train --resume RUN_DIR` alone continues a run, writing into
 the run directory that holds the checkpoint (rdpo_fast/run_dir.py). Every failure goes through one error
@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import config as config_mod
+from .training import config as config_mod
 from .errors import DEBUG_ENV, run_command
 
 
@@ -33,7 +33,7 @@ def _flag_type(annotation: str):
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train_flags import add_grouped_flags
+    from rdpo_fast.training.flags import add_grouped_flags
 
     p.add_argument("--config", help="JSON or YAML file of options, ours or TRL's names (flags given here override it)")
     add_grouped_flags(p)  # the options in groups, TRL names as hidden aliases
@@ -48,14 +48,14 @@ def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
         resume = given.get("resume", values.get("resume"))
     values.update(given)
     if resume:
-        from .run_dir import resume_settings
+        from rdpo_fast.training.run_dir import resume_settings
 
         # The resumed run writes into the run directory holding the checkpoint (or an explicit
         # --output-dir), never into the output path its saved config names.
         values = {**resume_settings(resume, output_dir=values.get("output_dir")),
                   **{k: v for k, v in values.items() if k != "resume"}}
 
-    from .trl_names import finish
+    from rdpo_fast.training.trl_names import finish
 
     values = finish(values)  # TRL settings that only mean something together (use_peft, constant)
     known = {f.name for f in config_mod.fields()}
@@ -63,7 +63,7 @@ def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from rdpo_fast.training.loop import train
 
     train(train_config_from_args(args))
     return 0
@@ -76,7 +76,7 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_run
+    from rdpo_fast.training.plot import plot_run
 
     print(plot_run(args.run_dir, args.output))
     return 0
@@ -90,14 +90,14 @@ COMMANDS = [
 
 def pipeline_commands() -> list[Command]:
     """synth, score, dice, crosslingual: the pipelines register themselves (rdpo_fast.pipelines.cli)."""
-    from .pipelines.cli import SUBCOMMANDS
+    from rdpo_fast.pipelines.cli import SUBCOMMANDS
 
     return [Command(*entry) for entry in SUBCOMMANDS]
 
 
 def evaluation_commands() -> list[Command]:
     """generate, eval: the evaluation registers itself (rdpo_fast.evaluation.cli)."""
-    from .evaluation.cli import SUBCOMMANDS
+    from rdpo_fast.evaluation.cli import SUBCOMMANDS
 
     return [Command(*entry) for entry in SUBCOMMANDS]
 

@@ -7,9 +7,11 @@ import torch
 
 # Tests import bench.* helpers: the repository root goes at the END of sys.path, behind site-packages, so
 # nothing in the checkout can take an installed package's name (SPEC section 2; pytest.ini).
+# The test helpers (tests/support/) are imported by name, from the same place at the end of the path.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
+for _p in (_ROOT, os.path.join(_ROOT, "tests", "support")):
+    if _p not in sys.path:
+        sys.path.append(_p)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

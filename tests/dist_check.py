@@ -26,11 +26,11 @@ def _full(t):
 
 
 def grad_check(args, d):
-    from rdpo_fast import modeling
-    from rdpo_fast.config import TrainConfig
-    from rdpo_fast.data import collate, load_preference_data
-    from rdpo_fast.fused_loss import FusedLinearPreferenceLoss
-    from rdpo_fast.train import PreferenceStep, _sync, _wrap, precompute_reference
+    from rdpo_fast.models import loading as modeling
+    from rdpo_fast.training.config import TrainConfig
+    from rdpo_fast.data.records import collate, load_preference_data
+    from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
+    from rdpo_fast.training.loop import PreferenceStep, _sync, _wrap, precompute_reference
 
     cfg = TrainConfig(model=args.model, distributed=args.strategy, cache_dir=args.cache, eval_batch_size=3)
     tok = modeling.load_tokenizer(args.model)
@@ -84,8 +84,8 @@ def main():
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
-    from rdpo_fast.config import TrainConfig
-    from rdpo_fast.train import Dist, train
+    from rdpo_fast.training.config import TrainConfig
+    from rdpo_fast.training.loop import Dist, train
 
     d = Dist()
     result = {"world": d.world, "strategy": args.strategy}

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from rdpo_fast.data import (IGNORE, DataError, collate, epoch_order, load_preference_data, read_jsonl,
+from rdpo_fast.data.records import (IGNORE, DataError, collate, epoch_order, load_preference_data, read_jsonl,
                             step_batches, steps_per_epoch)
-from rdpo_fast.data_files import default_path
+from rdpo_fast.data.shipped import default_path
 from tiny import build_tokenizer
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from rdpo_fast import data_sources
-from rdpo_fast.data import DataError, load_preference_data
+from rdpo_fast.data import sources as data_sources
+from rdpo_fast.data.records import DataError, load_preference_data
 from tiny import build_tokenizer, write_subset
 
 datasets = pytest.importorskip("datasets")

@@ -6,7 +6,7 @@ the ring stays inside its byte budget; bad options are refused by name."""
 import pytest
 import torch
 
-import rdpo_fast.fused_loss as fl
+import rdpo_fast.losses.fused as fl
 from rdpo_fast import FusedLinearPreferenceLoss
 from test_fused_loss import assert_close, batch, rel, run_ours, run_ref
 
@@ -84,7 +84,7 @@ def test_ring_equals_fp32_schedule(loss_type, device):
 @pytest.mark.parametrize("budget", [None, 1, "several", "single"])
 def test_ring_stays_within_its_budget(budget, twin, rings, device, monkeypatch):
     if twin:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # rdpo_fast.backend: the torch twins
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # rdpo_fast.ops.backend: the torch twins
     x, w, b, target, ref_x, ref_w = batch(P, T, H, V, device)
     ws = _ws(torch.float32)
     opts = {"dw_accumulation": "ring", "workspace_budget": ws}

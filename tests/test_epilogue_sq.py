@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rdpo_fast.epilogue import forward_epilogue
-from rdpo_fast.reference.logprobs import ref_log_sum_sq_probs
+from rdpo_fast.ops.epilogue import forward_epilogue
+from rdpo_fast.oracle.logprobs import ref_log_sum_sq_probs
 
 
 def rel(a, b):

@@ -8,7 +8,7 @@ import pytest
 
 from rdpo_fast.cli import main
 from rdpo_fast.evaluation import evaluate_against
-from rdpo_fast.pipelines.generation import GenerationSettings
+from rdpo_fast.lm.generation import GenerationSettings
 from eval_tiny import save_tiny
 from tiny import write_subset
 
@@ -166,8 +166,8 @@ def test_score_with_the_probability_judge(models, tmp_path, capsys):
                  "pointwise", "--score-range", "1", "5", "--no-progress"]) == 0
     rows = _read(out2)
     assert all(1 <= r["chosen_score"] <= 5 and r["judge"]["scale"] == [1, 5] for r in rows)
-    from rdpo_fast.data import load_preference_data
-    from rdpo_fast.modeling import load_tokenizer
+    from rdpo_fast.data.records import load_preference_data
+    from rdpo_fast.models.loading import load_tokenizer
 
     d = load_preference_data(out, load_tokenizer(models["a"]), max_length=256)
     assert d.has_soft_labels and d.pairs[0].soft_label == pytest.approx(_read(out)[0]["soft_label"])

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from rdpo_fast.evaluation.judge import ProbabilityJudge, sigmoid
-from rdpo_fast.evaluation.labelprobs import LabelProbError, continuation_logprobs
-from rdpo_fast.evaluation.rubrics import PAIRWISE, POINTWISE, PairwiseRubric
+from rdpo_fast.judges.probability import ProbabilityJudge, sigmoid
+from rdpo_fast.judges.labelprobs import LabelProbError, continuation_logprobs
+from rdpo_fast.judges.rubrics import PAIRWISE, POINTWISE, PairwiseRubric
 from eval_tiny import TeacherForcing, tiny_model
 
 

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from rdpo_fast.data_files import compose
+import compose_data as compose
 from rdpo_fast.evaluation import tasks
 from rdpo_fast.evaluation.langid import identify
-from rdpo_fast.pipelines.templates import load_templates
+from rdpo_fast.data.templates import load_templates
 
 
 def _norm(s: str) -> str:

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from rdpo_fast import modeling
-from rdpo_fast.data_files import default_path
-from rdpo_fast.evaluation.judge import ProbabilityJudge
-from rdpo_fast.evaluation.labelprobs import continuation_logprobs
-from rdpo_fast.evaluation.rubrics import POINTWISE, pairwise_rubric
-from rdpo_fast.pipelines.chat import as_text, last_user_text
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.data.shipped import default_path
+from rdpo_fast.judges.probability import ProbabilityJudge
+from rdpo_fast.judges.labelprobs import continuation_logprobs
+from rdpo_fast.judges.rubrics import POINTWISE, pairwise_rubric
+from rdpo_fast.lm.chat import as_text, last_user_text
 from eval_tiny import TeacherForcing
 
 pytestmark = pytest.mark.skipif(

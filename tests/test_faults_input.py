@@ -12,10 +12,12 @@ import pytest
 import torch
 
 import rdpo_fast
-from rdpo_fast import _checks, errors, typed
+from rdpo_fast.ops import checks as _checks
+from rdpo_fast import errors
+from rdpo_fast.training import typed
 from rdpo_fast.cli import main
-from rdpo_fast.config import TrainConfig, read_config_file
-from rdpo_fast.data import read_jsonl
+from rdpo_fast.training.config import TrainConfig, read_config_file
+from rdpo_fast.data.records import read_jsonl
 from tiny import save_tiny, write_subset
 
 
@@ -168,7 +170,7 @@ def test_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- the error path
 def test_bugs_keep_their_traceback_and_debug_shows_it(tmp_path, capsys, monkeypatch):
-    import rdpo_fast.plot
+    import rdpo_fast.training.plot
 
     missing = str(tmp_path / "no-run")
     assert main(["plot", missing]) == 2
@@ -184,21 +186,21 @@ def test_bugs_keep_their_traceback_and_debug_shows_it(tmp_path, capsys, monkeypa
     def bug(*a, **k):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(rdpo_fast.plot, "plot_run", bug)
+    monkeypatch.setattr(rdpo_fast.training.plot, "plot_run", bug)
     with pytest.raises(KeyError):
         main(["plot", missing])
 
     def broken_import(*a, **k):
         raise ModuleNotFoundError("No module named 'rdpo_fast.nowhere'", name="rdpo_fast.nowhere")
 
-    monkeypatch.setattr(rdpo_fast.plot, "plot_run", broken_import)
+    monkeypatch.setattr(rdpo_fast.training.plot, "plot_run", broken_import)
     with pytest.raises(ModuleNotFoundError):  # our own module missing is a bug, not a missing extra
         main(["plot", missing])
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rdpo_fast.plot, "plot_run", interrupted)
+    monkeypatch.setattr(rdpo_fast.training.plot, "plot_run", interrupted)
     assert main(["plot", missing]) == 130
     assert capsys.readouterr().err == "rdpo-fast plot: interrupted\n"
 

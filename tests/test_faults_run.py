@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from faultfs import chmod_blocks_writes, tmpfs
-from rdpo_fast import checkpoint as ckpt
-from rdpo_fast import fault_points, modeling
+from rdpo_fast.training import checkpoint as ckpt
+from rdpo_fast.training import fault_points
+from rdpo_fast.models import loading as modeling
 from rdpo_fast.cli import main
 from tiny import read_weights, save_tiny, write_subset
 

@@ -5,7 +5,7 @@ import torch
 
 import rdpo_fast
 from rdpo_fast import FusedLinearPreferenceLoss
-from rdpo_fast.reference.fused import ref_fused_preference_loss
+from rdpo_fast.oracle.fused import ref_fused_preference_loss
 
 # (loss_type, constructor options, pass soft labels?)
 CASES = [
@@ -264,7 +264,7 @@ def test_bad_soft_labels():
 
 
 def test_metrics_use_trl_names_and_values(device):
-    from rdpo_fast.metrics import preference_metrics
+    from rdpo_fast.losses.metrics import preference_metrics
 
     x, w, b, target, ref_x, ref_w = batch(3, 11, 8, 200, device)
     loss, aux = FusedLinearPreferenceLoss(compute_nll_loss=True)(w, x, target, b, ref_x, ref_w)

@@ -7,8 +7,8 @@ import torch
 
 import rdpo_fast
 from rdpo_fast import FusedLinearPreferenceLoss
-from rdpo_fast.reference import ref_logprobs
-from rdpo_fast.reference.fused import ref_fused_preference_loss, ref_token_stats
+from rdpo_fast.oracle import ref_logprobs
+from rdpo_fast.oracle.fused import ref_fused_preference_loss, ref_token_stats
 from test_fused_loss import assert_close, batch, rel, run_ours
 
 # (P, T, H, V, workspace rows): V not a multiple of any block; several chunks of pairs in most cases.
@@ -202,7 +202,7 @@ def test_no_temperature_pass_when_t_is_one(temperature, logit_scale, monkeypatch
     """The torch twin scales the logits by 1/T only when T != 1 (a logit scale folds into T: T/s)."""
     if device.type != "cpu":
         pytest.skip("counts the torch twin's passes")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # rdpo_fast.backend: the torch twins
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # rdpo_fast.ops.backend: the torch twins
     V = 300
     x, w, b, target, ref_x, ref_w = batch(2, 11, 8, V, device)
     xx, ww = (t.detach().clone().requires_grad_(True) for t in (x, w))

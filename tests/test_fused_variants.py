@@ -7,7 +7,7 @@ chunks it must; bad options are refused by name."""
 import pytest
 import torch
 
-import rdpo_fast.fused_loss as fl
+import rdpo_fast.losses.fused as fl
 from rdpo_fast import FusedLinearPreferenceLoss
 from test_fused_loss import assert_close, batch, run_ours, run_ref
 

@@ -5,7 +5,7 @@ and without them; wrong counts are refused (exactly on CPU, on the device where 
 import pytest
 import torch
 
-import rdpo_fast.fused_loss as fl
+import rdpo_fast.losses.fused as fl
 from rdpo_fast import FusedLinearPreferenceLoss
 from test_fused_loss import batch
 

@@ -6,7 +6,7 @@ import torch
 
 from rdpo_fast import FusedLinearKTOLoss
 from rdpo_fast.losses import kto_kl_baseline
-from rdpo_fast.reference.fused import ref_fused_kto_loss, ref_sequence_logps
+from rdpo_fast.oracle.fused import ref_fused_kto_loss, ref_sequence_logps
 
 
 def rel(a, b):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import rdpo_fast
-from rdpo_fast import epilogue
-from rdpo_fast.reference import ref_linear_logprobs, ref_logprobs, ref_sequence_logit_sums, ref_sequence_sums
-from rdpo_fast.ops import _linear_stats, sequence_ids
+from rdpo_fast.ops import epilogue
+from rdpo_fast.oracle import ref_linear_logprobs, ref_logprobs, ref_sequence_logit_sums, ref_sequence_sums
+from rdpo_fast.ops.logprobs import _linear_stats, sequence_ids
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 

@@ -5,8 +5,8 @@ it used to lose digits to cancellation in ~1% of draws); and every bad option.""
 import pytest
 import torch
 
-from rdpo_fast import loss_table
-from rdpo_fast.preference import preference_loss
+from rdpo_fast.losses import table as loss_table
+from rdpo_fast.losses.head import preference_loss
 from test_preference_loss import LENGTH_LOSSES, REFERENCE_FREE, check_against_oracle, make_pairs, oracle, rel, run
 
 BACKENDS = ["kernel", "torch"]

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rdpo_fast import modeling
+from rdpo_fast.models import loading as modeling
 from tiny import build_tokenizer, write_subset
 
 
@@ -78,7 +78,7 @@ def test_logit_transform_reads_the_config():
 
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_implicit_scorer_uses_the_models_transform(tok, arch):
-    from rdpo_fast.pipelines.chat import user_turn
+    from rdpo_fast.lm.chat import user_turn
     from rdpo_fast.pipelines.implicit import collate, encode, sequence_logps
 
     torch.manual_seed(0)
@@ -101,9 +101,9 @@ def test_implicit_scorer_uses_the_models_transform(tok, arch):
 def test_training_loop_uses_the_models_transform(tok, tmp_path):
     """`rdpo-fast train` on a softcapped Gemma 2, reference precomputed: the cached reference and the
     first step's logged logps/chosen (before any update) are the model's own log-probs."""
-    from rdpo_fast import train as train_mod
-    from rdpo_fast.config import TrainConfig
-    from rdpo_fast.data import collate, load_preference_data
+    from rdpo_fast.training import loop as train_mod
+    from rdpo_fast.training.config import TrainConfig
+    from rdpo_fast.data.records import collate, load_preference_data
 
     torch.manual_seed(0)
     model = gemma2(tok)
@@ -134,7 +134,7 @@ def test_trl_integration_uses_the_models_transform(tok, tmp_path, arch, monkeypa
     from datasets import Dataset
     from trl import DPOConfig
 
-    from rdpo_fast.integrations.trl import _NON_MODEL_KEYS, FusedDPOTrainer
+    from rdpo_fast.integrations.trl.dpo import _NON_MODEL_KEYS, FusedDPOTrainer
 
     monkeypatch.setenv("CI", "1")
     torch.manual_seed(0)

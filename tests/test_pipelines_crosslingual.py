@@ -7,7 +7,7 @@ import pytest
 
 from rdpo_fast.pipelines.cli import main
 from rdpo_fast.pipelines.crosslingual import PREFIX, language_prefix
-from rdpo_fast.pipelines.templates import TemplateError, read_parallel
+from rdpo_fast.data.templates import TemplateError, read_parallel
 from tiny import save_tiny, write_subset
 
 ROWS = [{"id": f"q{i}", "en": f"English question {i}?", "es": f"Pregunta {i} en español?",

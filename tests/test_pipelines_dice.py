@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-import rdpo_fast.train
+import rdpo_fast.training.loop
 from rdpo_fast.pipelines import driver as driver_mod
 from rdpo_fast.pipelines.cli import main
-from rdpo_fast.pipelines.generation import Sample
+from rdpo_fast.lm.generation import Sample
 from rdpo_fast.pipelines.pairing import prompt_key
 from tiny import save_tiny, write_subset
 
@@ -41,7 +41,7 @@ def _args(files, out, *extra):
 class Counters:
     def __init__(self, monkeypatch, crash_at=None):
         self.sampled, self.scored, self.trained = [], 0, []
-        real_train = rdpo_fast.train.train
+        real_train = rdpo_fast.training.loop.train
         real_reward = driver_mod.ImplicitReward
 
         def sample(model, tok, convs, k, settings):
@@ -67,7 +67,7 @@ class Counters:
 
         monkeypatch.setattr(driver_mod, "sample_groups", sample)
         monkeypatch.setattr(driver_mod, "ImplicitReward", counting_reward)
-        monkeypatch.setattr(rdpo_fast.train, "train", train)
+        monkeypatch.setattr(rdpo_fast.training.loop, "train", train)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ log-probs (float64, full logits), whatever the batching; and batched generation 
 import pytest
 import torch
 
-from rdpo_fast import modeling
-from rdpo_fast.pipelines.chat import assistant, completion_text, user_turn
-from rdpo_fast.pipelines.generation import GenerationSettings, generate
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.lm.chat import assistant, completion_text, user_turn
+from rdpo_fast.lm.generation import GenerationSettings, generate
 from rdpo_fast.pipelines.implicit import ImplicitReward, encode, length_batches
-from rdpo_fast.reference import ref_sequence_logprobs
+from rdpo_fast.oracle import ref_sequence_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +78,11 @@ def test_token_budgeted_batches():
 
 
 def test_encoding_matches_training_tokenisation(models):
-    # The scored completion is exactly what rdpo_fast.data trains on for the same chat record.
+    # The scored completion is exactly what rdpo_fast.data.records trains on for the same chat record.
     import json
     import tempfile
 
-    from rdpo_fast.data import load_preference_data
+    from rdpo_fast.data.records import load_preference_data
 
     _, _, tok = models
     items = encode(tok, PROMPTS[:2], RESPONSES[:2])

@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from rdpo_fast.pipelines import judge as judge_mod
+from rdpo_fast.judges import generative as judge_mod
 from rdpo_fast.pipelines.cli import failed_file, main
-from rdpo_fast.pipelines.generation import Sample
-from rdpo_fast.pipelines.judge import Judge, JudgeSettings, parse_marked_score
+from rdpo_fast.lm.generation import Sample
+from rdpo_fast.judges.generative import Judge, JudgeSettings, parse_marked_score
 from rdpo_fast.pipelines.scorers import Score, score_records, soft_label
 from tiny import save_tiny, write_subset
 
@@ -164,9 +164,9 @@ def test_score_with_reward_model_and_implicit_reward(tiny, tmp_path, capsys):
     rows = _read(out2)
     assert len(rows) == 4 and len({r["chosen_score"] for r in rows}) == 4
     assert "scored pairs" in capsys.readouterr().out
-    # The scored file trains with --loss-type rdpo: rdpo_fast.data reads the soft labels.
-    from rdpo_fast.data import load_preference_data
-    from rdpo_fast.modeling import load_tokenizer
+    # The scored file trains with --loss-type rdpo: rdpo_fast.data.records reads the soft labels.
+    from rdpo_fast.data.records import load_preference_data
+    from rdpo_fast.models.loading import load_tokenizer
 
     data = load_preference_data(out2, load_tokenizer(tiny["policy"]), max_length=256)
     assert data.has_soft_labels and data.pairs[0].soft_label == pytest.approx(rows[0]["soft_label"])

@@ -11,9 +11,9 @@ from rdpo_fast.pipelines.baselines import distill_self_critique, sft_records
 from rdpo_fast.pipelines.cli import main
 from rdpo_fast.pipelines.judge_scales import TargetScorer, scale_temperature
 from rdpo_fast.pipelines.scorers import Score, soft_label
-from rdpo_fast.pipelines.templates import (TRAIN_JAILBREAK_WRAPPERS, TemplateError, get_template, load_templates,
+from rdpo_fast.data.templates import (TRAIN_JAILBREAK_WRAPPERS, TemplateError, get_template, load_templates,
                                            read_prompts, task_prompts, train_jailbreak_wrappers)
-from rdpo_fast.preference import LOSS_TYPES
+from rdpo_fast.losses.head import LOSS_TYPES
 from tiny import save_tiny, write_subset
 
 

@@ -184,7 +184,7 @@ def test_dice_refuses_soft_label_loss_and_bad_settings():
 
 
 def test_reference_free_losses_train_without_a_reference_pass():
-    from rdpo_fast.loss_table import LOSSES
+    from rdpo_fast.losses.table import LOSSES
 
     for name, info in LOSSES.items():
         cfg = TrainSettings(loss_type=name).config(model="m", data="d", output_dir="o", cache_dir="c", n_pairs=100)

@@ -6,9 +6,9 @@ import pytest
 
 from rdpo_fast.pipelines import synth as synth_mod
 from rdpo_fast.pipelines.cli import main
-from rdpo_fast.pipelines.generation import Sample
+from rdpo_fast.lm.generation import Sample
 from rdpo_fast.pipelines.synth import SynthSettings, synthesize
-from rdpo_fast.pipelines.templates import (TemplateError, get_template, load_templates, read_parallel, read_prompts,
+from rdpo_fast.data.templates import (TemplateError, get_template, load_templates, read_parallel, read_prompts,
                                            shipped_task_prompts, task_prompts, train_jailbreak_wrappers)
 from tiny import save_tiny
 
@@ -32,7 +32,7 @@ def test_shipped_templates_and_prompts():
 
 def test_shipped_prompts_are_not_in_the_shipped_preference_data():
     # DICE replays the shipped pairs on prompts disjoint from the generated ones.
-    from rdpo_fast.data_files import default_path
+    from rdpo_fast.data.shipped import default_path
     from rdpo_fast.pipelines.pairing import prompt_key
 
     shipped = set()

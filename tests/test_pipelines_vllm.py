@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from rdpo_fast.pipelines.chat import prompt_text, user_turn
-from rdpo_fast.pipelines.generation import GenerationSettings
-from rdpo_fast.pipelines.vllm_generation import generate_vllm, to_sample
+from rdpo_fast.lm.chat import prompt_text, user_turn
+from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.lm.vllm import generate_vllm, to_sample
 from tiny import save_tiny
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -53,7 +53,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_adapter_uses_our_chat_tokens_and_returns_samples(fake_vllm, model_dir):
-    from rdpo_fast import modeling
+    from rdpo_fast.models import loading as modeling
 
     tok = modeling.load_tokenizer(model_dir)
     convs = [user_turn("Name a colour."), user_turn("Say hi.", system=None)]
@@ -81,7 +81,7 @@ def test_vllm_outputs_count_the_end_token_either_way():
 
 
 def test_vllm_generator_dispatch_in_the_round_driver(fake_vllm, model_dir, tmp_path):
-    from rdpo_fast import modeling
+    from rdpo_fast.models import loading as modeling
     from rdpo_fast.pipelines.dice import DiceRounds, DiceSettings
 
     s = DiceSettings(generator="vllm").validate()  # the stand-in module counts as installed
@@ -107,8 +107,8 @@ def test_vllm_greedy_matches_transformers(model_dir):
 
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU")
-    from rdpo_fast import modeling
-    from rdpo_fast.pipelines.generation import generate
+    from rdpo_fast.models import loading as modeling
+    from rdpo_fast.lm.generation import generate
 
     tok = modeling.load_tokenizer(model_dir)
     convs = [user_turn("Name a colour."), user_turn("Say hi.")]

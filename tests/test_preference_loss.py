@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import rdpo_fast.kernels.preference_head as kern
-from rdpo_fast.preference import LOSS_TYPES, preference_head, preference_loss
-from rdpo_fast.reference.preference import ref_preference_loss
+from rdpo_fast.losses.head import LOSS_TYPES, preference_head, preference_loss
+from rdpo_fast.oracle.preference import ref_preference_loss
 
 TOL = 1e-5
 LENGTH_LOSSES = ("ipo", "sigmoid_norm", "simpo", "orpo")

@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 
-from rdpo_fast import checkpoint as ckpt
-from rdpo_fast import modeling
+from rdpo_fast.training import checkpoint as ckpt
+from rdpo_fast.models import loading as modeling
 from rdpo_fast.cli import main
-from rdpo_fast.config import TrainConfig
-from rdpo_fast.data import Batch, collate, load_preference_data
-from rdpo_fast.fused_loss import FusedLinearPreferenceLoss
-from rdpo_fast.train import Dist, PreferenceStep, precompute_reference, train
+from rdpo_fast.training.config import TrainConfig
+from rdpo_fast.data.records import Batch, collate, load_preference_data
+from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
+from rdpo_fast.training.loop import Dist, PreferenceStep, precompute_reference, train
 from tiny import read_weights, save_tiny, write_subset
 
 TRL_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -332,7 +332,7 @@ def test_embedded_default_model():
     """SmolLM2-135M-Instruct from the package's GGUF file, offline: the chat data tokenises with its template,
     and the fused step's sequence log-probs equal the model's own logits gathered at the targets."""
     tok = modeling.load_tokenizer(None)
-    from rdpo_fast.data_files import default_path
+    from rdpo_fast.data.shipped import default_path
 
     data = load_preference_data(default_path("eval"), tok, max_length=56)
     model = modeling.load_model(None)

@@ -10,11 +10,13 @@ import shutil
 import pytest
 import torch
 
-from rdpo_fast import model_sources, modeling, optim
+from rdpo_fast.models import sources as model_sources
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.training import optim
 from rdpo_fast.cli import build_parser, main, train_config_from_args
-from rdpo_fast.data import collate, load_preference_data
-from rdpo_fast.fused_loss import FusedLinearPreferenceLoss
-from rdpo_fast.train import PreferenceStep
+from rdpo_fast.data.records import collate, load_preference_data
+from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
+from rdpo_fast.training.loop import PreferenceStep
 from tiny import save_tiny, write_subset
 
 

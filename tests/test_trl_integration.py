@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("trl")
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
-from rdpo_fast.integrations import trl as rtrl  # noqa: E402
+from rdpo_fast.integrations.trl import dpo as rtrl  # noqa: E402
 from rdpo_fast.integrations.trl import FusedDPOTrainer, patch_dpo_trainer, unpatch_dpo_trainer  # noqa: E402
 
 os.environ.setdefault("CI", "1")  # TRL sends no telemetry from CI runs
@@ -32,7 +32,7 @@ max_length=80 truncates some of them, as TRL's collator does)."""
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rdpo_fast.data_files import default_path
+    from rdpo_fast.data.shipped import default_path
     from tiny import build_tokenizer
 
     def short(messages, n):  # short turns, no system prompt: ~30 prompt + ~45 completion tokens
@@ -221,7 +221,7 @@ ISSUE16 = [
 
 @pytest.mark.parametrize("kw", [c[1] for c in ISSUE16], ids=[c[0] for c in ISSUE16])
 def test_same_training_as_trl_for_fused_options(tiny, torch_twins, monkeypatch, kw):
-    import rdpo_fast.preference as pref
+    import rdpo_fast.losses.head as pref
 
     orders = []  # aot: the two sort orders of each step; equal orders would make aot plain sigmoid
     perms = pref._aot_perms
@@ -285,7 +285,7 @@ def test_patch_routes_dpo_trainer_through_the_fused_loss(tiny, monkeypatch):
     elements is created during a training step (plain TRL creates one: its head's logits tile)."""
     from trl.kernels import chunked_logprob
 
-    import rdpo_fast.fused_loss as fl
+    import rdpo_fast.losses.fused as fl
 
     monkeypatch.setenv("RDPO_FAST_WORKSPACE_MB", "0.05")  # chunks of a single pair
     V = len(tiny["tok"])
@@ -371,6 +371,7 @@ def test_import_without_trl_says_how_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "trl", None)
     monkeypatch.delitem(sys.modules, "rdpo_fast.integrations.trl")
+    monkeypatch.delitem(sys.modules, "rdpo_fast.integrations.trl.dpo")
     with pytest.raises(ImportError, match=r"pip install 'rdpo_fast\[trl\]'"):
         importlib.import_module("rdpo_fast.integrations.trl")
     monkeypatch.undo()

@@ -17,7 +17,7 @@ SPECIAL = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _corpus():
-    from rdpo_fast.data_files import default_path
+    from rdpo_fast.data.shipped import default_path
 
     for split in ("train", "eval"):
         with open(default_path(split)) as f:
@@ -67,7 +67,7 @@ def save_tiny(path: str, *, seed: int = 0, **kw) -> str:
 
 def write_subset(path: str, n: int, split: str = "train", start: int = 0, transform=None) -> str:
     """The first n records (from `start`) of a shipped split, optionally transformed, as a JSONL file."""
-    from rdpo_fast.data_files import default_path
+    from rdpo_fast.data.shipped import default_path
 
     with open(default_path(split)) as f, open(path, "w") as out:
         for i, line in enumerate(itertools.islice(f, start, start + n)):

@@ -14,6 +14,6 @@
 - api.py: evaluate_against(start, final, ...), the call a pipeline makes at its end.
 """
 from .api import evaluate_against
-from .judge import PairVerdict, ProbabilityJudge, ScoreVerdict
+from rdpo_fast.judges.probability import PairVerdict, ProbabilityJudge, ScoreVerdict
 
 __all__ = ["PairVerdict", "ProbabilityJudge", "ScoreVerdict", "evaluate_against"]

@@ -15,14 +15,14 @@ import gc
 import os
 import time
 
-from rdpo_fast import modeling
-from rdpo_fast.pipelines.chat import DEFAULT_SYSTEM
-from rdpo_fast.pipelines.generation import GenerationSettings
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.lm.chat import DEFAULT_SYSTEM
+from rdpo_fast.lm.generation import GenerationSettings
 
 from .answers import pair_answers, read_answers
 from .compare import evaluate_pairs, plot_reports, report_table
 from .generate import generate_answers, generator_name
-from .judge import ProbabilityJudge
+from rdpo_fast.judges.probability import ProbabilityJudge
 from .records import write_json, write_records, write_text
 from .tasks import load_prompts
 
@@ -38,7 +38,7 @@ def _model(spec, what: str):
     if isinstance(spec, (tuple, list)):
         model, tok = spec
         return model, tok, getattr(model.config, "_name_or_path", None) or what
-    from .judge import load_for_inference
+    from rdpo_fast.judges.probability import load_for_inference
 
     modeling.resolve(spec)
     return load_for_inference(spec), modeling.load_tokenizer(spec), str(spec)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from rdpo_fast.pipelines.chat import DEFAULT_SYSTEM
-from rdpo_fast.pipelines.generation import GenerationSettings
+from rdpo_fast.lm.chat import DEFAULT_SYSTEM
+from rdpo_fast.lm.generation import GenerationSettings
 
 from .tasks import ENGLISH_TASKS, TASKS
 
@@ -124,7 +124,7 @@ def _read_difficulty(path: str, answers) -> dict:
 def run_eval(args) -> int:
     from .answers import pair_answers, read_answers
     from .compare import evaluate_pairs, plot_reports, report_table
-    from .judge import ProbabilityJudge
+    from rdpo_fast.judges.probability import ProbabilityJudge
     from .records import write_json, write_text
     from .tasks import TaskError
 

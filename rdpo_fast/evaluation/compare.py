@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import statistics
 
-from rdpo_fast.pipelines.report import fmt, table
+from rdpo_fast.io import fmt, table
 
 from .answers import Pair
-from .judge import ProbabilityJudge
+from rdpo_fast.judges.probability import ProbabilityJudge
 from .lc import length_controlled_winrate
-from .rubrics import TASK_POINTWISE, pairwise_rubric, pointwise_rubric
+from rdpo_fast.judges.rubrics import TASK_POINTWISE, pairwise_rubric, pointwise_rubric
 
 
 def _sem(values: list[float]) -> float | None:

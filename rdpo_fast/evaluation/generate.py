@@ -1,5 +1,5 @@
 """`rdpo-fast generate`: a model's answers to an evaluation prompt set, batched through transformers'
-generate with the chat template (rdpo_fast.pipelines.generation), written in AlpacaEval's model-outputs
+generate with the chat template (rdpo_fast.lm.generation), written in AlpacaEval's model-outputs
 layout so alpaca_eval and `rdpo-fast eval` both read it.
 
 Each record: instruction, output, generator, dataset (AlpacaEval's fields), then id, task, language,
@@ -13,9 +13,9 @@ import datetime
 import os
 
 import rdpo_fast
-from rdpo_fast import modeling
-from rdpo_fast.pipelines.chat import DEFAULT_SYSTEM, user_turn
-from rdpo_fast.pipelines.generation import GenerationSettings, generate
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.lm.chat import DEFAULT_SYSTEM, user_turn
+from rdpo_fast.lm.generation import GenerationSettings, generate
 
 from .tasks import EvalPrompt
 
@@ -63,7 +63,7 @@ def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: Gene
 
 def load_and_generate(model_name: str, prompts: list[EvalPrompt], settings: GenerationSettings, *,
                       dtype: str = "auto", **kw) -> list[dict]:
-    from .judge import load_for_inference
+    from rdpo_fast.judges.probability import load_for_inference
 
     modeling.resolve(model_name)  # a missing model fails before anything loads
     tok = modeling.load_tokenizer(model_name)

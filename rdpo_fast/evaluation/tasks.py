@@ -175,8 +175,8 @@ def training_prompt_texts() -> list[str]:
     """Every user prompt shipped outside this package: the pipelines' task prompts (bare and wrapped), the
     cross-lingual parallel set, and both splits of the shipped preference pairs. The held-out sets must
     share none of them (tests/test_eval_prompts.py)."""
-    from rdpo_fast.data_files import default_path
-    from rdpo_fast.pipelines.templates import PARALLEL_PROMPTS, load_templates, read_parallel, task_prompts
+    from rdpo_fast.data.shipped import default_path
+    from rdpo_fast.data.templates import PARALLEL_PROMPTS, load_templates, read_parallel, task_prompts
 
     texts = []
     for t in load_templates().values():

@@ -2,7 +2,7 @@
 with label smoothing (cDPO form), plus alpha times the chosen NLL; on the fused head's 'cpo' loss type."""
 from __future__ import annotations
 
-from ._dropin import LigerDropIn
+from .dropin import LigerDropIn
 
 
 class FusedLinearCPOLoss(LigerDropIn):

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from ..backend import backend
-from ..fused_loss import _chunk_grads, _chunk_stats, _chunks_of_pairs, _Grads, _SeqStats
-from ..ops import _linear_stats, chunk_rows, sequence_logprobs
-from ..reference.preference import ref_kto_loss
+from rdpo_fast.ops import checks as _checks
+from rdpo_fast.ops.backend import backend
+from .fused import _chunk_grads, _chunk_stats, _chunks_of_pairs, _Grads, _SeqStats
+from rdpo_fast.ops.logprobs import _linear_stats, chunk_rows, sequence_logprobs
+from rdpo_fast.oracle.preference import ref_kto_loss
 
 
 def kto_head(logps, ref_logps, kl, desirable, beta):
     """Per sequence (losses, rewards beta * rho, d loss / d logp), float32 [B]; kl: a [B] tensor."""
     if backend(logps) != "torch":
-        from ..kernels.preference_head import KTO, preference_head_fwd
+        from rdpo_fast.kernels.preference_head import KTO, preference_head_fwd
 
         losses, rew, _, dc, _, _, _ = preference_head_fwd(
             logps, kl, ref_logps, None, desirable.float(), None, None, loss_id=KTO, beta=beta, eps=0.0,

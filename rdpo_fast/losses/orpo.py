@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dropin import LigerDropIn, averaged, check_nll_target
+from .dropin import LigerDropIn, averaged, check_nll_target
 
 
 class FusedLinearORPOLoss(LigerDropIn):

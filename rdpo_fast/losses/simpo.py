@@ -3,7 +3,7 @@ beta (c/|y_w| - r/|y_l|) - gamma with label smoothing, plus alpha times the chos
 defaults (gamma 0.5, NLL on); on the fused head's 'simpo' loss type."""
 from __future__ import annotations
 
-from ._dropin import LigerDropIn, averaged
+from .dropin import LigerDropIn, averaged
 
 
 class FusedLinearSimPOLoss(LigerDropIn):

@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import presets
-from .generation import GenerationSettings
+from rdpo_fast.lm.generation import GenerationSettings
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -36,9 +36,9 @@ def _generation(args) -> GenerationSettings:
                               batch_size=args.gen_batch_size, seed=args.seed, progress=args.progress).validate()
 
 
-def _train_flags(p, d, *, title="training of each round (rdpo_fast.train; --train-config sets any other option)",
+def _train_flags(p, d, *, title="training of each round (rdpo_fast.training.loop; --train-config sets any other option)",
                  loss: bool = True):
-    from rdpo_fast.preference import LOSS_TYPES
+    from rdpo_fast.losses.head import LOSS_TYPES
 
     from .rounds import SCHEDULERS
 
@@ -165,7 +165,7 @@ def _rounds_flags(p, d, *, what: str):
 
 
 def _round_settings(args) -> dict:
-    from .vllm_generation import VllmSettings
+    from rdpo_fast.lm.vllm import VllmSettings
 
     start, stop, step = args.alpha_grid
     return dict(policy=args.policy, reference=args.reference, offline=args.offline, init_pairs=args.init_pairs,
@@ -196,7 +196,7 @@ def add_synth_arguments(p):
 
 def run_synth_cmd(args) -> int:
     from .synth import SynthSettings, run_synth
-    from .templates import get_template, load_templates
+    from rdpo_fast.data.templates import get_template, load_templates
 
     if args.list_tasks:
         for name, t in sorted(load_templates(args.template_file).items()):
@@ -213,7 +213,7 @@ def run_synth_cmd(args) -> int:
 
 # ---------------------------------------------------------------------------------------- score
 def add_score_arguments(p):
-    from .judge import JudgeSettings
+    from rdpo_fast.judges.generative import JudgeSettings
 
     d = JudgeSettings()
     p.add_argument("--input", "-i", required=True, help="preference JSONL (prompt, chosen, rejected)")
@@ -254,8 +254,8 @@ def add_score_arguments(p):
 
 
 def _pick_rubric(args, records):
-    from .judge import DEFAULT_RUBRIC
-    from .templates import get_template
+    from rdpo_fast.judges.generative import DEFAULT_RUBRIC
+    from rdpo_fast.data.templates import get_template
 
     if args.rubric:
         return args.rubric, "--rubric"
@@ -278,7 +278,7 @@ def _pick_rubric(args, records):
 
 def _task_scale(args, records) -> dict:
     """The judge scale of the task the rubric came from (empty for --rubric or the generic rubric)."""
-    from .templates import get_template
+    from rdpo_fast.data.templates import get_template
 
     if args.rubric:
         return {}
@@ -296,8 +296,8 @@ def _task_scale(args, records) -> dict:
 
 
 def run_score_cmd(args) -> int:
-    from rdpo_fast.data import read_jsonl
-    from rdpo_fast.run_dir import check_file_writable
+    from rdpo_fast.data.records import read_jsonl
+    from rdpo_fast.training.run_dir import check_file_writable
 
     from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
     from .stages import write_jsonl
@@ -311,7 +311,7 @@ def run_score_cmd(args) -> int:
     if args.scorer == "judge":
         # The judge's scale: --score-range, else the task template's (its range, soft-label temperature
         # and target, judge_scales.py), else the judge's default.
-        from .judge import JudgeSettings
+        from rdpo_fast.judges.generative import JudgeSettings
 
         scale = _task_scale(args, records)
         if args.score_range is None:
@@ -329,7 +329,7 @@ def run_score_cmd(args) -> int:
                              "which --judge-mode pointwise does not do; use --judge-mode generate or pairwise")
         return _score_with_probability_judge(args, lines, records)
     if args.scorer == "judge":
-        from .judge import JudgeSettings
+        from rdpo_fast.judges.generative import JudgeSettings
 
         if not args.judge_model:
             raise ValueError("--scorer judge needs --judge-model")
@@ -377,9 +377,9 @@ def run_score_cmd(args) -> int:
 
 def _score_with_probability_judge(args, lines, records) -> int:
     """--judge-mode pairwise/pointwise: every pair gets a verdict from the judge's label probabilities."""
-    from rdpo_fast.evaluation import scoring
-    from rdpo_fast.evaluation.judge import ProbabilityJudge
-    from rdpo_fast.evaluation.rubrics import scale
+    from . import soft_labels as scoring
+    from rdpo_fast.judges.probability import ProbabilityJudge
+    from rdpo_fast.judges.rubrics import scale
 
     from .stages import write_jsonl
 
@@ -456,7 +456,7 @@ def add_rdpo_arguments(p):
                     help="soft-label T (default: the task's, judge_scales.py; 1 for rm/implicit)")
     sc.add_argument("--score-batch-size", type=int, default=d.score_batch_size)
     _generation_flags(p, d.generation, what="teacher generation")
-    _train_flags(p, d.train, title="student training (rdpo_fast.train; the loss follows --method)", loss=False)
+    _train_flags(p, d.train, title="student training (rdpo_fast.training.loop; the loss follows --method)", loss=False)
     _final_eval_flags(p, "the task's held-out set (safety: held-out jailbreak wrappers), else general")
     _common(p)
     presets.install(p, "rdpo")

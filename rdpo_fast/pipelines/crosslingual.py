@@ -23,16 +23,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rdpo_fast import modeling
-from rdpo_fast.data_files import default_path
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.data.shipped import default_path
 
-from .chat import user_turn
+from rdpo_fast.lm.chat import user_turn
 from .dice import offline_records
 from .driver import RoundDriver, RoundSettings, round_indices, skipped
-from .report import table
+from rdpo_fast.io import table
 from .rounds import TrainSettings, pair_groups
 from .stages import read_jsonl, write_jsonl
-from .templates import PARALLEL_PROMPTS, read_parallel
+from rdpo_fast.data.templates import PARALLEL_PROMPTS, read_parallel
 
 PREFIX = ("Please answer the following instruction using only {language}, unless explicitly instructed to "
           "respond in a different language.\n\n")

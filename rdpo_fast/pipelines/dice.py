@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rdpo_fast import modeling
-from rdpo_fast.data import read_jsonl as read_preference_jsonl
-from rdpo_fast.data_files import default_path
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.data.records import read_jsonl as read_preference_jsonl
+from rdpo_fast.data.shipped import default_path
 
-from .chat import as_messages, user_turn
+from rdpo_fast.lm.chat import as_messages, user_turn
 from .driver import RoundDriver, RoundSettings, round_indices, skipped
 from .pairing import mix_replay
-from .report import table
+from rdpo_fast.io import table
 from .rounds import pair_groups, pair_logps, reward_accuracy
 from .stages import read_json, write_json
-from .templates import read_prompts, shipped_task_prompts
+from rdpo_fast.data.templates import read_prompts, shipped_task_prompts
 
 
 @dataclass
@@ -48,7 +48,7 @@ class DiceSettings(RoundSettings):
 
 def offline_records(path: str) -> list[dict]:
     """Offline pairs as chat records with only prompt/chosen/rejected, the form the generated pairs
-    have, so the mixed file is uniform (rdpo_fast.data wants one format and all-or-none optional fields)."""
+    have, so the mixed file is uniform (rdpo_fast.data.records wants one format and all-or-none optional fields)."""
     out = []
     for _, rec in read_preference_jsonl(path):
         conv = {k: (as_messages(rec[k]) if k == "prompt" else

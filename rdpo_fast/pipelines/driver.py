@@ -22,13 +22,13 @@ import os
 from dataclasses import dataclass, field
 
 from .final_eval import FinalEval, FinalEvalSettings, summary_table as final_eval_table
-from .generation import GenerationSettings, generate
+from rdpo_fast.lm.generation import GenerationSettings, generate
 from .implicit import ImplicitReward
 from .pairing import ALPHA_RULES, alpha_grid
 from .rounds import (Models, TrainSettings, candidates_record, default_min_valid, materialise, sample_groups,
                      score_groups, train_stage)
 from .stages import RunDir, read_jsonl, write_json, write_jsonl
-from .vllm_generation import VllmSettings, generate_vllm, require_vllm
+from rdpo_fast.lm.vllm import VllmSettings, generate_vllm, require_vllm
 
 # Which implicit reward scores round r's samples; chain[r-1] = (pi_{r-1}, ref_{r-1}), chain[0] = (pi_0, ref_0).
 REWARD_PAIRS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .generation import Sample
+from rdpo_fast.lm.generation import Sample
 
 REASONS = ("truncated", "empty", "repetitive")
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -21,11 +21,11 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from rdpo_fast import modeling
+from rdpo_fast.models import loading as modeling
 from rdpo_fast.evaluation.tasks import TASKS, load_prompts
 
-from .generation import GenerationSettings
-from .report import table
+from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.io import table
 from .stages import RunDir
 
 STAGE = "final_eval"

@@ -3,7 +3,7 @@ the response's tokens (SPEC sections 1 and 5; DICE and cross-lingual rewarding s
 
 Both models run forward only, under no_grad, through the fused op rdpo_fast.sequence_logprobs on the
 decoder's last hidden states and the lm_head weight, so the [tokens x vocabulary] logits are never
-materialised. Candidates are tokenised exactly as training tokenises chat records (rdpo_fast.data):
+materialised. Candidates are tokenised exactly as training tokenises chat records (rdpo_fast.data.records):
 the chat template's prompt with the generation prompt, then the assistant turn with its end-of-turn
 token, which is part of the scored completion.
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 import rdpo_fast
-from rdpo_fast import modeling
+from rdpo_fast.models import loading as modeling
 
-from .chat import completion_text, prompt_text, require_template
+from rdpo_fast.lm.chat import completion_text, prompt_text, require_template
 
 IGNORE = -100
 
@@ -52,7 +52,7 @@ def encode(tokenizer, prompts: list[list[dict]], responses: list[str]) -> list[E
 
 def collate(items: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, target) right-padded; target[t] is the token at t+1 where that token
-    belongs to the completion, else IGNORE (the layout of rdpo_fast.data.collate)."""
+    belongs to the completion, else IGNORE (the layout of rdpo_fast.data.records.collate)."""
     seqs = [e.prompt + e.completion for e in items]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.int64)

@@ -15,7 +15,7 @@ two identical.
 """
 from __future__ import annotations
 
-from .chat import BRIEF_SYSTEM
+from rdpo_fast.lm.chat import BRIEF_SYSTEM
 
 PRESET_NAMES = ("paper", "cpu-demo")
 

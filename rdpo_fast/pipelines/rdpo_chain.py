@@ -7,7 +7,7 @@ Stages of the run directory:
   score          external scores of chosen (revision) and rejected (original) -> soft labels
                  (scorers.py, with the task's judge scale, judge_scales.py)
   select         the training records of the method (below)
-  student/train  the student trained on them (rdpo_fast.train)
+  student/train  the student trained on them (rdpo_fast.training.loop)
   final_eval     the trained student against the untrained one on the task's held-out prompts (safety
                  with held-out jailbreak wrappers), by an external judge: win rate and the task's
                  rubric rate (final_eval.py)
@@ -22,22 +22,22 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from rdpo_fast import modeling
-from rdpo_fast.data_files import default_path
-from rdpo_fast.preference import LOSS_TYPES
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.data.shipped import default_path
+from rdpo_fast.losses.head import LOSS_TYPES
 
 from .baselines import distill_self_critique, sft_records, without_labels
-from .chat import DEFAULT_SYSTEM
+from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from .dice import offline_records
 from .final_eval import FinalEval, FinalEvalSettings, default_task_prompts, summary_table as final_eval_table
-from .generation import GenerationSettings
-from .judge import DEFAULT_RUBRIC, JudgeSettings
+from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.judges.generative import DEFAULT_RUBRIC, JudgeSettings
 from .judge_scales import TargetScorer, scale_temperature
-from .report import table
+from rdpo_fast.io import table
 from .rounds import Models, TrainSettings, materialise, train_stage
 from .stages import RunDir, read_jsonl, write_json, write_jsonl
 from .synth import SynthSettings, load_prompts, synthesize
-from .templates import get_template
+from rdpo_fast.data.templates import get_template
 
 METHODS = {
     "rdpo": ("rdpo", True, "scored pairs, soft labels (rDPO)"),
@@ -95,7 +95,7 @@ class RdpoSettings:
         loss = self.loss_type()
         if loss not in LOSS_TYPES:
             raise ValueError(f"method {self.method!r} trains with loss_type {loss!r}, which this build of rdpo_fast "
-                             f"does not have (rdpo_fast.preference.LOSS_TYPES: {', '.join(LOSS_TYPES)})")
+                             f"does not have (rdpo_fast.losses.head.LOSS_TYPES: {', '.join(LOSS_TYPES)})")
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer!r}; valid: {', '.join(SCORERS)}")
         if self.judge_mode not in JUDGE_MODES:
@@ -264,13 +264,13 @@ class RdpoChain:
     def _probability_judge(self, records: list[dict]):
         """Soft labels from the probability judge (rdpo_fast.evaluation): pairwise P(revision better) with
         the task's pairwise rubric, or pointwise expected scores on the task's scale."""
-        from rdpo_fast.evaluation import scoring
-        from rdpo_fast.evaluation.judge import ProbabilityJudge
+        from . import soft_labels as scoring
+        from rdpo_fast.judges.probability import ProbabilityJudge
 
         s = self.s
         judge = ProbabilityJudge.load(s.judge_model, batch_size=s.score_batch_size, progress=s.generation.progress)
         if s.judge_mode == "pairwise":
-            from rdpo_fast.evaluation.rubrics import PairwiseRubric
+            from rdpo_fast.judges.rubrics import PairwiseRubric
 
             # The task template's criteria (the tasks as this package defines them), else the
             # evaluation's rubric of that task name.

@@ -1,6 +1,6 @@
 """Pieces shared by the pipelines' stages: materialising models in the run directory, sampling and
 filtering candidates, scoring them with the implicit reward, pairing, the training stage
-(rdpo_fast.train) and held-out implicit-reward accuracy. The round skeleton itself is driver.py.
+(rdpo_fast.training.loop) and held-out implicit-reward accuracy. The round skeleton itself is driver.py.
 
 Model chain: pi_0 is the starting DPO model and ref_0 its reference. Round r samples from pi_{r-1},
 scores with the implicit reward of a chosen pair (by default (pi_{r-1}, ref_{r-1}); see
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from rdpo_fast import modeling
-from rdpo_fast.config import TrainConfig, read_config_file
-from rdpo_fast.loss_table import LOSSES
-from rdpo_fast.preference import LOSS_TYPES
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.training.config import TrainConfig, read_config_file
+from rdpo_fast.losses.table import LOSSES
+from rdpo_fast.losses.head import LOSS_TYPES
 
 from . import filters
-from .chat import as_messages, as_text, assistant
-from .generation import GenerationSettings, Sample, generate
+from rdpo_fast.lm.chat import as_messages, as_text, assistant
+from rdpo_fast.lm.generation import GenerationSettings, Sample, generate
 from .implicit import ImplicitReward, encode, sequence_logps
 from .pairing import ALPHA_GRID, choose_alpha, select_pairs
 from .stages import RunDir
@@ -32,8 +32,8 @@ from .stages import RunDir
 # Options of the training stage the pipeline itself decides; a --train-config file may not set them.
 _PIPELINE_OWNED = ("model", "data", "eval_data", "output_dir", "overwrite", "resume", "export", "cache_dir",
                    "reference", "stop_after_steps")
-SCHEDULERS = ("constant", "cosine", "linear")  # rdpo_fast.config's choices; constant = constant with warmup
-# Losses that need no reference model (rdpo_fast.loss_table: "free", or "optional" as sft): the training
+SCHEDULERS = ("constant", "cosine", "linear")  # rdpo_fast.training.config's choices; constant = constant with warmup
+# Losses that need no reference model (rdpo_fast.losses.table: "free", or "optional" as sft): the training
 # stage runs them without one instead of paying for a reference pass they do not read.
 _REFERENCE_FREE = tuple(name for name, info in LOSSES.items() if info.reference != "required")
 
@@ -52,7 +52,7 @@ class TrainSettings:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     scheduler: str = "cosine"
-    loss_type: str = "sigmoid"  # any of rdpo_fast.preference.LOSS_TYPES
+    loss_type: str = "sigmoid"  # any of rdpo_fast.losses.head.LOSS_TYPES
     nll_alpha: float = 0.0
     seed: int = 0
     progress: bool = True
@@ -128,7 +128,7 @@ def materialise(run: RunDir, models: Models, name: str, path: str) -> str:
     out = os.path.join(run.path, "models", name)
 
     def stage():
-        from rdpo_fast.checkpoint import export_model
+        from rdpo_fast.training.checkpoint import export_model
 
         export_model(out, models.model(path), models.tokenizer(path))
         return {"source": path}, [out]
@@ -236,7 +236,7 @@ def pair_groups(groups: list[dict], *, length_control: bool = True, min_valid: i
 def train_stage(run: RunDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int, log=print) -> dict:
     """DPO from `model` with `model` itself as the (precomputed) reference; the trained policy is
     exported to <stage>/final."""
-    from rdpo_fast.train import train
+    from rdpo_fast.training.loop import train
 
     out = os.path.join(run.path, stage)
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rdpo_fast import modeling
+from rdpo_fast.models import loading as modeling
 
-from .chat import as_messages, as_text, last_user_text
-from .judge import Judge, JudgeSettings
-from .report import table
+from rdpo_fast.lm.chat import as_messages, as_text, last_user_text
+from rdpo_fast.judges.generative import Judge, JudgeSettings
+from rdpo_fast.io import table
 
 SCORERS = ("judge", "rm", "implicit")
 

@@ -15,7 +15,7 @@ import shutil
 import time
 from typing import Callable
 
-from rdpo_fast.run_dir import check_writable
+from rdpo_fast.training.run_dir import check_writable
 
 RUN_FILE = "run.json"
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rdpo_fast import modeling
-from rdpo_fast.run_dir import check_file_writable
+from rdpo_fast.models import loading as modeling
+from rdpo_fast.training.run_dir import check_file_writable
 
 from . import filters
-from .chat import assistant, user_turn
-from .generation import GenerationSettings, generate
-from .report import table
+from rdpo_fast.lm.chat import assistant, user_turn
+from rdpo_fast.lm.generation import GenerationSettings, generate
+from rdpo_fast.io import table
 from .stages import write_jsonl
-from .templates import TaskTemplate, read_prompts, task_prompts
+from rdpo_fast.data.templates import TaskTemplate, read_prompts, task_prompts
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""The two per-chunk epilogue steps on a block of logits, each with its Triton kernel and its torch
+twin, chosen by rdpo_fast.ops.backend: compiled Triton on CUDA, the same kernels interpreted on CPU under
+TRITON_INTERPRET=1, torch otherwise, on the same chunk, so the fallback keeps the bounded workspace.
+
+    forward_epilogue: logsumexp, log p(label), and (added into accumulators) per-sequence sums of
+                      log-probs and of logits; optionally log sum_v p_v^2 per row and per sequence
+                      (TRL's WPO statistic).
+    grad_epilogue:    dZ = g * (onehot(label) - softmax) * d transform, in place by default.
+    token_stats:      per-row entropy and is-the-label-the-argmax (TRL's entropy / token accuracy).
+"""
+from __future__ import annotations
+
+import torch
+
+from .backend import backend
+from rdpo_fast.kernels.logprob_backward import logprob_backward
+from rdpo_fast.kernels.logprob_forward import logprob_forward
+from rdpo_fast.kernels.token_stats import token_stats as _token_stats_kernel
+from rdpo_fast.oracle.logprobs import transform_logits
+
+
+def torch_workspace_factor(t: torch.Tensor) -> int:
+    """Bytes per logit the chosen backend holds at once: the torch twin keeps up to two fp32
+    temporaries of the chunk beside the workspace; the interpreter copies each tensor argument."""
+    extra = {"triton": 0, "interpret": t.element_size(), "torch": 8}[backend(t)]
+    return t.element_size() + extra
+
+
+def forward_epilogue(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
+                     temperature=1.0, softcap=None, log_sum_sq=None, seq_sq=None):
+    """log_sum_sq: optional [M] fp32 output of log sum_v p_v^2; seq_sq: optional [S] accumulator of it
+    (needs seq_ids). Both on compacted rows only (row_idx=None)."""
+    mode = backend(z)
+    if mode != "torch":
+        return logprob_forward(z, labels, row_idx=row_idx, seq_ids=seq_ids, seq_logp=seq_logp,
+                               seq_logit=seq_logit, temperature=temperature, softcap=softcap,
+                               interpreted=mode == "interpret", log_sum_sq=log_sum_sq, seq_sq=seq_sq)
+    want_sq = log_sum_sq is not None or seq_sq is not None
+    if want_sq and row_idx is not None:
+        raise ValueError("log_sum_sq / seq_sq are computed on compacted rows only (row_idx=None)")
+    rows = z[: labels.numel()] if row_idx is None else z[row_idx]
+    zt = transform_logits(rows.float(), temperature, softcap)
+    lse = torch.logsumexp(zt, dim=-1)
+    logp = zt.gather(1, labels.view(-1, 1)).squeeze(1) - lse
+    if want_sq:
+        # log sum p^2 in one temporary of the chunk: exp(2 (z - lse)) in place, summed.
+        sq = (zt - lse[:, None]).mul_(2.0).exp_().sum(-1).log_()
+        if log_sum_sq is not None:
+            log_sum_sq.copy_(sq)
+        if seq_sq is not None:
+            seq_sq.index_add_(0, seq_ids, sq)
+    if seq_ids is not None:
+        seq_logp.index_add_(0, seq_ids, logp)
+        seq_logit.index_add_(0, seq_ids, zt.sum(-1))
+    return lse, logp
+
+
+def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temperature=1.0,
+                  softcap=None):
+    mode = backend(z)
+    if mode != "torch":
+        return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, v_offset=v_offset,
+                                temperature=temperature, softcap=softcap, interpreted=mode == "interpret")
+    out = z if out is None else out
+    n = labels.numel()
+    # In place on an fp32 workspace without softcap (the common CPU case): no temporary of the chunk.
+    in_place = row_idx is None and out is z and z.dtype == torch.float32 and softcap is None
+    rows = z[:n] if row_idx is None else z[row_idx]
+    raw = rows if in_place else rows.float()
+    # temperature == 1 (the usual case) skips both x(1/T) passes over the chunk: each is a full
+    # read and write of the logits block on the torch twin.
+    if in_place:
+        dz = (raw if temperature == 1.0 else raw.mul_(1.0 / temperature)).sub_(lse[:, None]).exp_()
+    else:
+        # softmax in a fresh buffer: raw may alias the workspace and is still needed for softcap
+        dz = (transform_logits(raw, temperature, softcap) - lse[:, None]).exp_()
+    dz.mul_(-g[:, None])
+    local = labels - v_offset
+    inside = (local >= 0) & (local < dz.shape[1])
+    dz.scatter_add_(1, local.clamp(0, dz.shape[1] - 1).view(-1, 1), (g * inside).view(-1, 1))
+    if softcap is not None:
+        dz.mul_(1.0 - torch.tanh(raw / softcap).square_())
+    if temperature != 1.0:
+        dz.mul_(1.0 / temperature)
+    if in_place:
+        return out
+    if row_idx is None:
+        out[:n].copy_(dz)
+    else:
+        out[row_idx] = dz.to(out.dtype)
+    return out
+
+
+def token_stats(z, labels, lse, *, temperature=1.0, softcap=None):
+    """(entropy [M], top1 [M] in {0., 1.}) of the first M = labels.numel() rows of z, lse known."""
+    mode = backend(z)
+    if mode != "torch":
+        return _token_stats_kernel(z, labels, lse, temperature=temperature, softcap=softcap,
+                                   interpreted=mode == "interpret")
+    zt = transform_logits(z[: labels.numel()].float(), temperature, softcap)
+    top1 = (zt.argmax(-1) == labels).float()  # argmax takes the first of tied maxima
+    p = (zt - lse[:, None]).exp_()
+    entropy = lse - p.mul_(zt).sum(-1)
+    return entropy, top1

@@ -1,0 +1,309 @@
+"""Autograd ops for per-token log-probs (SPEC section 3): linear_logprobs, sequence_logprobs, logprobs.
+
+Schedule of the linear ops: drop ignored rows first (they cost nothing after). Forward walks the kept
+rows in chunks whose logits fit a workspace budget: per chunk one logits GEMM into the workspace, then
+the fused epilogue (logsumexp, label log-prob, per-sequence sums). Only the logsumexp is kept, because
+the upstream gradient of a per-token op is unknown in forward. Backward walks vocabulary slices of the
+same budget instead: with the logsumexp known, each slice's logits are recomputed, turned into dZ in
+place, and yield their own rows of dW in one GEMM, so the [V, H] gradient is written once rather than
+re-accumulated per chunk (8NHV in all; only d hidden, O(N), is accumulated in fp32). Under no_grad
+nothing is saved.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import checks as _checks
+from .epilogue import backend, forward_epilogue, grad_epilogue, torch_workspace_factor
+
+DEFAULT_WORKSPACE_BYTES = 512 * 2**20
+
+
+def workspace_bytes() -> int:
+    """The logits workspace budget: RDPO_FAST_WORKSPACE_MB in the environment, else 512 MiB."""
+    mb = os.environ.get("RDPO_FAST_WORKSPACE_MB")
+    return DEFAULT_WORKSPACE_BYTES if mb is None else int(float(mb) * 2**20)
+
+
+def chunk_rows(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
+    """Rows of logits per chunk within the budget; a multiple of 128 when that large, so the GEMM's
+    row tiles are all full."""
+    budget = workspace_bytes() if budget is None else budget
+    rows = max(1, budget // (V * torch_workspace_factor(like)))
+    if rows > 256:
+        rows -= rows % 128
+    return min(n_rows, rows)
+
+
+def _logits_into(out, h, weight, bias):
+    if bias is None:
+        torch.mm(h, weight.t(), out=out)
+    else:
+        torch.addmm(bias, h, weight.t(), out=out)
+    return out
+
+
+def _accumulate_mm(acc32, a, b, first=False):
+    """acc32 += a @ b (acc32 = a @ b when first: acc32 may then hold garbage, it is not read) with an
+    fp32 accumulator whatever a and b's dtype."""
+    beta = 0.0 if first else 1.0
+    if a.dtype == torch.float32:
+        acc32.addmm_(a, b, beta=beta)
+    elif a.is_cuda:
+        # cuBLAS adds into the fp32 accumulator inside its epilogue: no rounding of partial sums.
+        torch.addmm(acc32, a, b, beta=beta, out_dtype=torch.float32, out=acc32)
+    elif first:
+        acc32.copy_(torch.mm(a, b))
+    else:
+        acc32 += torch.mm(a, b).float()
+
+
+class _Opts:
+    """Non-tensor settings carried from forward to backward."""
+
+    def __init__(self, ignore_index, temperature, softcap, budget):
+        self.ignore_index = ignore_index
+        self.temperature = float(temperature)
+        self.softcap = None if softcap is None else float(softcap)
+        self.budget = budget
+
+
+def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse):
+    """Chunked forward over compacted rows. Returns (logp [M], lse [M] or None, seq_logp, seq_logit)."""
+    M = hc.shape[0]
+    V = weight.shape[0]
+    dev = hc.device
+    logp = torch.empty(M, device=dev, dtype=torch.float32)
+    lse = torch.empty(M, device=dev, dtype=torch.float32) if keep_lse else None
+    seq_logp = torch.zeros(num_seqs, device=dev, dtype=torch.float32)
+    seq_logit = torch.zeros(num_seqs, device=dev, dtype=torch.float32)
+    if M == 0:
+        return logp, lse, seq_logp, seq_logit
+    C = chunk_rows(M, V, hc, opts.budget)
+    ws = torch.empty(C, V, device=dev, dtype=hc.dtype)
+    for s in range(0, M, C):
+        e = min(M, s + C)
+        z = _logits_into(ws[: e - s], hc[s:e], weight, bias)
+        l, p = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
+                                seq_logp=seq_logp, seq_logit=seq_logit,
+                                temperature=opts.temperature, softcap=opts.softcap)
+        logp[s:e] = p
+        if keep_lse:
+            lse[s:e] = l
+    return logp, lse, seq_logp, seq_logit
+
+
+MIN_SLICE_COLS = 128
+
+
+def vocab_slice_cols(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
+    budget = workspace_bytes() if budget is None else budget
+    return max(min(V, MIN_SLICE_COLS), min(V, budget // (max(n_rows, 1) * torch_workspace_factor(like))))
+
+
+def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
+    """Backward over vocabulary slices, all kept rows at once: the logsumexp is known, so each slice's
+    logits are recomputed, turned into dZ in place, and give their own rows of dW and d bias in one
+    GEMM each (accumulated in fp32 inside the GEMM, never across slices); only d hidden [M, H], O(N),
+    is accumulated across slices, in fp32. need = (hidden, weight, bias) booleans.
+    Returns (d hc [M, H] fp32 or None, dW in weight's dtype or None, d bias or None)."""
+    M, H = hc.shape
+    V = weight.shape[0]
+    dev = hc.device
+    dh = torch.empty(M, H, device=dev, dtype=torch.float32) if need[0] else None
+    dW = torch.empty_like(weight) if need[1] else None
+    db = torch.empty_like(bias) if need[2] else None
+    if M == 0:
+        for t in (dh, dW, db):
+            if t is not None:
+                t.zero_()
+        return dh, dW, db
+    cols = vocab_slice_cols(M, V, hc, opts.budget)
+    ws = torch.empty(M * cols, device=dev, dtype=hc.dtype)
+    for v0 in range(0, V, cols):
+        v1 = min(V, v0 + cols)
+        z = _logits_into(ws[: M * (v1 - v0)].view(M, v1 - v0), hc, weight[v0:v1],
+                         None if bias is None else bias[v0:v1])
+        dz = grad_epilogue(z, labels_c, lse, g, v_offset=v0, temperature=opts.temperature,
+                           softcap=opts.softcap)
+        if dh is not None:
+            _accumulate_mm(dh, dz, weight[v0:v1], first=v0 == 0)
+        if dW is not None:
+            torch.mm(dz.t(), hc, out=dW[v0:v1])
+        if db is not None:
+            db[v0:v1] = dz.sum(0, dtype=torch.float32)
+    return dh, dW, db
+
+
+def _compact(hidden, labels, ignore_index, n_kept=None):
+    """Kept-row indices into the flattened rows, and the kept rows' hidden states and labels. n_kept:
+    the number of kept rows when the caller knows it on the host; the rows then come from a stable
+    sort (no nonzero, which waits for the device to learn its output size)."""
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    lab = labels.reshape(-1)
+    if n_kept is None:
+        rows = (lab != ignore_index).nonzero().squeeze(1)
+    else:
+        rows = torch.sort((lab == ignore_index).to(torch.uint8), stable=True).indices[:n_kept]
+    return h2, rows, h2.index_select(0, rows), lab.index_select(0, rows)
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, seq_ids, num_seqs, opts):
+        h2, rows, hc, labels_c = _compact(hidden, labels, opts.ignore_index)
+        seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
+        logp_c, lse, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs,
+                                                           opts, keep_lse=True)
+        logp = torch.zeros(h2.shape[0], device=hidden.device, dtype=torch.float32)
+        logp.index_copy_(0, rows, logp_c)
+        ctx.save_for_backward(hidden, weight, bias, rows, labels_c, seq_c, lse)
+        ctx.opts = opts
+        ctx.mark_non_differentiable(seq_logit)
+        return logp.view(labels.shape), seq_logp, seq_logit
+
+    @staticmethod
+    def backward(ctx, g_logp, g_seq, _g_logit):
+        hidden, weight, bias, rows, labels_c, seq_c, lse = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        g = torch.zeros(rows.numel(), device=hidden.device, dtype=torch.float32)
+        if g_logp is not None:
+            g += g_logp.reshape(-1).float().index_select(0, rows)
+        if g_seq is not None and seq_c is not None:
+            g += g_seq.float().index_select(0, seq_c)
+        h2 = hidden.reshape(-1, hidden.shape[-1])
+        hc = h2.index_select(0, rows)
+        dhc, dW, db = _backward_slices(hc, weight, bias, labels_c, lse, g, ctx.opts, need)
+        d_hidden = None
+        if dhc is not None:
+            d_hidden = torch.zeros_like(h2).index_copy_(0, rows, dhc.to(h2.dtype)).view(hidden.shape)
+        return d_hidden, dW, db, None, None, None, None
+
+
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _linear_stats(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, temperature, softcap,
+                  workspace_budget, n_kept=None):
+    """(per-token logp with labels' shape, per-sequence logp sums, per-sequence logit sums). n_kept: the
+    kept-row count if the caller knows it on the host (forward-only path: no host sync then)."""
+    opts = _Opts(ignore_index, temperature, softcap, workspace_budget)
+    # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts, n_kept)
+
+
+def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts, n_kept=None):
+    if _needs_grad(hidden, weight, bias):
+        return _LinearLogprobs.apply(hidden, weight, bias, labels, seq_ids, num_seqs, opts)
+    # Forward only (reference models, implicit-reward scoring): keep no logsumexp, save nothing.
+    h2, rows, hc, labels_c = _compact(hidden, labels, ignore_index, n_kept)
+    seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
+    logp_c, _, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts,
+                                                     keep_lse=False)
+    logp = torch.zeros(h2.shape[0], device=hidden.device, dtype=torch.float32).index_copy_(0, rows, logp_c)
+    return logp.view(labels.shape), seq_logp, seq_logit
+
+
+def linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, temperature=1.0, softcap=None,
+                    workspace_budget=None, check_finite=None):
+    """Per-token log p(label) from hidden [..., H] and the lm_head weight [V, H], never holding more than
+    a workspace of logits. Returns float32 with labels' shape, 0.0 where labels == ignore_index.
+    Differentiable w.r.t. hidden, weight and bias for any upstream gradient. check_finite (default:
+    RDPO_FAST_CHECK_FINITE): raise on NaN/inf in hidden's kept rows, weight, bias or the result."""
+    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    finite = _finite_inputs("linear_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
+    out = _linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
+                        workspace_budget)[0]
+    if finite:
+        _checks.check_finite("linear_logprobs", ("result", out), result=True)
+    return out
+
+
+def _finite_inputs(op, flag, hidden, weight, bias, labels, ignore_index) -> bool:
+    """Checks the inputs when finiteness checks are on; returns whether they are."""
+    on = _checks.check_finite_on(flag)
+    if on:
+        _checks.check_finite(op, ("hidden", hidden, labels != ignore_index), ("weight", weight), ("bias", bias))
+    return on
+
+
+def sequence_ids(labels, segment_ids):
+    """Flattened per-token sequence ids and the number of sequences: a row of a padded [B, T] batch is a
+    sequence; packed rows name theirs with segment_ids."""
+    if segment_ids is None:
+        if labels.dim() < 2:
+            b, t = 1, labels.numel()
+        else:
+            b, t = labels.shape[0], labels[0].numel()
+        ids = torch.arange(b, device=labels.device).repeat_interleave(t)
+        return ids, b
+    _checks.check_segment_ids(segment_ids, labels)
+    ids = segment_ids.reshape(-1).long()
+    return ids, int(ids.max().item()) + 1
+
+
+def sequence_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, segment_ids=None,
+                      temperature=1.0, softcap=None, workspace_budget=None, check_finite=None):
+    """Per-sequence sums of label log-probs and token counts: (sums [B] float32, counts [B] int64).
+    Padded batches: hidden [B, T, H], labels [B, T]. Packed rows: segment_ids, one per token.
+    check_finite: as linear_logprobs."""
+    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    finite = _finite_inputs("sequence_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
+    ids, b = sequence_ids(labels, segment_ids)
+    _, sums, _ = _linear_stats(hidden, weight, labels, bias, ids, b, ignore_index, temperature, softcap,
+                               workspace_budget)
+    counts = torch.zeros(b, device=labels.device, dtype=torch.int64).index_add_(
+        0, ids, (labels.reshape(-1) != ignore_index).long())
+    if finite:
+        _checks.check_finite("sequence_logprobs", ("result", sums), result=True)
+    return sums, counts
+
+
+class _Logprobs(torch.autograd.Function):
+    """From ready logits: the kept rows are addressed in place through an index (no copy)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, opts):
+        z = logits.reshape(-1, logits.shape[-1])
+        if z.stride(-1) != 1:
+            z = z.contiguous()
+        lab = labels.reshape(-1)
+        rows = (lab != opts.ignore_index).nonzero().squeeze(1)
+        labels_c = lab.index_select(0, rows)
+        lse, logp_c = forward_epilogue(z, labels_c, row_idx=rows, temperature=opts.temperature,
+                                       softcap=opts.softcap)
+        logp = torch.zeros(z.shape[0], device=z.device, dtype=torch.float32).index_copy_(0, rows, logp_c)
+        ctx.save_for_backward(z, rows, labels_c, lse)
+        ctx.opts = opts
+        ctx.logits_shape = logits.shape
+        return logp.view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, g_logp):
+        z, rows, labels_c, lse = ctx.saved_tensors
+        g = g_logp.reshape(-1).float().index_select(0, rows)
+        dz = torch.zeros_like(z)
+        grad_epilogue(z, labels_c, lse, g, out=dz, row_idx=rows, temperature=ctx.opts.temperature,
+                      softcap=ctx.opts.softcap)
+        return dz.view(ctx.logits_shape), None, None
+
+
+def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None, check_finite=None):
+    """Per-token log p(label) from ready logits [..., V]: float32 with labels' shape, 0.0 where ignored.
+    check_finite (default: RDPO_FAST_CHECK_FINITE): raise on NaN/inf in kept rows of logits or the result."""
+    _checks.check_logits_inputs(logits, labels, ignore_index, temperature, softcap)
+    finite = _checks.check_finite_on(check_finite)
+    if finite:
+        _checks.check_finite("logprobs", ("logits", logits, labels != ignore_index))
+    with torch.autocast(logits.device.type, enabled=False):
+        out = _Logprobs.apply(logits, labels, _Opts(ignore_index, temperature, softcap, None))
+    if finite:
+        _checks.check_finite("logprobs", ("result", out), result=True)
+    return out
+
+
+__all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes"]

@@ -1,0 +1,119 @@
+"""`rdpo-fast train`'s flags: the options of rdpo_fast.training.config.TrainConfig in groups, each default printed
+once, two examples, and TRL / TrainingArguments names (rdpo_fast.training.trl_names) accepted as hidden flags
+(`--learning_rate 1e-6`, `--per_device_train_batch_size 8`, `--bf16`, `--max_length 1024`), or refused by
+name (`--use_liger_kernel`: "not supported: ...")."""
+from __future__ import annotations
+
+import argparse
+
+from . import config as config_mod
+from . import trl_names
+
+GROUPS = {
+    "model": ("model", "dtype", "gradient_checkpointing", "disable_dropout", "train_last_layers", "lora_r",
+              "lora_alpha", "lora_dropout", "lora_targets"),
+    "data": ("data", "eval_data", "dataset_split", "eval_dataset_split", "prompt_key", "chosen_key", "rejected_key",
+             "max_length", "max_prompt_length", "packed", "score_temperature"),
+    "loss": ("loss_type", "beta", "label_smoothing", "nll_alpha", "gamma", "tau", "ld_alpha", "average_log_prob",
+             "workspace_mb"),
+    "optimisation": ("epochs", "max_steps", "batch_size", "grad_accum", "eval_batch_size", "lr", "optim",
+                     "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "max_grad_norm", "seed", "bf16"),
+    "reference": ("reference", "cache_dir"),
+    "checkpoints": ("output_dir", "overwrite", "save_steps", "save_total_limit", "stop_after_steps", "resume",
+                    "export"),
+    "logging": ("logging_steps", "eval_steps", "progress", "report_to", "logging_dir", "run_name"),
+    "scale-out": ("distributed",),
+}
+
+EPILOG = """examples:
+  # a Hub model and dataset, bf16 weights, gradient checkpointing, TensorBoard
+  rdpo-fast train --model HuggingFaceTB/SmolLM2-360M-Instruct \\
+      --data HuggingFaceH4/ultrafeedback_binarized --dataset-split train_prefs \\
+      --eval-dataset-split test_prefs --dtype bf16 --gradient-checkpointing --report-to tensorboard
+
+  # an existing TRL DPO config (TRL / TrainingArguments names are accepted, in the file and as flags)
+  rdpo-fast train --config dpo.yaml --learning_rate 5e-7 --output_dir runs/dpo
+
+TRL names: model_name_or_path, learning_rate, per_device_train_batch_size, gradient_accumulation_steps,
+num_train_epochs, lr_scheduler_type, torch_dtype, bf16, fp16, dataset_name, ... map onto the options above;
+a TRL setting rdpo_fast cannot honour is refused by name."""
+
+
+def _kind(f):
+    base = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
+    return {"int": int, "float": float, "str": str, "bool": bool}[base]
+
+
+def _help(f) -> str:
+    text = f.metadata["help"]
+    if "default" in text or f.default is None:  # the text already says it, or there is nothing to say
+        return text
+    return f"{text} (default: {f.default})"
+
+
+def add_grouped_flags(p: argparse.ArgumentParser) -> None:
+    fields = {f.name: f for f in config_mod.fields()}
+    placed = [n for names in GROUPS.values() for n in names]
+    missing = sorted(set(fields) - set(placed))
+    if missing:  # a new option must be put in a group (tests/test_train_io.py checks this too)
+        raise RuntimeError(f"train options without a --help group: {missing}")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.usage = "%(prog)s [--config FILE] [OPTIONS]"
+    p.epilog = EPILOG
+    for title, names in GROUPS.items():
+        g = p.add_argument_group(title)
+        for name in names:
+            f = fields[name]
+            flag = "--" + name.replace("_", "-")
+            # SUPPRESS: only flags actually typed end up in the namespace, so the layering
+            # (defaults < checkpoint < config file < flags) can tell them apart.
+            if _kind(f) is bool:
+                g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=_help(f))
+            else:
+                metavar = "{" + ",".join(f.metadata["choices"]) + "}" if f.metadata.get("choices") else None
+                g.add_argument(flag, type=_kind(f), choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
+                               metavar=metavar, help=_help(f))
+    _add_aliases(p, fields)
+
+
+class _Alias(argparse.Action):
+    """A TRL-style flag: its value(s) go through rdpo_fast.training.trl_names.translate into our options."""
+
+    def __init__(self, option_strings, dest, fields=None, **kw):
+        self.fields = fields
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key = option_string.lstrip("-").replace("-", "_")
+        value = True if values == [] else (values[0] if len(values) == 1 else values)
+        try:
+            out = trl_names.translate(key, value, set(self.fields))
+            for k, v in out.items():
+                setattr(namespace, k, self._typed(k, v))
+        except (trl_names.Unsupported, KeyError) as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+
+    def _typed(self, name, v):
+        f = self.fields.get(name)
+        if f is None or not isinstance(v, str):
+            return v
+        kind = _kind(f)
+        if kind is bool:
+            return trl_names._bool(name, v)
+        try:
+            return kind(v)
+        except ValueError:
+            raise trl_names.Unsupported(f"{name} must be {kind.__name__}, got {v!r}") from None
+
+
+def _add_aliases(p, fields):
+    taken = set(p._option_string_actions)
+    names = ({n for n in fields if "_" in n} | set(trl_names.RENAMED) | set(trl_names.TRANSLATED)
+             | set(trl_names.INERT) | trl_names.known_elsewhere())
+    for key in sorted(names):
+        flag = "--" + key
+        if flag in taken or key in ("help", "config", "debug"):
+            continue
+        # nargs="*": a bare TRL boolean flag (--bf16), one value, or a list (--report_to tensorboard wandb).
+        p.add_argument(flag, action=_Alias, nargs="*", fields=fields, dest=argparse.SUPPRESS,
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
