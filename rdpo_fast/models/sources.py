@@ -28,6 +28,10 @@ HUB_BIN_PATTERNS = ["pytorch_model*.bin"]
 GGUF_SOURCE_FILE = "rdpo_fast_gguf_source.json"
 
 
+class ModelError(ValueError):
+    """A model path that cannot be loaded; the message says what was expected."""
+
+
 def default_cache_dir() -> str:
     """$RDPO_FAST_CACHE, else ~/.cache/rdpo_fast."""
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rdpo_fast")
@@ -64,8 +68,6 @@ def _snapshot(repo_id: str, cache: str, offline: bool) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
-
-    from .loading import ModelError
 
     def fetch(patterns):
         try:
