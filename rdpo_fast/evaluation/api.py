@@ -15,9 +15,9 @@ import gc
 import os
 import time
 
-from rdpo_fast.models import loading as modeling
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.lm.inference import load_with_tokenizer
 
 from .answers import pair_answers, read_answers
 from .compare import evaluate_pairs, plot_reports, report_table
@@ -38,10 +38,8 @@ def _model(spec, what: str):
     if isinstance(spec, (tuple, list)):
         model, tok = spec
         return model, tok, getattr(model.config, "_name_or_path", None) or what
-    from rdpo_fast.judges.probability import load_for_inference
-
-    modeling.resolve(spec)
-    return load_for_inference(spec), modeling.load_tokenizer(spec), str(spec)
+    model, tok = load_with_tokenizer(spec)
+    return model, tok, str(spec)
 
 
 def summarize(report: dict) -> dict:

@@ -47,6 +47,16 @@ class GenerationSettings:
         return self
 
 
+def sampling_settings(settings: GenerationSettings | None, num_samples: int) -> GenerationSettings:
+    """The validated settings of a request for num_samples samples per prompt (both generators')."""
+    s = (settings or GenerationSettings()).validate()
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples > 1 and s.temperature == 0:
+        raise ValueError(f"{num_samples} greedy samples per prompt would all be the same; sample with temperature > 0")
+    return s
+
+
 def eos_ids(model, tokenizer) -> list[int]:
     """Every token that ends a turn: the tokenizer's EOS and the model's generation EOS ids."""
     ids = set()
@@ -66,11 +76,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, num_samples: 
              answer_prefix: str = "") -> list[list[Sample]]:
     """num_samples samples for each conversation (chat messages ending with a user turn). answer_prefix:
     text the assistant's answer is forced to start with; it is not part of the returned text."""
-    s = (settings or GenerationSettings()).validate()
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if num_samples > 1 and s.temperature == 0:
-        raise ValueError(f"{num_samples} greedy samples per prompt would all be the same; sample with temperature > 0")
+    s = sampling_settings(settings, num_samples)
     if not conversations:
         return []
     require_template(tokenizer, "generation")

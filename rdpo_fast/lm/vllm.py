@@ -16,7 +16,7 @@ import gc
 from dataclasses import dataclass
 
 from .chat import prompt_text, require_template
-from .generation import GenerationSettings, Sample, eos_ids
+from .generation import GenerationSettings, Sample, eos_ids, sampling_settings
 
 
 @dataclass
@@ -67,12 +67,8 @@ def generate_vllm(model_dir: str, tokenizer, conversations: list[list[dict]], *,
                   settings: GenerationSettings | None = None, vllm_settings: VllmSettings | None = None,
                   desc: str = "generate (vLLM)") -> list[list[Sample]]:
     """num_samples samples for each conversation, through vLLM; the same records as generation.generate."""
-    s = (settings or GenerationSettings()).validate()
+    s = sampling_settings(settings, num_samples)
     v = (vllm_settings or VllmSettings()).validate()
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if num_samples > 1 and s.temperature == 0:
-        raise ValueError(f"{num_samples} greedy samples per prompt would all be the same; sample with temperature > 0")
     if not conversations:
         return []
     vllm = require_vllm()
