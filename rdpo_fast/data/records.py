@@ -21,6 +21,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,24 +52,36 @@ def read_jsonl(path: str, normalise=None) -> list[tuple[int, dict]]:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             if normalise is not None:
                 rec = normalise(rec, f"{path}:{lineno}")
-            _validate(rec, f"{path}:{lineno}")
+            validate_record(rec, f"{path}:{lineno}")
             records.append((lineno, rec))
     if not records:
         raise DataError(f"{path}: no records (the file is empty); a preference dataset needs at least one pair")
-    for name in OPTIONAL_FIELDS:
-        have = [ln for ln, r in records if name in r]
-        if have and len(have) != len(records):
-            missing = next(ln for ln, r in records if name not in r)
-            raise DataError(f"{path}:{missing}: field {name!r} is missing, but other records (first at line "
-                            f"{have[0]}) have it; give it on every record or on none")
-    if ("chosen_score" in records[0][1]) != ("rejected_score" in records[0][1]):
-        raise DataError(f"{path}: chosen_score and rejected_score come together; only one is given")
-    if ("ref_chosen_logps" in records[0][1]) != ("ref_rejected_logps" in records[0][1]):
-        raise DataError(f"{path}: ref_chosen_logps and ref_rejected_logps come together; only one is given")
+    check_optional_fields(records, path)
     return records
 
 
-def _validate(rec, where):
+def check_optional_fields(records: list[tuple[int | str, dict]], source: str) -> None:
+    """An optional field is on every record or on none, and the paired ones (chosen_score and
+    rejected_score, ref_chosen_logps and ref_rejected_logps) come together. records: [(location, record)],
+    a location a line number or a dataset's "row i"."""
+    def at(loc):
+        return f"line {loc}" if isinstance(loc, int) else loc
+
+    for name in OPTIONAL_FIELDS:
+        have = [loc for loc, r in records if name in r]
+        if have and len(have) != len(records):
+            missing = next(loc for loc, r in records if name not in r)
+            raise DataError(f"{source}:{missing}: field {name!r} is missing, but other records (first at "
+                            f"{at(have[0])}) have it; give it on every record or on none")
+    first = records[0][1]
+    for a, b in (("chosen_score", "rejected_score"), ("ref_chosen_logps", "ref_rejected_logps")):
+        if (a in first) != (b in first):
+            raise DataError(f"{source}: {a} and {b} come together; only one is given")
+
+
+def validate_record(rec: Any, where: str) -> None:
+    """A DataError naming `where` ("file:line") unless rec is a preference record in TRL's fields (see the
+    module docstring)."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
     missing = [k for k in ("prompt", "chosen", "rejected") if k not in rec]

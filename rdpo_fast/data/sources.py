@@ -20,7 +20,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from .records import OPTIONAL_FIELDS, DataError, PreferenceData, _validate, load_preference_data, read_jsonl
+from .records import (DataError, PreferenceData, check_optional_fields, load_preference_data, read_jsonl,
+                      validate_record)
 
 SCORE_ALIASES = {"chosen_score": ("score_chosen", "chosen_rating"),
                  "rejected_score": ("score_rejected", "rejected_rating")}
@@ -68,7 +69,7 @@ def normaliser(columns: Columns = Columns()):
     """rec, where -> the record in TRL's fields (see the module docstring); other fields kept."""
     def normalise(rec, where):
         if not isinstance(rec, dict):
-            return rec  # data._validate says what is wrong
+            return rec  # validate_record says what is wrong
         rec = dict(rec)
         for canon, key, flag in (("prompt", columns.prompt, "--prompt-key"), ("chosen", columns.chosen, "--chosen-key"),
                                  ("rejected", columns.rejected, "--rejected-key")):
@@ -98,20 +99,6 @@ def normaliser(columns: Columns = Columns()):
         return rec
 
     return normalise
-
-
-def _check_optional(records, label):
-    """As the JSONL reader: an optional field is on every record or on none."""
-    for name in OPTIONAL_FIELDS:
-        have = [loc for loc, r in records if name in r]
-        if have and len(have) != len(records):
-            missing = next(loc for loc, r in records if name not in r)
-            raise DataError(f"{label}:{missing}: field {name!r} is missing, but other records (first at {have[0]}) "
-                            "have it; give it on every record or on none")
-    first = records[0][1]
-    for a, b in (("chosen_score", "rejected_score"), ("ref_chosen_logps", "ref_rejected_logps")):
-        if (a in first) != (b in first):
-            raise DataError(f"{label}: {a} and {b} come together; only one is given")
 
 
 # ---------------------------------------------------------------------------------------- sources
@@ -187,9 +174,9 @@ def read_records(source: str, *, split: str = "train", columns: Columns = Column
     for i, rec in enumerate(ds):
         where = f"{source}:row {i}"
         rec = norm(_row(rec), where)
-        _validate(rec, where)
+        validate_record(rec, where)
         records.append((f"row {i}", rec))
-    _check_optional(records, source)
+    check_optional_fields(records, source)
     return records
 
 

@@ -142,9 +142,9 @@ def run_eval(args) -> int:
     else:
         share = args.language_share == "on"
     if share:
-        from .langid import _identifier
+        from .langid import identifier
 
-        _identifier()  # a missing py3langid is reported before the judge loads
+        identifier()  # a missing py3langid is reported before the judge loads
     judge = ProbabilityJudge.load(args.judge, dtype=args.judge_dtype, batch_size=args.judge_batch_size,
                                   max_answer_tokens=args.max_answer_tokens, progress=args.progress)
     reports = []
