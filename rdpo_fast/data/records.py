@@ -16,12 +16,10 @@ carries the flat index of each packed token in the padded [2B, T] grid for the s
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -36,24 +34,17 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- reading
-def read_jsonl(path: str, normalise=None) -> list[tuple[int, dict]]:
+def read_jsonl(path: str, normalise: Callable[[Any, str], Any] | None = None) -> list[tuple[int, dict]]:
     """[(line number, record)] of a JSONL file, blank lines skipped; every record validated, after
     normalise(record, "file:line") where given (rdpo_fast.data.sources: column names, implicit prompts)."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
     records = []
-    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
-        for lineno, line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if normalise is not None:
-                rec = normalise(rec, f"{path}:{lineno}")
-            validate_record(rec, f"{path}:{lineno}")
-            records.append((lineno, rec))
+    for lineno, rec in textfile.read_jsonl(path, DataError):
+        if normalise is not None:
+            rec = normalise(rec, f"{path}:{lineno}")
+        validate_record(rec, f"{path}:{lineno}")
+        records.append((lineno, rec))
     if not records:
         raise DataError(f"{path}: no records (the file is empty); a preference dataset needs at least one pair")
     check_optional_fields(records, path)

@@ -15,15 +15,15 @@ import gc
 import os
 import time
 
+from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.lm.inference import load_with_tokenizer
 
 from .answers import pair_answers, read_answers
-from .compare import evaluate_pairs, plot_reports, report_table
+from .compare import evaluate_pairs, write_reports
 from .generate import generate_answers, generator_name
-from rdpo_fast.judges.probability import ProbabilityJudge
-from .records import write_json, write_records, write_text
+from .records import write_records
 from .tasks import load_prompts
 
 # Greedy answers: the comparison of two models is not blurred by sampling noise, and reruns agree.
@@ -95,10 +95,7 @@ def evaluate_against(start_model, final_model, *, prompts: str = "all", judge="s
     report = evaluate_pairs(pair_answers(final, start, files["final"], files["start"]), j, pointwise=pointwise,
                             languages=any(p.language and p.language != "en" for p in items))
     report["seconds"] = round(time.time() - t0, 1)
-    write_json(os.path.join(out_dir, "eval.json"), {"judge": j.name, "baseline": files["start"], "reports": [report]})
-    text = report_table(report)
-    write_text(os.path.join(out_dir, "eval.txt"), text)
-    plot = plot_reports([report], ["final"], os.path.join(out_dir, "eval.png"))
+    text, plot = write_reports(out_dir, [report], ["final"], judge=j.name, baseline=files["start"])
     log(text)
     out = summarize(report)
     out["files"] = {**files, "report": os.path.join(out_dir, "eval.json"), "plot": plot}

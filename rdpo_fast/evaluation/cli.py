@@ -122,10 +122,10 @@ def _read_difficulty(path: str, answers) -> dict:
 
 
 def run_eval(args) -> int:
-    from .answers import pair_answers, read_answers
-    from .compare import evaluate_pairs, plot_reports, report_table
     from rdpo_fast.judges.probability import ProbabilityJudge
-    from .records import write_json, write_text
+
+    from .answers import pair_answers, read_answers
+    from .compare import evaluate_pairs, write_reports
     from .tasks import TaskError
 
     if args.task is not None and args.task not in TASKS:
@@ -152,13 +152,8 @@ def run_eval(args) -> int:
         r = evaluate_pairs(pairs, judge, pointwise=args.pointwise, languages=share, difficulty=diff)
         r["answers_file"] = path
         reports.append(r)
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_json(os.path.join(args.output_dir, "eval.json"),
-               {"judge": args.judge, "baseline": args.baseline, "reports": reports})
-    text = "\n\n".join(report_table(r) for r in reports)
-    write_text(os.path.join(args.output_dir, "eval.txt"), text)
     names = [os.path.splitext(os.path.basename(r["answers_file"]))[0] for r in reports]
-    plot = plot_reports(reports, names, os.path.join(args.output_dir, "eval.png"))
+    text, plot = write_reports(args.output_dir, reports, names, judge=args.judge, baseline=args.baseline)
     print(text)
     print(f"wrote {os.path.join(args.output_dir, 'eval.json')}" + (f" and {plot}" if plot else ""))
     return 0

@@ -15,45 +15,19 @@ import shutil
 import time
 from typing import Callable
 
+from rdpo_fast.io import read_json, read_jsonl, write_json
 from rdpo_fast.training.run_dir import check_writable
 
 RUN_FILE = "run.json"
 
 
+def read_records(path: str) -> list[dict]:
+    """The records of a JSONL file a stage wrote (no validation beyond JSON)."""
+    return [rec for _, rec in read_jsonl(path)]
+
+
 class RunDirError(ValueError):
     """A run directory that cannot be (re)used as asked."""
-
-
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_jsonl(path: str, records) -> int:
-    """Writes records atomically (a temporary file renamed into place); returns how many."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a JSONL file that this package wrote (no validation beyond JSON)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 class RunDir:
