@@ -27,7 +27,7 @@ from .implicit import ImplicitReward
 from .pairing import ALPHA_RULES, alpha_grid
 from .rounds import (Models, TrainSettings, candidates_record, default_min_valid, materialise, sample_groups,
                      score_groups, train_stage)
-from .stages import RunDir, read_records
+from .stages import StageDir, read_records
 from rdpo_fast.io import write_json, write_jsonl
 from rdpo_fast.lm.vllm import VllmSettings, generate_vllm, require_vllm
 
@@ -150,7 +150,7 @@ class RoundDriver:
         self.s, self.output_dir, self.overwrite, self.log = settings, output_dir, overwrite, log
         self.final_eval_settings = final_eval
         self.models = Models()
-        self.run_dir: RunDir | None = None
+        self.run_dir: StageDir | None = None
         self.tok = None
 
     # ------------------------------------------------------------------ pipeline hooks
@@ -228,7 +228,7 @@ class RoundDriver:
         self.final_eval = FinalEval(self.final_eval_settings, default_prompts=prompts, languages=languages,
                                     system=s.system, log=self.log)
         self.final_eval.prepare()
-        self.run_dir = run = RunDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
+        self.run_dir = run = StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
         models = self.models
 
         base = materialise(run, models, "policy", s.policy)

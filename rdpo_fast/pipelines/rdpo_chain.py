@@ -35,7 +35,7 @@ from rdpo_fast.judges.generative import DEFAULT_RUBRIC, JudgeSettings
 from .judge_scales import TargetScorer, scale_temperature
 from rdpo_fast.io import table, write_json, write_jsonl
 from .rounds import Models, TrainSettings, materialise, train_stage
-from .stages import RunDir, read_records
+from .stages import StageDir, read_records
 from .synth import SynthSettings, load_prompts, synthesize
 from rdpo_fast.data.templates import get_template
 
@@ -168,7 +168,7 @@ class RdpoChain:
         s = self.s
         s.validate()
         self.prepare()
-        run = self.run_dir = RunDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
+        run = self.run_dir = StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
         teacher = materialise(run, self.models, "teacher", s.teacher)
         student = teacher if not s.student or s.student == s.teacher else materialise(run, self.models, "student",
                                                                                         s.student)
@@ -209,7 +209,7 @@ class RdpoChain:
         stats["train"] = t
         return self.finish(student, os.path.join(run.path, "student", "train", "final"), stats)
 
-    def score(self, run: RunDir, teacher: str, records: list[dict]) -> dict:
+    def score(self, run: StageDir, teacher: str, records: list[dict]) -> dict:
         from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records
 
         s = self.s

@@ -26,12 +26,13 @@ def read_records(path: str) -> list[dict]:
     return [rec for _, rec in read_jsonl(path)]
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be (re)used as asked."""
+class StageDirError(ValueError):
+    """A pipeline run directory that cannot be (re)used as asked."""
 
 
-class RunDir:
-    """A run directory; `settings` are the values that decide what the stages compute."""
+class StageDir:
+    """A pipeline's run directory of resumable stages (not a training run's directory, which is
+    rdpo_fast.training.run_dir); `settings` are the values that decide what the stages compute."""
 
     def __init__(self, path: str, settings: dict, *, overwrite: bool = False, log: Callable = print):
         self.path = path
@@ -47,12 +48,12 @@ class RunDir:
                 diff = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
                         for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
                 if diff:
-                    raise RunDirError(f"run directory {path} was started with different settings ({'; '.join(diff)}); "
-                                      "rerun with the same settings to resume, or pass --overwrite to start over, "
-                                      "or choose another --output-dir")
+                    raise StageDirError(f"run directory {path} was started with different settings "
+                                        f"({'; '.join(diff)}); rerun with the same settings to resume, or pass "
+                                        "--overwrite to start over, or choose another --output-dir")
         elif os.path.isdir(path) and os.listdir(path):
-            raise RunDirError(f"{path} exists, is not empty and is not a pipeline run directory (no {RUN_FILE}); "
-                              "choose another --output-dir")
+            raise StageDirError(f"{path} exists, is not empty and is not a pipeline run directory (no {RUN_FILE}); "
+                                "choose another --output-dir")
         check_writable(path, what="run directory")  # before any model loads
         os.makedirs(path, exist_ok=True)
         if not os.path.isfile(run_file):
