@@ -19,11 +19,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from rdpo_fast import io as textfile
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
 OPTIONAL_FIELDS = ("chosen_score", "rejected_score", "soft_label", "ref_chosen_logps", "ref_rejected_logps")
@@ -131,8 +134,9 @@ class PreferenceData:
         return len(self.pairs)
 
 
-def load_preference_data(path: str, tokenizer, *, max_length: int, max_prompt_length: int | None = None,
-                         score_temperature: float = 1.0, records: list | None = None) -> PreferenceData:
+def load_preference_data(path: str, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
+                         max_prompt_length: int | None = None, score_temperature: float = 1.0,
+                         records: list | None = None) -> PreferenceData:
     """Reads, validates and tokenises a JSONL file (or `records`, [(location, record)] already read and
     validated from `path` by rdpo_fast.data.sources). Prompts longer than max_prompt_length keep their end;
     completions are cut to fit max_length (prompt + completion); both are counted in num_truncated. A
@@ -235,13 +239,13 @@ class Batch:
             return sum(self.host_counts[: self.num_pairs])
         return int((self.target[: self.num_pairs] != IGNORE).sum())
 
-    def to(self, device) -> "Batch":
+    def to(self, device: torch.device | str) -> "Batch":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                  for k, v in self.__dict__.items()}
         return Batch(**moved)
 
 
-def collate(data: PreferenceData, indices, *, pad_id: int, packed: bool = False,
+def collate(data: PreferenceData, indices: Iterable[int], *, pad_id: int, packed: bool = False,
             ref_logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
     """Batch of the pairs at `indices`. ref_logps: per-pair reference log-probs for the whole dataset
     (a cached reference pass); otherwise the records' own ref logps are used where they have them."""

@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from .records import (DataError, PreferenceData, check_optional_fields, load_preference_data, read_jsonl,
-                      validate_record)
+from .records import DataError, PreferenceData, check_optional_fields, load_preference_data, read_jsonl, validate_record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SCORE_ALIASES = {"chosen_score": ("score_chosen", "chosen_rating"),
                  "rejected_score": ("score_rejected", "rejected_rating")}
@@ -46,7 +49,7 @@ def _is_messages(v) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(m, dict) and "role" in m for m in v)
 
 
-def extract_prompt(chosen, rejected) -> dict | str:
+def extract_prompt(chosen: str | list[dict], rejected: str | list[dict]) -> dict | str:
     """TRL's implicit prompt: the longest shared prefix of chosen and rejected (messages or characters)
     becomes the prompt; for strings a space just before the split goes with the completions. Returns the
     three fields, or why there is no such prompt."""
@@ -65,7 +68,7 @@ def extract_prompt(chosen, rejected) -> dict | str:
     return {"prompt": chosen[:i], "chosen": chosen[i:], "rejected": rejected[i:]}
 
 
-def normaliser(columns: Columns = Columns()):
+def normaliser(columns: Columns = Columns()) -> Callable[[Any, str], Any]:
     """rec, where -> the record in TRL's fields (see the module docstring); other fields kept."""
     def normalise(rec, where):
         if not isinstance(rec, dict):
@@ -180,16 +183,17 @@ def read_records(source: str, *, split: str = "train", columns: Columns = Column
     return records
 
 
-def load(source: str, tokenizer, *, split: str = "train", columns: Columns = Columns(), **kw) -> PreferenceData:
+def load(source: str, tokenizer: PreTrainedTokenizerBase, *, split: str = "train", columns: Columns = Columns(),
+         **kw) -> PreferenceData:
     """rdpo_fast.data.records.load_preference_data for any source: the same pairs as the JSONL equivalent."""
     return load_preference_data(source, tokenizer, records=read_records(source, split=split, columns=columns), **kw)
 
 
-def columns(cfg) -> Columns:
+def columns(cfg: Any) -> Columns:
     return Columns(cfg.prompt_key, cfg.chosen_key, cfg.rejected_key)
 
 
-def eval_source(cfg, default_eval: str) -> tuple[str | None, str]:
+def eval_source(cfg: Any, default_eval: str) -> tuple[str | None, str]:
     """(held-out source, its split): --eval-data (split --eval-dataset-split, default "test"); without it,
     the --eval-dataset-split of --data when one is named; else the shipped held-out split when --data is
     the default, else none."""

@@ -14,6 +14,9 @@ from __future__ import annotations
 import gc
 import os
 import time
+from typing import TYPE_CHECKING, Callable, Union
+
+import torch
 
 from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
@@ -26,6 +29,9 @@ from .generate import generate_answers, generator_name
 from .records import write_records
 from .tasks import load_prompts
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 # Greedy answers: the comparison of two models is not blurred by sampling noise, and reruns agree.
 EVAL_GENERATION = GenerationSettings(max_new_tokens=128, temperature=0.0, batch_size=16, progress=False)
 
@@ -33,7 +39,11 @@ SUMMARY_KEYS = ("n_total", "win_rate", "standard_error", "length_controlled_winr
                 "avg_length", "judge_position_consistency", "judge_label_mass")
 
 
-def _model(spec, what: str):
+# A model to answer: a name or path, or an already loaded (model, tokenizer) pair.
+ModelSpec = Union[str, tuple[torch.nn.Module, "PreTrainedTokenizerBase"]]
+
+
+def _model(spec: ModelSpec, what: str):
     """(model, tokenizer, name) from a model name/path, or a (model, tokenizer) pair already loaded."""
     if isinstance(spec, (tuple, list)):
         model, tok = spec
@@ -56,11 +66,12 @@ def summarize(report: dict) -> dict:
     return out
 
 
-def evaluate_against(start_model, final_model, *, prompts: str = "all", judge="smollm2-135m",
+def evaluate_against(start_model: ModelSpec, final_model: ModelSpec, *, prompts: str = "all",
+                     judge: ModelSpec | ProbabilityJudge = "smollm2-135m",
                      out_dir: str, generation: GenerationSettings | None = None, num_prompts: int | None = None,
                      languages: list[str] | None = None, system: str | None = DEFAULT_SYSTEM,
                      judge_batch_size: int = 8, max_answer_tokens: int = 512, pointwise: bool = True,
-                     log=print) -> dict:
+                     log: Callable[[str], object] = print) -> dict:
     """Judge final_model's answers against start_model's on held-out prompts; returns summarize(report).
 
     start_model, final_model: a model name or path (local Hugging Face directory, .gguf, 'smollm2-135m')

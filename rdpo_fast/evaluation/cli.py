@@ -2,6 +2,7 @@
 add arguments, run); rdpo_fast.cli registers them beside the others."""
 from __future__ import annotations
 
+import argparse
 import os
 
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
@@ -13,7 +14,7 @@ DEFAULT_JUDGE = "smollm2-135m"
 
 
 # ---------------------------------------------------------------------------------------- generate
-def add_generate_arguments(p):
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="the model that answers (local Hugging Face directory, .gguf or 'smollm2-135m'; default it)")
     p.add_argument("--prompts", default="all",
@@ -44,7 +45,7 @@ def _languages(spec):
     return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
 
 
-def run_generate(args) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     from .generate import load_and_generate
     from .records import write_records
     from .tasks import load_prompts
@@ -64,7 +65,7 @@ def run_generate(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------- eval
-def add_eval_arguments(p):
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answers", "-a", nargs="+", required=True,
                    help="answers file(s) of the model(s) to evaluate (rdpo-fast generate output, or AlpacaEval "
                         "model outputs); several files (e.g. one per round) are each judged against the baseline")
@@ -121,7 +122,7 @@ def _read_difficulty(path: str, answers) -> dict:
     return out
 
 
-def run_eval(args) -> int:
+def run_eval(args: argparse.Namespace) -> int:
     from rdpo_fast.judges.probability import ProbabilityJudge
 
     from .answers import pair_answers, read_answers

@@ -12,6 +12,9 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import os
+from typing import TYPE_CHECKING
+
+import torch
 
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM, user_turn
 from rdpo_fast.lm.generation import GenerationSettings, generate
@@ -19,6 +22,9 @@ from rdpo_fast.lm.inference import load_with_tokenizer
 from rdpo_fast.models import loading as modeling
 
 from .tasks import EvalPrompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def package_version() -> str:
@@ -42,8 +48,8 @@ def generator_name(model: str) -> str:
     return os.path.splitext(parts[-1])[0]
 
 
-def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: GenerationSettings, *,
-                     model_name: str, generator: str | None = None,
+def generate_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[EvalPrompt],
+                     settings: GenerationSettings, *, model_name: str, generator: str | None = None,
                      system: str | None = DEFAULT_SYSTEM) -> list[dict]:
     """One answer per prompt, as AlpacaEval-layout records (see the module docstring)."""
     s = settings.validate()

@@ -27,6 +27,7 @@ from rdpo_fast.lm.inference import load_with_tokenizer
 from .labelprobs import continuation_logprobs
 from .rubrics import JUDGE_SYSTEM, PairwiseRubric, PointwiseRubric
 
+
 def sigmoid(z: float) -> float:
     """Logistic function with sigmoid(-z) == 1 - sigmoid(z) exactly: for z >= 0 the value lies in
     [0.5, 1], where 1 - s is exact (Sterbenz), and the negative side is defined as that difference."""

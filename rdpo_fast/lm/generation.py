@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .chat import prompt_text, require_template
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -57,7 +61,7 @@ def sampling_settings(settings: GenerationSettings | None, num_samples: int) -> 
     return s
 
 
-def eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every token that ends a turn: the tokenizer's EOS and the model's generation EOS ids."""
     ids = set()
     if tokenizer.eos_token_id is not None:
@@ -71,8 +75,8 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, conversations: list[list[dict]], *, num_samples: int = 1,
-             settings: GenerationSettings | None = None, desc: str = "generate",
+def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]], *,
+             num_samples: int = 1, settings: GenerationSettings | None = None, desc: str = "generate",
              answer_prefix: str = "") -> list[list[Sample]]:
     """num_samples samples for each conversation (chat messages ending with a user turn). answer_prefix:
     text the assistant's answer is forced to start with; it is not part of the returned text."""

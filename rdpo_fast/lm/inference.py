@@ -2,11 +2,14 @@
 is one, bfloat16 there and float32 on the CPU unless a dtype is named."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from rdpo_fast.models import loading as modeling
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,7 +25,8 @@ def load_for_inference(name: str, *, dtype: str = "auto", attn: str | None = Non
     return model.to("cuda") if cuda else model
 
 
-def load_with_tokenizer(name: str, *, dtype: str = "auto", attn: str | None = None) -> tuple[torch.nn.Module, Any]:
+def load_with_tokenizer(name: str, *, dtype: str = "auto",
+                        attn: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """(model, tokenizer) of `name` for inference; a model that is not there fails before anything loads."""
     modeling.resolve(name)
     tokenizer = modeling.load_tokenizer(name)

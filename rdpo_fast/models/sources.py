@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from typing import Callable
 
 CACHE_ENV = "RDPO_FAST_CACHE"
 # The files transformers loads a causal LM and its tokenizer from; weights in safetensors, with
@@ -116,7 +117,8 @@ def gguf_key(path: str) -> str:
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 
-def gguf_directory(folder: str, gguf: str, cache_dir: str | None = None, *, log=print) -> str:
+def gguf_directory(folder: str, gguf: str, cache_dir: str | None = None, *,
+                   log: Callable[[str], object] = print) -> str:
     """The safetensors Hugging Face directory (model and tokenizer) of a GGUF file, converted on first use."""
     path = os.path.join(folder, gguf)
     root = os.path.join(cache_dir or default_cache_dir(), "gguf")

@@ -16,6 +16,7 @@ encoder-decoder models. TRL's DPOTrainer 1.16 has no SimPO loss type: SimPO runs
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def _refuse(name, value, why):
     refuse("FusedCPOTrainer", name, value, why)
 
 
-def cpo_loss_options(args) -> dict:
+def cpo_loss_options(args: Any) -> dict:
     name = args.loss_type
     if name not in CPO_LOSS_TYPES:
         raise UnsupportedSetting(f"FusedCPOTrainer: unknown loss_type {name!r}")
@@ -73,7 +74,8 @@ class FusedCPOTrainer(CPOTrainer):
                                                     **self._rdpo_transform.kernel_args())
         self._rdpo_calls = 0
 
-    def get_batch_loss_metrics(self, model, batch, train_eval="train"):
+    def get_batch_loss_metrics(self, model: torch.nn.Module, batch: dict, train_eval: str = "train"
+                               ) -> tuple[torch.Tensor, dict[str, float]]:
         cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.pad_token_id,
                                       device=self.accelerator.device)
         input_ids, labels = cb["concatenated_input_ids"], cb["concatenated_labels"]

@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Any
 
 import torch
 
@@ -117,7 +118,7 @@ def _refuse(name, value, why):
 
 
 # ---------------------------------------------------------------------------------------- settings
-def loss_options(args) -> dict:
+def loss_options(args: Any) -> dict:
     """FusedLinearPreferenceLoss keywords for a DPOConfig, or UnsupportedSetting naming the setting."""
     names = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
     for name in names:
@@ -159,7 +160,7 @@ def loss_options(args) -> dict:
     return opts
 
 
-def check_training_args(args) -> None:
+def check_training_args(args: Any) -> None:
     """TrainingArguments that change the loss or the log-probs and that the fused path cannot honour."""
     if getattr(args, "torch_compile", False):
         _refuse("torch_compile", True, "the fused loss syncs with the host once per call; compile the model "
@@ -236,7 +237,8 @@ class FusedDPOTrainer(DPOTrainer):
             return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         return contextlib.nullcontext()
 
-    def compute_ref_log_probs(self, model, inputs):
+    def compute_ref_log_probs(self, model: torch.nn.Module,
+                              inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """TRL's precompute pass (and ours): the reference's sequence log-probs of one padded batch."""
         from trl.models.utils import disable_gradient_checkpointing
 
