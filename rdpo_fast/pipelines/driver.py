@@ -27,7 +27,7 @@ from .implicit import ImplicitReward
 from .pairing import ALPHA_RULES, alpha_grid
 from .rounds import (Models, TrainSettings, candidates_record, default_min_valid, materialise, sample_groups,
                      score_groups, train_stage)
-from .stages import StageDir, read_records
+from .stages import StageDir, read_stage_records
 from rdpo_fast.io import write_json, write_jsonl
 from rdpo_fast.lm.vllm import VllmSettings, generate_vllm, require_vllm
 
@@ -281,7 +281,7 @@ class RoundDriver:
             return {"prompts": len(recs), "generator": s.generator}, [path]
 
         def score_stage():
-            cands = read_records(run.file(rd, "candidates.jsonl"))
+            cands = read_stage_records(run.file(rd, "candidates.jsonl"))
             key = "score_prompt" if cands and "score_prompt" in cands[0] else "prompt"
             reward = self.reward(rew_pol, rew_ref)
             path = run.file(rd, "scored.jsonl")
@@ -293,13 +293,13 @@ class RoundDriver:
             return st, [path]
 
         def pair_stage():
-            pairs, st = self.pair(read_records(run.file(rd, "scored.jsonl")))
+            pairs, st = self.pair(read_stage_records(run.file(rd, "scored.jsonl")))
             path = run.file(rd, "pairs.jsonl")
             write_jsonl(path, pairs)
             return st, [path]
 
         def mix_stage():
-            records, st = self.mix(read_records(run.file(rd, "pairs.jsonl")), r)
+            records, st = self.mix(read_stage_records(run.file(rd, "pairs.jsonl")), r)
             path = run.file(rd, "train.jsonl")
             write_jsonl(path, records)
             return st, [path]

@@ -35,7 +35,7 @@ from rdpo_fast.judges.generative import DEFAULT_RUBRIC, JudgeSettings
 from .judge_scales import TargetScorer, scale_temperature
 from rdpo_fast.io import table, write_json, write_jsonl
 from .rounds import Models, TrainSettings, materialise, train_stage
-from .stages import StageDir, read_records
+from .stages import StageDir, read_stage_records
 from .synth import SynthSettings, load_prompts, synthesize
 from rdpo_fast.data.templates import get_template
 
@@ -183,7 +183,7 @@ class RdpoChain:
             return st, [path]
 
         stats["synth"] = run.run("synth", synth_stage)
-        records = read_records(run.file("synth.jsonl"))
+        records = read_stage_records(run.file("synth.jsonl"))
         if not records:
             raise ValueError("the teacher made no usable pair (see the synth stage's counts); raise --max-new-tokens "
                              "or --num-prompts")
@@ -194,7 +194,7 @@ class RdpoChain:
         self.models.keep()
 
         def select_stage():
-            recs = read_records(data)
+            recs = read_stage_records(data)
             kept, st = distill_self_critique(recs) if s.method == "dsc" else sft_records(recs)
             path = run.file("train.jsonl")
             write_jsonl(path, without_labels(kept) if s.loss_type() == "sft" else kept)

@@ -21,7 +21,7 @@ from rdpo_fast.training.run_dir import check_writable
 RUN_FILE = "run.json"
 
 
-def read_records(path: str) -> list[dict]:
+def read_stage_records(path: str) -> list[dict]:
     """The records of a JSONL file a stage wrote (no validation beyond JSON)."""
     return [rec for _, rec in read_jsonl(path)]
 
