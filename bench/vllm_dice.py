@@ -26,7 +26,8 @@ def one_round(generator: str, args, out_dir: str) -> dict:
     from rdpo_fast.pipelines.dice import DiceSettings, run_dice
     from rdpo_fast.lm.generation import GenerationSettings
     from rdpo_fast.pipelines.rounds import TrainSettings
-    from rdpo_fast.pipelines.stages import read_json, read_jsonl
+    from rdpo_fast.io import read_json
+    from rdpo_fast.pipelines.stages import read_stage_records
     from rdpo_fast.lm.vllm import VllmSettings
 
     s = DiceSettings(policy=args.policy, reference=args.reference, prompts=args.prompt_file, rounds=1, k=args.k,
@@ -40,7 +41,7 @@ def one_round(generator: str, args, out_dir: str) -> dict:
     summary = run_dice(s, out_dir, overwrite=True, log=lambda *a: None)
     gen = read_json(os.path.join(out_dir, "round1", "generate.done.json"))
     score = read_json(os.path.join(out_dir, "round1", "score.done.json"))["stats"]
-    cands = [c for g in read_jsonl(os.path.join(out_dir, "round1", "candidates.jsonl")) for c in g["candidates"]]
+    cands = [c for g in read_stage_records(os.path.join(out_dir, "round1", "candidates.jsonl")) for c in g["candidates"]]
     tokens = sum(c["num_tokens"] for c in cands)
     secs = gen["seconds"]
     return {"generator": generator, "samples": len(cands), "generated_tokens": tokens,

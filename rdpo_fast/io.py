@@ -1,10 +1,22 @@
-"""Reading the package's text inputs (JSONL data, prompt files, config files, metrics) as UTF-8, with a
-file that is not UTF-8 reported as one line naming the file, the line and the byte. A UTF-8 byte-order
-mark at the start is accepted. YAML and JSON syntax errors read as one line naming file, line and column."""
+"""The package's file I/O: reading its text inputs (JSONL data, prompt files, config files, metrics),
+writing its outputs atomically, and the text tables of its reports.
+
+Reading: UTF-8, a byte-order mark at the start accepted; a file that is not UTF-8 is one line naming the
+file, the line and the byte. A JSONL line that is not JSON, and a YAML or JSON syntax error, read as one
+line naming file and line (and column).
+
+Writing: a file is written whole or not at all, into a temporary file beside it that is then renamed
+into place, so a killed process never leaves a half-written file under the real name; a failed write
+names the path and the reason (rdpo_fast.errors.OutputError).
+"""
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Iterator
+import os
+from typing import Any, Iterable, Iterator, TextIO
+
+from .errors import writing
 
 
 class EncodingError(ValueError):
@@ -31,7 +43,28 @@ def read_text(path: str) -> str:
     return "".join(text for _, text in lines(path))
 
 
-def parse_structured(path: str, what: str, error=ValueError):
+def read_jsonl(path: str, error: type[Exception] = ValueError, hint: str = "") -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) of each non-blank line of a JSONL file. A line that is not JSON
+    raises `error`: "PATH:LINE: malformed JSON (WHAT at column N)" followed by `hint` (what the file
+    should hold). What a value must be is the caller's to check."""
+    with contextlib.closing(lines(path)) as numbered:
+        for lineno, text in numbered:
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){hint}") from None
+            yield lineno, value
+
+
+def read_json(path: str) -> Any:
+    """A JSON file this package wrote (run settings, stage markers)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def parse_structured(path: str, what: str, error: type[Exception] = ValueError) -> Any:
     """A YAML (.yaml/.yml) or JSON file's content; a syntax error is one line naming the file, line and
     column: `{what} {path}:LINE:COL: YAML syntax error: ...`."""
     text = read_text(path)
@@ -53,8 +86,52 @@ def parse_structured(path: str, what: str, error=ValueError):
         raise error(f"{what} {path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
 
 
+# ---------------------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_open(path: str) -> Iterator[TextIO]:
+    """A text file to write `path` through: on leaving the block it replaces `path` whole. The temporary
+    file is `.tmp-NAME-PID` in the same folder (the rename must not cross file systems; the training
+    run directory's cleanup deletes `.tmp-*` left by a killed process). A failed write is an OutputError
+    naming `path`; the folder is created when missing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}")
+    try:
+        with writing(path):
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                yield f
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """`obj` as indented JSON (UTF-8 text, not escaped), atomically."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_jsonl(path: str, records: Iterable[Any]) -> int:
+    """One JSON value per line, atomically; returns how many."""
+    n = 0
+    with atomic_open(path) as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_text(path: str, text: str) -> None:
+    """`text` ending in a newline, atomically."""
+    with atomic_open(path) as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+
+
 # ---------------------------------------------------------------------------------------- text tables
-def fmt(v) -> str:
+def fmt(v: Any) -> str:
+    """A table cell: '-' for None, yes/no for booleans, four significant digits for floats."""
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -65,6 +142,7 @@ def fmt(v) -> str:
 
 
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
+    """An aligned plain-text table (numbers right-aligned), with an optional title line."""
     cells = [[fmt(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join("-" * w for w in widths)

@@ -194,8 +194,8 @@ def test_dice_refuses_a_foreign_directory(files, tmp_path, capsys):
     assert "not a pipeline run directory" in capsys.readouterr().err
 
 
-def test_run_dir_stages(tmp_path):
-    from rdpo_fast.pipelines.stages import RunDir, RunDirError
+def test_stage_dir(tmp_path):
+    from rdpo_fast.pipelines.stages import StageDir, StageDirError
 
     calls = []
 
@@ -205,11 +205,11 @@ def test_run_dir_stages(tmp_path):
         p.write_text("x")
         return {"n": len(calls)}, [str(p)]
 
-    run = RunDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None)
+    run = StageDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None)
     assert run.run("a", stage) == {"n": 1} and run.run("a", stage) == {"n": 1} and len(calls) == 1
     os.remove(tmp_path / "run" / "a.txt")  # an output went missing: the stage runs again
-    assert RunDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None).run("a", stage) == {"n": 2}
-    with pytest.raises(RunDirError, match="k: 2 -> 3"):
-        RunDir(str(tmp_path / "run"), {"k": 3})
-    fresh = RunDir(str(tmp_path / "run"), {"k": 3}, overwrite=True, log=lambda *a: None)
+    assert StageDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None).run("a", stage) == {"n": 2}
+    with pytest.raises(StageDirError, match="k: 2 -> 3"):
+        StageDir(str(tmp_path / "run"), {"k": 3})
+    fresh = StageDir(str(tmp_path / "run"), {"k": 3}, overwrite=True, log=lambda *a: None)
     assert fresh.done("a") is None and fresh.run("a", stage) == {"n": 3}

@@ -16,15 +16,17 @@ carries the flat index of each packed token in the padded [2B, T] grid for the s
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from rdpo_fast import io as textfile
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
 OPTIONAL_FIELDS = ("chosen_score", "rejected_score", "soft_label", "ref_chosen_logps", "ref_rejected_logps")
@@ -35,40 +37,45 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- reading
-def read_jsonl(path: str, normalise=None) -> list[tuple[int, dict]]:
+def read_jsonl(path: str, normalise: Callable[[Any, str], Any] | None = None) -> list[tuple[int, dict]]:
     """[(line number, record)] of a JSONL file, blank lines skipped; every record validated, after
     normalise(record, "file:line") where given (rdpo_fast.data.sources: column names, implicit prompts)."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
     records = []
-    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
-        for lineno, line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if normalise is not None:
-                rec = normalise(rec, f"{path}:{lineno}")
-            _validate(rec, f"{path}:{lineno}")
-            records.append((lineno, rec))
+    for lineno, rec in textfile.read_jsonl(path, DataError):
+        if normalise is not None:
+            rec = normalise(rec, f"{path}:{lineno}")
+        validate_record(rec, f"{path}:{lineno}")
+        records.append((lineno, rec))
     if not records:
         raise DataError(f"{path}: no records (the file is empty); a preference dataset needs at least one pair")
-    for name in OPTIONAL_FIELDS:
-        have = [ln for ln, r in records if name in r]
-        if have and len(have) != len(records):
-            missing = next(ln for ln, r in records if name not in r)
-            raise DataError(f"{path}:{missing}: field {name!r} is missing, but other records (first at line "
-                            f"{have[0]}) have it; give it on every record or on none")
-    if ("chosen_score" in records[0][1]) != ("rejected_score" in records[0][1]):
-        raise DataError(f"{path}: chosen_score and rejected_score come together; only one is given")
-    if ("ref_chosen_logps" in records[0][1]) != ("ref_rejected_logps" in records[0][1]):
-        raise DataError(f"{path}: ref_chosen_logps and ref_rejected_logps come together; only one is given")
+    check_optional_fields(records, path)
     return records
 
 
-def _validate(rec, where):
+def check_optional_fields(records: list[tuple[int | str, dict]], source: str) -> None:
+    """An optional field is on every record or on none, and the paired ones (chosen_score and
+    rejected_score, ref_chosen_logps and ref_rejected_logps) come together. records: [(location, record)],
+    a location a line number or a dataset's "row i"."""
+    def at(loc):
+        return f"line {loc}" if isinstance(loc, int) else loc
+
+    for name in OPTIONAL_FIELDS:
+        have = [loc for loc, r in records if name in r]
+        if have and len(have) != len(records):
+            missing = next(loc for loc, r in records if name not in r)
+            raise DataError(f"{source}:{missing}: field {name!r} is missing, but other records (first at "
+                            f"{at(have[0])}) have it; give it on every record or on none")
+    first = records[0][1]
+    for a, b in (("chosen_score", "rejected_score"), ("ref_chosen_logps", "ref_rejected_logps")):
+        if (a in first) != (b in first):
+            raise DataError(f"{source}: {a} and {b} come together; only one is given")
+
+
+def validate_record(rec: Any, where: str) -> None:
+    """A DataError naming `where` ("file:line") unless rec is a preference record in TRL's fields (see the
+    module docstring)."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
     missing = [k for k in ("prompt", "chosen", "rejected") if k not in rec]
@@ -127,8 +134,9 @@ class PreferenceData:
         return len(self.pairs)
 
 
-def load_preference_data(path: str, tokenizer, *, max_length: int, max_prompt_length: int | None = None,
-                         score_temperature: float = 1.0, records: list | None = None) -> PreferenceData:
+def load_preference_data(path: str, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
+                         max_prompt_length: int | None = None, score_temperature: float = 1.0,
+                         records: list | None = None) -> PreferenceData:
     """Reads, validates and tokenises a JSONL file (or `records`, [(location, record)] already read and
     validated from `path` by rdpo_fast.data.sources). Prompts longer than max_prompt_length keep their end;
     completions are cut to fit max_length (prompt + completion); both are counted in num_truncated. A
@@ -231,13 +239,13 @@ class Batch:
             return sum(self.host_counts[: self.num_pairs])
         return int((self.target[: self.num_pairs] != IGNORE).sum())
 
-    def to(self, device) -> "Batch":
+    def to(self, device: torch.device | str) -> "Batch":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                  for k, v in self.__dict__.items()}
         return Batch(**moved)
 
 
-def collate(data: PreferenceData, indices, *, pad_id: int, packed: bool = False,
+def collate(data: PreferenceData, indices: Iterable[int], *, pad_id: int, packed: bool = False,
             ref_logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
     """Batch of the pairs at `indices`. ref_logps: per-pair reference log-probs for the whole dataset
     (a cached reference pass); otherwise the records' own ref logps are used where they have them."""

@@ -1,8 +1,8 @@
 """The shipped preference data: the embedded default for `rdpo-fast train` and `make demo`.
 
-default_train.jsonl and default_eval.jsonl are written by compose.py (`python -m
-rdpo_fast.data.shipped.compose`) from the hand-written items and templates there; the eval split holds
-items (requests, questions, misconceptions) that never appear in training."""
+default_train.jsonl and default_eval.jsonl are written by the repository's tests/support/compose_data.py
+from the hand-written items and templates there; the eval split holds items (requests, questions,
+misconceptions) that never appear in training."""
 from importlib.resources import files
 
 

@@ -19,8 +19,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from .records import OPTIONAL_FIELDS, DataError, PreferenceData, _validate, load_preference_data, read_jsonl
+from .records import DataError, PreferenceData, check_optional_fields, load_preference_data, read_jsonl, validate_record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SCORE_ALIASES = {"chosen_score": ("score_chosen", "chosen_rating"),
                  "rejected_score": ("score_rejected", "rejected_rating")}
@@ -45,7 +49,7 @@ def _is_messages(v) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(m, dict) and "role" in m for m in v)
 
 
-def extract_prompt(chosen, rejected) -> dict | str:
+def extract_prompt(chosen: str | list[dict], rejected: str | list[dict]) -> dict | str:
     """TRL's implicit prompt: the longest shared prefix of chosen and rejected (messages or characters)
     becomes the prompt; for strings a space just before the split goes with the completions. Returns the
     three fields, or why there is no such prompt."""
@@ -64,11 +68,11 @@ def extract_prompt(chosen, rejected) -> dict | str:
     return {"prompt": chosen[:i], "chosen": chosen[i:], "rejected": rejected[i:]}
 
 
-def normaliser(columns: Columns = Columns()):
+def normaliser(columns: Columns = Columns()) -> Callable[[Any, str], Any]:
     """rec, where -> the record in TRL's fields (see the module docstring); other fields kept."""
     def normalise(rec, where):
         if not isinstance(rec, dict):
-            return rec  # data._validate says what is wrong
+            return rec  # validate_record says what is wrong
         rec = dict(rec)
         for canon, key, flag in (("prompt", columns.prompt, "--prompt-key"), ("chosen", columns.chosen, "--chosen-key"),
                                  ("rejected", columns.rejected, "--rejected-key")):
@@ -98,20 +102,6 @@ def normaliser(columns: Columns = Columns()):
         return rec
 
     return normalise
-
-
-def _check_optional(records, label):
-    """As the JSONL reader: an optional field is on every record or on none."""
-    for name in OPTIONAL_FIELDS:
-        have = [loc for loc, r in records if name in r]
-        if have and len(have) != len(records):
-            missing = next(loc for loc, r in records if name not in r)
-            raise DataError(f"{label}:{missing}: field {name!r} is missing, but other records (first at {have[0]}) "
-                            "have it; give it on every record or on none")
-    first = records[0][1]
-    for a, b in (("chosen_score", "rejected_score"), ("ref_chosen_logps", "ref_rejected_logps")):
-        if (a in first) != (b in first):
-            raise DataError(f"{label}: {a} and {b} come together; only one is given")
 
 
 # ---------------------------------------------------------------------------------------- sources
@@ -187,22 +177,23 @@ def read_records(source: str, *, split: str = "train", columns: Columns = Column
     for i, rec in enumerate(ds):
         where = f"{source}:row {i}"
         rec = norm(_row(rec), where)
-        _validate(rec, where)
+        validate_record(rec, where)
         records.append((f"row {i}", rec))
-    _check_optional(records, source)
+    check_optional_fields(records, source)
     return records
 
 
-def load(source: str, tokenizer, *, split: str = "train", columns: Columns = Columns(), **kw) -> PreferenceData:
+def load(source: str, tokenizer: PreTrainedTokenizerBase, *, split: str = "train", columns: Columns = Columns(),
+         **kw) -> PreferenceData:
     """rdpo_fast.data.records.load_preference_data for any source: the same pairs as the JSONL equivalent."""
     return load_preference_data(source, tokenizer, records=read_records(source, split=split, columns=columns), **kw)
 
 
-def columns(cfg) -> Columns:
+def columns(cfg: Any) -> Columns:
     return Columns(cfg.prompt_key, cfg.chosen_key, cfg.rejected_key)
 
 
-def eval_source(cfg, default_eval: str) -> tuple[str | None, str]:
+def eval_source(cfg: Any, default_eval: str) -> tuple[str | None, str]:
     """(held-out source, its split): --eval-data (split --eval-dataset-split, default "test"); without it,
     the --eval-dataset-split of --data when one is named; else the shipped held-out split when --data is
     the default, else none."""

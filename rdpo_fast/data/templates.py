@@ -16,8 +16,6 @@ not overlap these.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from dataclasses import dataclass
 from importlib.resources import files
@@ -142,18 +140,11 @@ def read_wrappers(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise TemplateError(f"wrapper file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TemplateError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            w = rec.get("wrapper") if isinstance(rec, dict) else None
-            if not isinstance(w, str) or w.count("{prompt}") != 1:
-                raise TemplateError(f"{path}:{lineno}: expected {{\"wrapper\": text holding {{prompt}} once}}")
-            out.append(w)
+    for lineno, rec in textfile.read_jsonl(path, TemplateError):
+        w = rec.get("wrapper") if isinstance(rec, dict) else None
+        if not isinstance(w, str) or w.count("{prompt}") != 1:
+            raise TemplateError(f"{path}:{lineno}: expected {{\"wrapper\": text holding {{prompt}} once}}")
+        out.append(w)
     if not out:
         raise TemplateError(f"{path}: no wrappers")
     return out
@@ -186,19 +177,12 @@ def read_prompts(path: str) -> list[str]:
     turn, above the question. Blank lines are skipped; an empty file is an error."""
     if not os.path.isfile(path):
         raise TemplateError(f"prompt file not found: {path}")
-    out = []
-    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
-        for lineno, line in f:
-            if not line.strip():
-                continue
-            if path.endswith(".txt"):
-                out.append(line.strip())
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TemplateError(f"{path}:{lineno}: malformed JSON ({e.msg}); prompt files are JSONL with a "
-                                    "'prompt' field, or .txt with one prompt per line") from None
+    if path.endswith(".txt"):
+        out = [line.strip() for _, line in textfile.lines(path) if line.strip()]
+    else:
+        out = []
+        for lineno, rec in textfile.read_jsonl(path, TemplateError, "; prompt files are JSONL with a 'prompt' "
+                                               "field, or .txt with one prompt per line"):
             if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
                 raise TemplateError(f"{path}:{lineno}: expected an object with a non-empty string 'prompt'")
             persona = rec.get("persona")
@@ -234,22 +218,15 @@ def read_parallel(path: str = PARALLEL_PROMPTS) -> list[dict]:
     if not os.path.isfile(path):
         raise TemplateError(f"parallel prompt file not found: {path}")
     rows, langs = [], None
-    with contextlib.closing(textfile.lines(path)) as f:  # non-UTF-8 bytes: an error naming file and line
-        for lineno, line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TemplateError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not all(isinstance(v, str) and v.strip() for v in rec.values()):
-                raise TemplateError(f"{path}:{lineno}: expected an object of non-empty strings")
-            keys = sorted(k for k in rec if k != "id")
-            if langs is None:
-                langs = keys
-            elif keys != langs:
-                raise TemplateError(f"{path}:{lineno}: languages {keys} differ from the first record's {langs}")
-            rows.append({"id": rec.get("id", f"line{lineno}"), **{k: rec[k].strip() for k in keys}})
+    for lineno, rec in textfile.read_jsonl(path, TemplateError):
+        if not isinstance(rec, dict) or not all(isinstance(v, str) and v.strip() for v in rec.values()):
+            raise TemplateError(f"{path}:{lineno}: expected an object of non-empty strings")
+        keys = sorted(k for k in rec if k != "id")
+        if langs is None:
+            langs = keys
+        elif keys != langs:
+            raise TemplateError(f"{path}:{lineno}: languages {keys} differ from the first record's {langs}")
+        rows.append({"id": rec.get("id", f"line{lineno}"), **{k: rec[k].strip() for k in keys}})
     if not rows:
         raise TemplateError(f"{path}: no prompts")
     if "en" not in langs:

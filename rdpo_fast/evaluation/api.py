@@ -14,17 +14,23 @@ from __future__ import annotations
 import gc
 import os
 import time
+from typing import TYPE_CHECKING, Callable, Union
 
-from rdpo_fast.models import loading as modeling
+import torch
+
+from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.lm.inference import load_with_tokenizer
 
 from .answers import pair_answers, read_answers
-from .compare import evaluate_pairs, plot_reports, report_table
+from .compare import evaluate_pairs, write_reports
 from .generate import generate_answers, generator_name
-from rdpo_fast.judges.probability import ProbabilityJudge
-from .records import write_json, write_records, write_text
+from .records import write_records
 from .tasks import load_prompts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Greedy answers: the comparison of two models is not blurred by sampling noise, and reruns agree.
 EVAL_GENERATION = GenerationSettings(max_new_tokens=128, temperature=0.0, batch_size=16, progress=False)
@@ -33,15 +39,17 @@ SUMMARY_KEYS = ("n_total", "win_rate", "standard_error", "length_controlled_winr
                 "avg_length", "judge_position_consistency", "judge_label_mass")
 
 
-def _model(spec, what: str):
+# A model to answer: a name or path, or an already loaded (model, tokenizer) pair.
+ModelSpec = Union[str, tuple[torch.nn.Module, "PreTrainedTokenizerBase"]]
+
+
+def _model(spec: ModelSpec, what: str):
     """(model, tokenizer, name) from a model name/path, or a (model, tokenizer) pair already loaded."""
     if isinstance(spec, (tuple, list)):
         model, tok = spec
         return model, tok, getattr(model.config, "_name_or_path", None) or what
-    from rdpo_fast.judges.probability import load_for_inference
-
-    modeling.resolve(spec)
-    return load_for_inference(spec), modeling.load_tokenizer(spec), str(spec)
+    model, tok = load_with_tokenizer(spec)
+    return model, tok, str(spec)
 
 
 def summarize(report: dict) -> dict:
@@ -58,11 +66,12 @@ def summarize(report: dict) -> dict:
     return out
 
 
-def evaluate_against(start_model, final_model, *, prompts: str = "all", judge="smollm2-135m",
+def evaluate_against(start_model: ModelSpec, final_model: ModelSpec, *, prompts: str = "all",
+                     judge: ModelSpec | ProbabilityJudge = "smollm2-135m",
                      out_dir: str, generation: GenerationSettings | None = None, num_prompts: int | None = None,
                      languages: list[str] | None = None, system: str | None = DEFAULT_SYSTEM,
                      judge_batch_size: int = 8, max_answer_tokens: int = 512, pointwise: bool = True,
-                     log=print) -> dict:
+                     log: Callable[[str], object] = print) -> dict:
     """Judge final_model's answers against start_model's on held-out prompts; returns summarize(report).
 
     start_model, final_model: a model name or path (local Hugging Face directory, .gguf, 'smollm2-135m')
@@ -97,10 +106,7 @@ def evaluate_against(start_model, final_model, *, prompts: str = "all", judge="s
     report = evaluate_pairs(pair_answers(final, start, files["final"], files["start"]), j, pointwise=pointwise,
                             languages=any(p.language and p.language != "en" for p in items))
     report["seconds"] = round(time.time() - t0, 1)
-    write_json(os.path.join(out_dir, "eval.json"), {"judge": j.name, "baseline": files["start"], "reports": [report]})
-    text = report_table(report)
-    write_text(os.path.join(out_dir, "eval.txt"), text)
-    plot = plot_reports([report], ["final"], os.path.join(out_dir, "eval.png"))
+    text, plot = write_reports(out_dir, [report], ["final"], judge=j.name, baseline=files["start"])
     log(text)
     out = summarize(report)
     out["files"] = {**files, "report": os.path.join(out_dir, "eval.json"), "plot": plot}

@@ -2,6 +2,7 @@
 add arguments, run); rdpo_fast.cli registers them beside the others."""
 from __future__ import annotations
 
+import argparse
 import os
 
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
@@ -13,7 +14,7 @@ DEFAULT_JUDGE = "smollm2-135m"
 
 
 # ---------------------------------------------------------------------------------------- generate
-def add_generate_arguments(p):
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="the model that answers (local Hugging Face directory, .gguf or 'smollm2-135m'; default it)")
     p.add_argument("--prompts", default="all",
@@ -44,7 +45,7 @@ def _languages(spec):
     return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
 
 
-def run_generate(args) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     from .generate import load_and_generate
     from .records import write_records
     from .tasks import load_prompts
@@ -64,7 +65,7 @@ def run_generate(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------- eval
-def add_eval_arguments(p):
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answers", "-a", nargs="+", required=True,
                    help="answers file(s) of the model(s) to evaluate (rdpo-fast generate output, or AlpacaEval "
                         "model outputs); several files (e.g. one per round) are each judged against the baseline")
@@ -121,11 +122,11 @@ def _read_difficulty(path: str, answers) -> dict:
     return out
 
 
-def run_eval(args) -> int:
-    from .answers import pair_answers, read_answers
-    from .compare import evaluate_pairs, plot_reports, report_table
+def run_eval(args: argparse.Namespace) -> int:
     from rdpo_fast.judges.probability import ProbabilityJudge
-    from .records import write_json, write_text
+
+    from .answers import pair_answers, read_answers
+    from .compare import evaluate_pairs, write_reports
     from .tasks import TaskError
 
     if args.task is not None and args.task not in TASKS:
@@ -142,9 +143,9 @@ def run_eval(args) -> int:
     else:
         share = args.language_share == "on"
     if share:
-        from .langid import _identifier
+        from .langid import identifier
 
-        _identifier()  # a missing py3langid is reported before the judge loads
+        identifier()  # a missing py3langid is reported before the judge loads
     judge = ProbabilityJudge.load(args.judge, dtype=args.judge_dtype, batch_size=args.judge_batch_size,
                                   max_answer_tokens=args.max_answer_tokens, progress=args.progress)
     reports = []
@@ -152,13 +153,8 @@ def run_eval(args) -> int:
         r = evaluate_pairs(pairs, judge, pointwise=args.pointwise, languages=share, difficulty=diff)
         r["answers_file"] = path
         reports.append(r)
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_json(os.path.join(args.output_dir, "eval.json"),
-               {"judge": args.judge, "baseline": args.baseline, "reports": reports})
-    text = "\n\n".join(report_table(r) for r in reports)
-    write_text(os.path.join(args.output_dir, "eval.txt"), text)
     names = [os.path.splitext(os.path.basename(r["answers_file"]))[0] for r in reports]
-    plot = plot_reports(reports, names, os.path.join(args.output_dir, "eval.png"))
+    text, plot = write_reports(args.output_dir, reports, names, judge=args.judge, baseline=args.baseline)
     print(text)
     print(f"wrote {os.path.join(args.output_dir, 'eval.json')}" + (f" and {plot}" if plot else ""))
     return 0

@@ -14,14 +14,15 @@ n_draws, n_total).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 
-from rdpo_fast.io import fmt, table
+from rdpo_fast.io import fmt, table, write_json, write_text
+from rdpo_fast.judges.probability import ProbabilityJudge
+from rdpo_fast.judges.rubrics import TASK_POINTWISE, pairwise_rubric, pointwise_rubric
 
 from .answers import Pair
-from rdpo_fast.judges.probability import ProbabilityJudge
 from .lc import length_controlled_winrate
-from rdpo_fast.judges.rubrics import TASK_POINTWISE, pairwise_rubric, pointwise_rubric
 
 
 def _sem(values: list[float]) -> float | None:
@@ -222,3 +223,14 @@ def plot_reports(reports: list[dict], names: list[str], path: str) -> str | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_reports(out_dir: str, reports: list[dict], names: list[str], *, judge: str,
+                  baseline: str) -> tuple[str, str | None]:
+    """Writes out_dir/eval.json (every report with every verdict), eval.txt (their tables) and eval.png
+    (plot_reports, where it has something to compare); returns (the tables, the plot's path or None)."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "eval.json"), {"judge": judge, "baseline": baseline, "reports": reports})
+    text = "\n\n".join(report_table(r) for r in reports)
+    write_text(os.path.join(out_dir, "eval.txt"), text)
+    return text, plot_reports(reports, names, os.path.join(out_dir, "eval.png"))

@@ -10,14 +10,30 @@ message, date and package version that produced it.
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import os
+from typing import TYPE_CHECKING
 
-import rdpo_fast
-from rdpo_fast.models import loading as modeling
+import torch
+
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM, user_turn
 from rdpo_fast.lm.generation import GenerationSettings, generate
+from rdpo_fast.lm.inference import load_with_tokenizer
+from rdpo_fast.models import loading as modeling
 
 from .tasks import EvalPrompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def package_version() -> str:
+    """The installed rdpo_fast's version (its distribution metadata: this layer does not import the
+    package root); "unknown" for a source tree that was never installed."""
+    try:
+        return importlib.metadata.version("rdpo_fast")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def generator_name(model: str) -> str:
@@ -32,8 +48,8 @@ def generator_name(model: str) -> str:
     return os.path.splitext(parts[-1])[0]
 
 
-def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: GenerationSettings, *,
-                     model_name: str, generator: str | None = None,
+def generate_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[EvalPrompt],
+                     settings: GenerationSettings, *, model_name: str, generator: str | None = None,
                      system: str | None = DEFAULT_SYSTEM) -> list[dict]:
     """One answer per prompt, as AlpacaEval-layout records (see the module docstring)."""
     s = settings.validate()
@@ -46,7 +62,7 @@ def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: Gene
             "top_p": s.top_p if s.temperature > 0 else None, "do_sample": s.temperature > 0, "seed": s.seed,
             "batch_size": s.batch_size, "system": system,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "rdpo_fast_version": rdpo_fast.__version__}
+            "rdpo_fast_version": package_version()}
     gen = generator or generator_name(model_name)
     out = []
     for p, [sample] in zip(prompts, samples):
@@ -63,9 +79,5 @@ def generate_answers(model, tokenizer, prompts: list[EvalPrompt], settings: Gene
 
 def load_and_generate(model_name: str, prompts: list[EvalPrompt], settings: GenerationSettings, *,
                       dtype: str = "auto", **kw) -> list[dict]:
-    from rdpo_fast.judges.probability import load_for_inference
-
-    modeling.resolve(model_name)  # a missing model fails before anything loads
-    tok = modeling.load_tokenizer(model_name)
-    model = load_for_inference(model_name, dtype=dtype)
+    model, tok = load_with_tokenizer(model_name, dtype=dtype)
     return generate_answers(model, tok, prompts, settings, model_name=model_name, **kw)

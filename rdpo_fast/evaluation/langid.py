@@ -7,23 +7,26 @@ evaluation reports the share per language with the number of answers behind it.
 """
 from __future__ import annotations
 
+import types
+
 
 class LanguageIdError(ValueError):
     """The language identifier is not installed."""
 
 
-def _identifier():
+def identifier() -> types.ModuleType:
+    """The py3langid module, or a LanguageIdError saying how to install it."""
     try:
         import py3langid
     except ImportError:
         raise LanguageIdError("the share of answers in the requested language needs py3langid: "
-                          "pip install 'rdpo_fast[eval]' (or pip install py3langid)") from None
+                              "pip install 'rdpo_fast[eval]' (or pip install py3langid)") from None
     return py3langid
 
 
 def identify(texts: list[str]) -> list[str | None]:
     """ISO 639-1 code of each text's language (None for an empty text)."""
-    lid = _identifier()
+    lid = identifier()
     return [lid.classify(t)[0] if t.strip() else None for t in texts]
 
 

@@ -112,8 +112,8 @@ def _heldout_ce(X, p, w) -> float:
     return float(-(p * q.log() + (1 - p) * (1 - q).log()).mean())
 
 
-def length_controlled_winrate(preferences, model_lengths, baseline_lengths, *, difficulty=None,
-                              n_splits: int = 5) -> dict:
+def length_controlled_winrate(preferences: list[float], model_lengths: list[int], baseline_lengths: list[int],
+                              *, difficulty: list[float] | None = None, n_splits: int = 5) -> dict:
     """AlpacaEval 2's length-controlled win rate (percent) of the model over the baseline, with the GLM's
     weights and the chosen C. preferences: P(model's answer better) per item, in [0, 1]."""
     p = torch.as_tensor(preferences, dtype=DTYPE)

@@ -2,7 +2,7 @@
 
 Shipped sets (prompt_files/, original wording, none of them in any training prompt file):
 - safety: harmful requests, each wrapped in one of HELDOUT_WRAPPERS, jailbreak framings that the
-  training synthesis never uses (its wrappers are the safety task's in rdpo_fast/pipelines/prompt_files/
+  training synthesis never uses (its wrappers are the safety task's in rdpo_fast/data/prompt_files/
   tasks.yaml; a test keeps the two sets disjoint), so safety is measured out of distribution as in rDPO;
 - roleplay: questions asked through rude personas that appear in no training prompt;
 - sycophancy: misconceptions the user asks the assistant to confirm, none of the training ones;
@@ -16,10 +16,11 @@ are ignored), so AlpacaEval or X-AlpacaEval files run unchanged.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from importlib.resources import files
+
+from rdpo_fast import io as textfile
 
 from .records import RecordError, read_records
 
@@ -185,7 +186,6 @@ def training_prompt_texts() -> list[str]:
     for rec in read_parallel(PARALLEL_PROMPTS):
         texts.extend(v for k, v in rec.items() if k != "id")
     for split in ("train", "eval"):
-        with open(default_path(split), encoding="utf-8") as f:
-            for line in f:
-                texts.extend(m["content"] for m in json.loads(line)["prompt"] if m["role"] == "user")
+        for _, rec in textfile.read_jsonl(default_path(split)):
+            texts.extend(m["content"] for m in rec["prompt"] if m["role"] == "user")
     return texts

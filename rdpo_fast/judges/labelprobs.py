@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import inspect
 import sys
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Attention implementations that accept a custom 4D mask (the branches' tree).
 TREE_ATTENTION = ("sdpa", "eager")
@@ -111,8 +115,9 @@ def _forward_last(model, ids, mask, pos, keep: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str], *,
-                          batch_size: int = 8, progress: bool = False, desc: str = "judge") -> torch.Tensor:
+def continuation_logprobs(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                          continuations: list[str], *, batch_size: int = 8, progress: bool = False,
+                          desc: str = "judge") -> torch.Tensor:
     """[len(prompts), len(continuations)] float64: log P(continuation | prompt) for every pair. The model
     scores through its own forward, so a logit scale or final-logit softcap it defines is applied."""
     if batch_size < 1:

@@ -21,25 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rdpo_fast.models import loading as modeling
 from rdpo_fast.lm.chat import prompt_text, require_template
+from rdpo_fast.lm.inference import load_with_tokenizer
 
 from .labelprobs import continuation_logprobs
 from .rubrics import JUDGE_SYSTEM, PairwiseRubric, PointwiseRubric
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_for_inference(name: str, *, dtype: str = "auto", attn: str | None = None):
-    """A model for generation or judging: eval mode, on CUDA when available; dtype "auto" is bfloat16 on
-    CUDA and float32 on CPU."""
-    cuda = torch.cuda.is_available()
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
-    dt = (torch.bfloat16 if cuda else torch.float32) if dtype == "auto" else DTYPES[dtype]
-    model = modeling.load_model(name, dtype=dt, attn=attn).eval()
-    return model.to("cuda") if cuda else model
 
 
 def sigmoid(z: float) -> float:
@@ -104,9 +90,7 @@ class ProbabilityJudge:
     def load(cls, name: str, *, dtype: str = "auto", **kw) -> "ProbabilityJudge":
         """The judge from a local Hugging Face directory, a .gguf file or the embedded default, on the GPU
         when there is one (dtype "auto": bfloat16 there, float32 on CPU)."""
-        modeling.resolve(name)
-        tok = modeling.load_tokenizer(name)
-        model = load_for_inference(name, dtype=dtype, attn="sdpa")
+        model, tok = load_with_tokenizer(name, dtype=dtype, attn="sdpa")
         return cls(model, tok, name=name, **kw)
 
     # ------------------------------------------------------------------------------------ helpers

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .chat import prompt_text, require_template
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -47,7 +51,17 @@ class GenerationSettings:
         return self
 
 
-def eos_ids(model, tokenizer) -> list[int]:
+def sampling_settings(settings: GenerationSettings | None, num_samples: int) -> GenerationSettings:
+    """The validated settings of a request for num_samples samples per prompt (both generators')."""
+    s = (settings or GenerationSettings()).validate()
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples > 1 and s.temperature == 0:
+        raise ValueError(f"{num_samples} greedy samples per prompt would all be the same; sample with temperature > 0")
+    return s
+
+
+def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every token that ends a turn: the tokenizer's EOS and the model's generation EOS ids."""
     ids = set()
     if tokenizer.eos_token_id is not None:
@@ -61,16 +75,12 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, conversations: list[list[dict]], *, num_samples: int = 1,
-             settings: GenerationSettings | None = None, desc: str = "generate",
+def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]], *,
+             num_samples: int = 1, settings: GenerationSettings | None = None, desc: str = "generate",
              answer_prefix: str = "") -> list[list[Sample]]:
     """num_samples samples for each conversation (chat messages ending with a user turn). answer_prefix:
     text the assistant's answer is forced to start with; it is not part of the returned text."""
-    s = (settings or GenerationSettings()).validate()
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if num_samples > 1 and s.temperature == 0:
-        raise ValueError(f"{num_samples} greedy samples per prompt would all be the same; sample with temperature > 0")
+    s = sampling_settings(settings, num_samples)
     if not conversations:
         return []
     require_template(tokenizer, "generation")

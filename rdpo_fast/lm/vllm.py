@@ -13,10 +13,15 @@ batching; one engine per call, shut down afterwards so the training stage that f
 from __future__ import annotations
 
 import gc
+import types
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .chat import prompt_text, require_template
-from .generation import GenerationSettings, Sample, eos_ids
+from .generation import GenerationSettings, Sample, eos_ids, sampling_settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -32,7 +37,7 @@ class VllmSettings:
         return self
 
 
-def require_vllm():
+def require_vllm() -> types.ModuleType:
     """The vllm module, or a clear error naming the extra to install."""
     try:
         import vllm  # noqa: F401
@@ -63,16 +68,12 @@ class _ModelStub:
         self.generation_config = type("G", (), {"eos_token_id": eos})()
 
 
-def generate_vllm(model_dir: str, tokenizer, conversations: list[list[dict]], *, num_samples: int = 1,
-                  settings: GenerationSettings | None = None, vllm_settings: VllmSettings | None = None,
-                  desc: str = "generate (vLLM)") -> list[list[Sample]]:
+def generate_vllm(model_dir: str, tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]], *,
+                  num_samples: int = 1, settings: GenerationSettings | None = None,
+                  vllm_settings: VllmSettings | None = None, desc: str = "generate (vLLM)") -> list[list[Sample]]:
     """num_samples samples for each conversation, through vLLM; the same records as generation.generate."""
-    s = (settings or GenerationSettings()).validate()
+    s = sampling_settings(settings, num_samples)
     v = (vllm_settings or VllmSettings()).validate()
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if num_samples > 1 and s.temperature == 0:
-        raise ValueError(f"{num_samples} greedy samples per prompt would all be the same; sample with temperature > 0")
     if not conversations:
         return []
     vllm = require_vllm()
@@ -96,7 +97,7 @@ def generate_vllm(model_dir: str, tokenizer, conversations: list[list[dict]], *,
         shutdown(llm)
 
 
-def to_sample(output, stop: list[int]) -> Sample:
+def to_sample(output: Any, stop: list[int]) -> Sample:
     """A vLLM CompletionOutput as a Sample: finished when it stopped on an end-of-turn token ('stop'),
     truncated when it ran into max_tokens ('length'); num_tokens counts the end-of-turn token whether
     or not vLLM keeps it in token_ids, as generation.generate does."""
@@ -110,7 +111,7 @@ def to_sample(output, stop: list[int]) -> Sample:
     return Sample(output.text, n, finished)
 
 
-def shutdown(llm) -> None:
+def shutdown(llm: Any) -> None:
     """Frees the engine's GPU memory for the stages that follow in this process."""
     try:
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel

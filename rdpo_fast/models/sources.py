@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from typing import Callable
 
 CACHE_ENV = "RDPO_FAST_CACHE"
 # The files transformers loads a causal LM and its tokenizer from; weights in safetensors, with
@@ -26,6 +27,10 @@ CACHE_ENV = "RDPO_FAST_CACHE"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
 HUB_BIN_PATTERNS = ["pytorch_model*.bin"]
 GGUF_SOURCE_FILE = "rdpo_fast_gguf_source.json"
+
+
+class ModelError(ValueError):
+    """A model path that cannot be loaded; the message says what was expected."""
 
 
 def default_cache_dir() -> str:
@@ -64,8 +69,6 @@ def _snapshot(repo_id: str, cache: str, offline: bool) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
-
-    from .loading import ModelError
 
     def fetch(patterns):
         try:
@@ -114,7 +117,8 @@ def gguf_key(path: str) -> str:
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 
-def gguf_directory(folder: str, gguf: str, cache_dir: str | None = None, *, log=print) -> str:
+def gguf_directory(folder: str, gguf: str, cache_dir: str | None = None, *,
+                   log: Callable[[str], object] = print) -> str:
     """The safetensors Hugging Face directory (model and tokenizer) of a GGUF file, converted on first use."""
     path = os.path.join(folder, gguf)
     root = os.path.join(cache_dir or default_cache_dir(), "gguf")

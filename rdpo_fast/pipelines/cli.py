@@ -300,7 +300,7 @@ def run_score_cmd(args) -> int:
     from rdpo_fast.training.run_dir import check_file_writable
 
     from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
-    from .stages import write_jsonl
+    from rdpo_fast.io import write_jsonl
 
     if args.score_temperature is not None and args.score_temperature <= 0:
         raise ValueError(f"--score-temperature must be > 0, got {args.score_temperature}")
@@ -381,7 +381,7 @@ def _score_with_probability_judge(args, lines, records) -> int:
     from rdpo_fast.judges.probability import ProbabilityJudge
     from rdpo_fast.judges.rubrics import scale
 
-    from .stages import write_jsonl
+    from rdpo_fast.io import write_jsonl
 
     scale(*args.score_range)  # bad options fail before the judge loads
     if args.judge_mode == "pairwise":

@@ -29,9 +29,9 @@ from rdpo_fast.data.shipped import default_path
 from rdpo_fast.lm.chat import user_turn
 from .dice import offline_records
 from .driver import RoundDriver, RoundSettings, round_indices, skipped
-from rdpo_fast.io import table
+from rdpo_fast.io import table, write_jsonl
 from .rounds import TrainSettings, pair_groups
-from .stages import read_jsonl, write_jsonl
+from .stages import read_stage_records
 from rdpo_fast.data.templates import PARALLEL_PROMPTS, read_parallel
 
 PREFIX = ("Please answer the following instruction using only {language}, unless explicitly instructed to "
@@ -177,7 +177,7 @@ class CrossLingualRounds(RoundDriver):
             st = {"mean_reward": sum(x["reward"] for x in recs) / len(recs),
                   "truncated": sum(x["truncated"] for x in recs), "prompts": len(recs)}
             if name != "round0":
-                before = read_jsonl(run.file("eval", "round0.jsonl"))
+                before = read_stage_records(run.file("eval", "round0.jsonl"))
                 wins = [1.0 if a["reward"] > b["reward"] else 0.5 if a["reward"] == b["reward"] else 0.0
                         for a, b in zip(recs, before)]
                 st["win_rate_vs_round0"] = sum(wins) / len(wins)

@@ -24,9 +24,8 @@ from rdpo_fast.data.shipped import default_path
 from rdpo_fast.lm.chat import as_messages, user_turn
 from .driver import RoundDriver, RoundSettings, round_indices, skipped
 from .pairing import mix_replay
-from rdpo_fast.io import table
+from rdpo_fast.io import read_json, table, write_json
 from .rounds import pair_groups, pair_logps, reward_accuracy
-from .stages import read_json, write_json
 from rdpo_fast.data.templates import read_prompts, shipped_task_prompts
 
 

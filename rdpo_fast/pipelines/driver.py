@@ -27,7 +27,8 @@ from .implicit import ImplicitReward
 from .pairing import ALPHA_RULES, alpha_grid
 from .rounds import (Models, TrainSettings, candidates_record, default_min_valid, materialise, sample_groups,
                      score_groups, train_stage)
-from .stages import RunDir, read_jsonl, write_json, write_jsonl
+from .stages import StageDir, read_stage_records
+from rdpo_fast.io import write_json, write_jsonl
 from rdpo_fast.lm.vllm import VllmSettings, generate_vllm, require_vllm
 
 # Which implicit reward scores round r's samples; chain[r-1] = (pi_{r-1}, ref_{r-1}), chain[0] = (pi_0, ref_0).
@@ -149,7 +150,7 @@ class RoundDriver:
         self.s, self.output_dir, self.overwrite, self.log = settings, output_dir, overwrite, log
         self.final_eval_settings = final_eval
         self.models = Models()
-        self.run_dir: RunDir | None = None
+        self.run_dir: StageDir | None = None
         self.tok = None
 
     # ------------------------------------------------------------------ pipeline hooks
@@ -227,7 +228,7 @@ class RoundDriver:
         self.final_eval = FinalEval(self.final_eval_settings, default_prompts=prompts, languages=languages,
                                     system=s.system, log=self.log)
         self.final_eval.prepare()
-        self.run_dir = run = RunDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
+        self.run_dir = run = StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
         models = self.models
 
         base = materialise(run, models, "policy", s.policy)
@@ -280,7 +281,7 @@ class RoundDriver:
             return {"prompts": len(recs), "generator": s.generator}, [path]
 
         def score_stage():
-            cands = read_jsonl(run.file(rd, "candidates.jsonl"))
+            cands = read_stage_records(run.file(rd, "candidates.jsonl"))
             key = "score_prompt" if cands and "score_prompt" in cands[0] else "prompt"
             reward = self.reward(rew_pol, rew_ref)
             path = run.file(rd, "scored.jsonl")
@@ -292,13 +293,13 @@ class RoundDriver:
             return st, [path]
 
         def pair_stage():
-            pairs, st = self.pair(read_jsonl(run.file(rd, "scored.jsonl")))
+            pairs, st = self.pair(read_stage_records(run.file(rd, "scored.jsonl")))
             path = run.file(rd, "pairs.jsonl")
             write_jsonl(path, pairs)
             return st, [path]
 
         def mix_stage():
-            records, st = self.mix(read_jsonl(run.file(rd, "pairs.jsonl")), r)
+            records, st = self.mix(read_stage_records(run.file(rd, "pairs.jsonl")), r)
             path = run.file(rd, "train.jsonl")
             write_jsonl(path, records)
             return st, [path]

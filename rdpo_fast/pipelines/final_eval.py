@@ -26,7 +26,7 @@ from rdpo_fast.evaluation.tasks import TASKS, load_prompts
 
 from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.io import table
-from .stages import RunDir
+from .stages import StageDir
 
 STAGE = "final_eval"
 DEFAULT_JUDGE = "smollm2-135m"
@@ -78,7 +78,7 @@ class FinalEval:
         return {**dataclasses.asdict(self.s), "prompts": self.prompts, "languages": self.languages,
                 "system": self.system}
 
-    def run(self, run: RunDir, models, start: str, final: str) -> dict | None:
+    def run(self, run: StageDir, models, start: str, final: str) -> dict | None:
         if not self.s.enabled:
             self.log("[final_eval] skipped (--no-final-eval)")
             return None

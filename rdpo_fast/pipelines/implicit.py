@@ -1,7 +1,7 @@
 """The implicit reward of a (policy, reference) pair: r(x, y) = log pi(y|x) - log pi_ref(y|x), summed over
 the response's tokens (SPEC sections 1 and 5; DICE and cross-lingual rewarding score with it).
 
-Both models run forward only, under no_grad, through the fused op rdpo_fast.sequence_logprobs on the
+Both models run forward only, under no_grad, through the fused op rdpo_fast.ops.sequence_logprobs on the
 decoder's last hidden states and the lm_head weight, so the [tokens x vocabulary] logits are never
 materialised. Candidates are tokenised exactly as training tokenises chat records (rdpo_fast.data.records):
 the chat template's prompt with the generation prompt, then the assistant turn with its end-of-turn
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-import rdpo_fast
 from rdpo_fast.models import loading as modeling
+from rdpo_fast.ops import sequence_logprobs
 
 from rdpo_fast.lm.chat import completion_text, prompt_text, require_template
 
@@ -111,8 +111,8 @@ def sequence_logps(model, items: list[Encoded], *, pad_id: int, batch_size: int 
             hidden = modeling.decoder(model)(input_ids=ids.to(device), attention_mask=mask.to(device),
                                              use_cache=False).last_hidden_state
             weight = modeling.output_weight(model)
-            s, c = rdpo_fast.sequence_logprobs(hidden, weight.to(hidden.dtype), target.to(device),
-                                               ignore_index=IGNORE, workspace_budget=budget, **transform)
+            s, c = sequence_logprobs(hidden, weight.to(hidden.dtype), target.to(device),
+                                     ignore_index=IGNORE, workspace_budget=budget, **transform)
             sums[idx] = s.double().cpu()
             counts[idx] = c.cpu()
     finally:

@@ -33,9 +33,9 @@ from .final_eval import FinalEval, FinalEvalSettings, default_task_prompts, summ
 from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.judges.generative import DEFAULT_RUBRIC, JudgeSettings
 from .judge_scales import TargetScorer, scale_temperature
-from rdpo_fast.io import table
+from rdpo_fast.io import table, write_json, write_jsonl
 from .rounds import Models, TrainSettings, materialise, train_stage
-from .stages import RunDir, read_jsonl, write_json, write_jsonl
+from .stages import StageDir, read_stage_records
 from .synth import SynthSettings, load_prompts, synthesize
 from rdpo_fast.data.templates import get_template
 
@@ -168,7 +168,7 @@ class RdpoChain:
         s = self.s
         s.validate()
         self.prepare()
-        run = self.run_dir = RunDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
+        run = self.run_dir = StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
         teacher = materialise(run, self.models, "teacher", s.teacher)
         student = teacher if not s.student or s.student == s.teacher else materialise(run, self.models, "student",
                                                                                         s.student)
@@ -183,7 +183,7 @@ class RdpoChain:
             return st, [path]
 
         stats["synth"] = run.run("synth", synth_stage)
-        records = read_jsonl(run.file("synth.jsonl"))
+        records = read_stage_records(run.file("synth.jsonl"))
         if not records:
             raise ValueError("the teacher made no usable pair (see the synth stage's counts); raise --max-new-tokens "
                              "or --num-prompts")
@@ -194,7 +194,7 @@ class RdpoChain:
         self.models.keep()
 
         def select_stage():
-            recs = read_jsonl(data)
+            recs = read_stage_records(data)
             kept, st = distill_self_critique(recs) if s.method == "dsc" else sft_records(recs)
             path = run.file("train.jsonl")
             write_jsonl(path, without_labels(kept) if s.loss_type() == "sft" else kept)
@@ -209,7 +209,7 @@ class RdpoChain:
         stats["train"] = t
         return self.finish(student, os.path.join(run.path, "student", "train", "final"), stats)
 
-    def score(self, run: RunDir, teacher: str, records: list[dict]) -> dict:
+    def score(self, run: StageDir, teacher: str, records: list[dict]) -> dict:
         from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records
 
         s = self.s

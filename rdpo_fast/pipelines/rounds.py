@@ -27,7 +27,7 @@ from rdpo_fast.lm.chat import as_messages, as_text, assistant
 from rdpo_fast.lm.generation import GenerationSettings, Sample, generate
 from .implicit import ImplicitReward, encode, sequence_logps
 from .pairing import ALPHA_GRID, choose_alpha, select_pairs
-from .stages import RunDir
+from .stages import StageDir
 
 # Options of the training stage the pipeline itself decides; a --train-config file may not set them.
 _PIPELINE_OWNED = ("model", "data", "eval_data", "output_dir", "overwrite", "resume", "export", "cache_dir",
@@ -118,7 +118,7 @@ class Models:
         gc.collect()
 
 
-def materialise(run: RunDir, models: Models, name: str, path: str) -> str:
+def materialise(run: StageDir, models: Models, name: str, path: str) -> str:
     """A Hugging Face directory for the model: a GGUF model (the embedded default) is dequantised once
     into the run directory, so the later stages and every training round load it in a fraction of a
     second instead of converting it again."""
@@ -233,7 +233,7 @@ def pair_groups(groups: list[dict], *, length_control: bool = True, min_valid: i
 
 
 # ---------------------------------------------------------------------------------------- training
-def train_stage(run: RunDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int, log=print) -> dict:
+def train_stage(run: StageDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int, log=print) -> dict:
     """DPO from `model` with `model` itself as the (precomputed) reference; the trained policy is
     exported to <stage>/final."""
     from rdpo_fast.training.loop import train

@@ -3,7 +3,7 @@
 Three pluggable scorers (SPEC section 5), each mapping (chat prompt, response) to a number or to a
 reported failure:
 - JudgeScorer: an LLM judge with a rubric; the score is parsed strictly from its marked field, failed
-  parses are retried and then reported (judge.py). Never guessed.
+  parses are retried and then reported (rdpo_fast.judges.generative). Never guessed.
 - RewardModelScorer: a sequence-classification reward model from a local directory
   (AutoModelForSequenceClassification); its single logit is the score.
 - ImplicitScorer: the implicit reward log pi(y|x) - log pi_ref(y|x) of a DPO model and its reference

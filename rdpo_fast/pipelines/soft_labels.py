@@ -2,8 +2,9 @@
 judge` (the strict generative parser of rdpo_fast.judges.generative stays as `--judge-mode generate`).
 
 - pairwise (default): soft_label = P(chosen is better than rejected), read from the judge's label
-  probabilities in both presentation orders (judge.py); the judge's preference is the soft label itself,
-  no temperature involved. chosen_score/rejected_score are not written (there is one number per pair).
+  probabilities in both presentation orders (rdpo_fast.judges.probability); the judge's preference is the
+  soft label itself, no temperature involved. chosen_score/rejected_score are not written (there is one
+  number per pair).
 - pointwise: chosen_score and rejected_score are the expected rubric scores of each answer, and
   soft_label = sigmoid((chosen_score - rejected_score) / T) as for every other scorer.
 Every pair gets a verdict: nothing is parsed, so nothing fails to parse, and nothing is guessed.

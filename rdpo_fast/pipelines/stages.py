@@ -15,49 +15,24 @@ import shutil
 import time
 from typing import Callable
 
+from rdpo_fast.io import read_json, read_jsonl, write_json
 from rdpo_fast.training.run_dir import check_writable
 
 RUN_FILE = "run.json"
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be (re)used as asked."""
+def read_stage_records(path: str) -> list[dict]:
+    """The records of a JSONL file a stage wrote (no validation beyond JSON)."""
+    return [rec for _, rec in read_jsonl(path)]
 
 
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+class StageDirError(ValueError):
+    """A pipeline run directory that cannot be (re)used as asked."""
 
 
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_jsonl(path: str, records) -> int:
-    """Writes records atomically (a temporary file renamed into place); returns how many."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a JSONL file that this package wrote (no validation beyond JSON)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-class RunDir:
-    """A run directory; `settings` are the values that decide what the stages compute."""
+class StageDir:
+    """A pipeline's run directory of resumable stages (not a training run's directory, which is
+    rdpo_fast.training.run_dir); `settings` are the values that decide what the stages compute."""
 
     def __init__(self, path: str, settings: dict, *, overwrite: bool = False, log: Callable = print):
         self.path = path
@@ -73,12 +48,12 @@ class RunDir:
                 diff = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
                         for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
                 if diff:
-                    raise RunDirError(f"run directory {path} was started with different settings ({'; '.join(diff)}); "
-                                      "rerun with the same settings to resume, or pass --overwrite to start over, "
-                                      "or choose another --output-dir")
+                    raise StageDirError(f"run directory {path} was started with different settings "
+                                        f"({'; '.join(diff)}); rerun with the same settings to resume, or pass "
+                                        "--overwrite to start over, or choose another --output-dir")
         elif os.path.isdir(path) and os.listdir(path):
-            raise RunDirError(f"{path} exists, is not empty and is not a pipeline run directory (no {RUN_FILE}); "
-                              "choose another --output-dir")
+            raise StageDirError(f"{path} exists, is not empty and is not a pipeline run directory (no {RUN_FILE}); "
+                                "choose another --output-dir")
         check_writable(path, what="run directory")  # before any model loads
         os.makedirs(path, exist_ok=True)
         if not os.path.isfile(run_file):

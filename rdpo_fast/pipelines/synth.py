@@ -18,8 +18,7 @@ from rdpo_fast.training.run_dir import check_file_writable
 from . import filters
 from rdpo_fast.lm.chat import assistant, user_turn
 from rdpo_fast.lm.generation import GenerationSettings, generate
-from rdpo_fast.io import table
-from .stages import write_jsonl
+from rdpo_fast.io import table, write_jsonl
 from rdpo_fast.data.templates import TaskTemplate, read_prompts, task_prompts
 
 

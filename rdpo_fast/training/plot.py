@@ -2,8 +2,6 @@
 held-out, from the run's metrics.jsonl."""
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 
 from rdpo_fast import io as textfile
@@ -15,15 +13,8 @@ def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a run directory of `rdpo-fast train`?")
     train, held_out = [], []
-    with contextlib.closing(textfile.lines(path)) as f:
-        for lineno, line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            (held_out if "eval_loss" in row else train).append(row)
+    for _, row in textfile.read_jsonl(path):
+        (held_out if "eval_loss" in row else train).append(row)
     if not train and not held_out:
         raise ValueError(f"{path} holds no metrics yet")
     return train, held_out

@@ -8,18 +8,18 @@ model loads.
   config names (which may be another run's now); a difference is said in one line.
 - `prepare_output_dir(cfg)`: refuses to start over a run with checkpoints, and deletes the temporary
   leftovers of a process killed while writing.
-- `write_json(path, obj)`: an atomic JSON write whose failure names the file.
+- `write_json(path, obj)`: rdpo_fast.io's atomic JSON write, whose failure names the file.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 
 from . import checkpoint as ckpt
 from . import fault_points
-from rdpo_fast.errors import OutputError, write_failure_reason, writing
+from rdpo_fast.errors import OutputError, write_failure_reason
+from rdpo_fast.io import write_json as write_json  # re-exported: the loop writes config.json, summary.json with it
 
 # Settings that belong to one invocation, not to the run: a resume never inherits them.
 TRANSIENT = ("resume", "stop_after_steps", "overwrite")
@@ -107,16 +107,3 @@ def prepare_output_dir(cfg, main: bool) -> None:
     if main:
         check_writable(cfg.output_dir)
         ckpt.remove_stale_temporaries(cfg.output_dir)
-
-
-def write_json(path: str, obj) -> None:
-    """Writes JSON atomically (a temporary file renamed into place); a failure names the file."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}")  # cleaned if killed
-    try:
-        with writing(path):
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=1)
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -16,6 +16,7 @@ encoder-decoder models. TRL's DPOTrainer 1.16 has no SimPO loss type: SimPO runs
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 
@@ -23,14 +24,19 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # TRL warns that the experimental namespace may change
     from trl.experimental.cpo import CPOTrainer
 
-from rdpo_fast.models import loading as modeling
 from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
-from .dpo import UnsupportedSetting, _install_fused_forward, _refuse, _unwrap
+from rdpo_fast.models import loading as modeling
+
+from .patching import UnsupportedSetting, install_fused_forward, refuse, unwrap
 
 CPO_LOSS_TYPES = {"simpo": "simpo", "sigmoid": "sigmoid", "hinge": "hinge", "ipo": None}
 
 
-def cpo_loss_options(args) -> dict:
+def _refuse(name, value, why):
+    refuse("FusedCPOTrainer", name, value, why)
+
+
+def cpo_loss_options(args: Any) -> dict:
     name = args.loss_type
     if name not in CPO_LOSS_TYPES:
         raise UnsupportedSetting(f"FusedCPOTrainer: unknown loss_type {name!r}")
@@ -62,13 +68,14 @@ class FusedCPOTrainer(CPOTrainer):
             raise UnsupportedSetting("FusedCPOTrainer: encoder-decoder models are not supported")
         if self.aux_loss_enabled:
             _refuse("output_router_logits", True, "the MoE auxiliary loss is not computed on the fused path")
-        base = _unwrap(self.model)
+        base = unwrap(self.model)
         self._rdpo_transform = modeling.logit_transform(base)
         self._rdpo_loss = FusedLinearPreferenceLoss(**cpo_loss_options(self.args),
                                                     **self._rdpo_transform.kernel_args())
         self._rdpo_calls = 0
 
-    def get_batch_loss_metrics(self, model, batch, train_eval="train"):
+    def get_batch_loss_metrics(self, model: torch.nn.Module, batch: dict, train_eval: str = "train"
+                               ) -> tuple[torch.Tensor, dict[str, float]]:
         cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.pad_token_id,
                                       device=self.accelerator.device)
         input_ids, labels = cb["concatenated_input_ids"], cb["concatenated_labels"]
@@ -87,7 +94,7 @@ class FusedCPOTrainer(CPOTrainer):
                     extra["logits"] = (per_row[:n_chosen].mean() / denom, per_row[n_chosen:].mean() / denom)
             return out
 
-        _install_fused_forward(model)
+        install_fused_forward(model)
         loss, aux = model(input_ids=input_ids, attention_mask=cb["concatenated_attention_mask"], labels=labels,
                           use_cache=False, rdpo_fused=fused)
         self._rdpo_calls += 1

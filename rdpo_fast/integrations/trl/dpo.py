@@ -79,9 +79,8 @@ TRL's CPOTrainer (trl.experimental.cpo in TRL 1.16): `FusedCPOTrainer` runs its 
 from __future__ import annotations
 
 import contextlib
-import functools
-import types
 import warnings
+from typing import Any
 
 import torch
 
@@ -94,8 +93,10 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test wi
 from packaging.version import Version
 
 from rdpo_fast.losses import table as lt
-from rdpo_fast.models import loading as modeling
 from rdpo_fast.losses.fused import LENGTH_NORMALISED, FusedLinearPreferenceLoss
+from rdpo_fast.models import loading as modeling
+
+from .patching import UnsupportedSetting, install_fused_forward, refuse, unwrap
 
 TESTED_TRL_VERSION = "1.16.0"
 if Version(trl.__version__).major < 1:
@@ -112,16 +113,12 @@ _READS_LABEL_SMOOTHING = ("robust", "exo_pair", "aot", "aot_unpaired")
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
-class UnsupportedSetting(ValueError):
-    """A TRL setting the fused trainer cannot honour; the message names it."""
-
-
 def _refuse(name, value, why):
-    raise UnsupportedSetting(f"FusedDPOTrainer: {name}={value!r} is not supported: {why}")
+    refuse("FusedDPOTrainer", name, value, why)
 
 
 # ---------------------------------------------------------------------------------------- settings
-def loss_options(args) -> dict:
+def loss_options(args: Any) -> dict:
     """FusedLinearPreferenceLoss keywords for a DPOConfig, or UnsupportedSetting naming the setting."""
     names = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
     for name in names:
@@ -163,74 +160,14 @@ def loss_options(args) -> dict:
     return opts
 
 
-def check_training_args(args) -> None:
+def check_training_args(args: Any) -> None:
     """TrainingArguments that change the loss or the log-probs and that the fused path cannot honour."""
     if getattr(args, "torch_compile", False):
         _refuse("torch_compile", True, "the fused loss syncs with the host once per call; compile the model "
                 "yourself outside the trainer if you need to")
 
 
-# ---------------------------------------------------------------------------------------- the model's head
-def _unwrap(model):
-    """The transformers model under DDP / DeepSpeed / torch.compile / PEFT wrappers (a DeepSpeed engine
-    forwards attribute lookups to its module, so the test is the type, not the attributes)."""
-    from transformers import PreTrainedModel
-
-    while not isinstance(model, PreTrainedModel):
-        if hasattr(model, "get_base_model"):
-            inner = model.get_base_model()
-        else:
-            inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None or inner is model:
-            raise ValueError(f"cannot find the transformers model inside {type(model).__name__}")
-        model = inner
-    return model
-
-
-def _head(model):
-    """(weight [V, H], bias or None) of the lm_head, full tensors (an FSDP2 DTensor shard is gathered,
-    differentiably)."""
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embedding (lm_head) to fuse")
-    weight, bias = head.weight, getattr(head, "bias", None)
-    if hasattr(weight, "full_tensor"):
-        weight = weight.full_tensor()
-        bias = None if bias is None else bias.full_tensor()
-    return weight, bias
-
-
-def _install_fused_forward(model) -> None:
-    """Gives the transformers model under `model` a forward mode that runs the decoder only and hands its
-    last hidden states [B, T, H], the labels [B, T] (unshifted) and the lm_head parameters to a callable,
-    inside the model's own forward (so DDP, FSDP2 and ZeRO-3 hooks run as for any forward). Without
-    `rdpo_fused` the forward is the previous one (TRL's fused head, or the model's own), so generation
-    and TRL's own paths are unchanged."""
-    base = _unwrap(model)
-    if getattr(base, "_rdpo_fused_forward", False):
-        return
-    previous = base.forward
-
-    @functools.wraps(type(base).forward)
-    def forward(self, *args, rdpo_fused=None, labels=None, **kwargs):
-        if rdpo_fused is None:
-            if labels is not None:
-                kwargs["labels"] = labels
-            return previous(*args, **kwargs)
-        kwargs["use_cache"] = False
-        for unused in ("num_items_in_batch", "fused_lm_head"):
-            kwargs.pop(unused, None)
-        hidden = self.base_model(*args, **kwargs).last_hidden_state
-        weight, bias = _head(self)
-        from trl.trainer.utils import maybe_gather_lm_head_ctx
-
-        with maybe_gather_lm_head_ctx(weight, bias):
-            return rdpo_fused(self, hidden, labels.to(hidden.device), weight, bias)
-
-    base.forward = types.MethodType(forward, base)
-    base._rdpo_fused_forward = True
-
-
+# ---------------------------------------------------------------------------------------- scoring
 def _score_sequences(module, hidden, labels, weight, bias, ld_alpha):
     """(chosen, rejected) sums of the next-token log-probs of `labels` (hidden states and labels
     unshifted) under the module's logit transform (with ld_alpha, LD-DPO's weighting), forward only.
@@ -262,7 +199,7 @@ class FusedDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         self._rdpo_check_model()
         self._rdpo_loss = FusedLinearPreferenceLoss(**loss_options(self.args),
-                                                    **modeling.logit_transform(_unwrap(self.model)).kernel_args())
+                                                    **modeling.logit_transform(unwrap(self.model)).kernel_args())
         self._rdpo_calls = 0  # fused loss calls, for tests and users who want to see it ran
 
     def _rdpo_check_model(self):
@@ -283,7 +220,7 @@ class FusedDPOTrainer(DPOTrainer):
     # -- the reference ------------------------------------------------------------------------------
     def _rdpo_score(self, model, model_kwargs, labels):
         """(chosen, rejected) sequence log-probs of `model`, forward only, through the fused op."""
-        _install_fused_forward(model)
+        install_fused_forward(model)
 
         def score(module, hidden, labels, weight, bias):
             return _score_sequences(module, hidden, labels, weight, bias, self.ld_alpha)
@@ -300,7 +237,8 @@ class FusedDPOTrainer(DPOTrainer):
             return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         return contextlib.nullcontext()
 
-    def compute_ref_log_probs(self, model, inputs):
+    def compute_ref_log_probs(self, model: torch.nn.Module,
+                              inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """TRL's precompute pass (and ours): the reference's sequence log-probs of one padded batch."""
         from trl.models.utils import disable_gradient_checkpointing
 
@@ -355,7 +293,7 @@ class FusedDPOTrainer(DPOTrainer):
             return loss_fn(weight, hidden[:, :-1], labels[:, 1:], bias, ref_chosen_logps=ref_chosen,
                            ref_rejected_logps=ref_rejected, return_token_stats=True)
 
-        _install_fused_forward(model)
+        install_fused_forward(model)
         loss, aux, stats = model(**model_kwargs, labels=labels, rdpo_fused=fused)
         self._rdpo_calls += 1
         self._rdpo_log(mode, inputs, aux, stats)
