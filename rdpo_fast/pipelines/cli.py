@@ -15,8 +15,7 @@ import sys
 
 from . import presets
 from rdpo_fast.lm.generation import GenerationSettings
-
-DEFAULT_MODEL = "smollm2-135m"
+from rdpo_fast.models.sources import DEFAULT_MODEL
 
 
 # ---------------------------------------------------------------------------------------- shared flags
@@ -79,13 +78,13 @@ def _common(p):
 
 
 def _final_eval_flags(p, what: str):
-    from .final_eval import DEFAULT_JUDGE, FinalEvalSettings
+    from .final_eval import FinalEvalSettings
 
     d = FinalEvalSettings()
     e = p.add_argument_group("final evaluation (the final model vs the starting one, by an external judge on "
                              "held-out prompts; final_eval.py)")
     e.add_argument("--judge", default=d.judge,
-                   help=f"judge model: local HF directory, .gguf or 'smollm2-135m' (default {DEFAULT_JUDGE}); a larger "
+                   help=f"judge model: local HF directory, .gguf or {DEFAULT_MODEL!r} (default {d.judge}); a larger "
                         "local instruct model judges far better than the 135M default")
     e.add_argument("--no-final-eval", dest="final_eval", action="store_false", help="end without the evaluation")
     e.add_argument("--final-eval-prompts", default=None,
@@ -119,8 +118,8 @@ def _rounds_flags(p, d, *, what: str):
     from .driver import GENERATORS, PROMPT_POOLS, REWARD_PAIRS
     from .pairing import ALPHA_RULES
 
-    p.add_argument("--policy", default=DEFAULT_MODEL,
-                   help=f"{what} (local HF directory, .gguf file or {DEFAULT_MODEL!r}; default {DEFAULT_MODEL})")
+    p.add_argument("--policy", default=d.policy,
+                   help=f"{what} (local HF directory, .gguf file or {DEFAULT_MODEL!r}; default {d.policy})")
     p.add_argument("--reference", default=None,
                    help="the policy's DPO reference; without it round 0 first trains a DPO model from the policy "
                         "on offline pairs (the policy would otherwise be its own reference: every reward 0)")
@@ -430,7 +429,7 @@ def add_rdpo_arguments(p):
     sc.add_argument("--scorer", choices=SCORERS, default=d.scorer,
                     help=f"judge: an LLM judge with the task's rubric and scale; rm: a sequence-classification "
                          f"reward model; implicit: log pi - log pi_ref of a DPO model (default {d.scorer})")
-    sc.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    sc.add_argument("--judge-model", default=None, help=f"judge model (local HF directory, .gguf or {DEFAULT_MODEL!r})")
     sc.add_argument("--judge-mode", choices=JUDGE_MODES, default=d.judge_mode,
                     help="pairwise: soft label = the probability judge's P(revision better); pointwise: its expected "
                          "scores on the task's scale; generate: the judge writes [[N]], parsed strictly "

