@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rdpo_fast import io as textfile
 from . import typed
 from rdpo_fast.losses.head import LOSS_TYPES
-from rdpo_fast.models.sources import DEFAULT_MODEL
+from rdpo_fast.models.sources import DEFAULT_MODEL, default_cache_dir
 
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
 
@@ -133,6 +133,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def cache_location(self) -> str:
+        """Where model conversions and reference passes are cached: cache_dir, else the package's default
+        ($RDPO_FAST_CACHE, else ~/.cache/rdpo_fast)."""
+        return self.cache_dir or default_cache_dir()
+
+    def workspace_budget(self) -> int | None:
+        """The fused loss's workspace_budget in bytes (None: the loss's own default)."""
+        return None if self.workspace_mb is None else int(self.workspace_mb * 2**20)
 
 
 def fields():
