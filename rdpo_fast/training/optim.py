@@ -68,7 +68,8 @@ def resolve_precision(dtype: str | None, bf16: bool | None, device: torch.device
     return Precision(weights, torch.bfloat16 if on else None)
 
 
-def prepare_model(model, *, precision: Precision, gradient_checkpointing: bool, disable_dropout: bool) -> None:
+def prepare_model(model: torch.nn.Module, *, precision: Precision, gradient_checkpointing: bool,
+                  disable_dropout: bool) -> None:
     """Before freezing/LoRA: dropout off (as TRL) and gradient checkpointing on, as asked."""
     if disable_dropout:
         for m in model.modules():
@@ -83,7 +84,7 @@ def prepare_model(model, *, precision: Precision, gradient_checkpointing: bool, 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def master_weights(model) -> int:
+def master_weights(model: torch.nn.Module) -> int:
     """Trained weights to fp32 (their own master copies); frozen ones keep the storage dtype. Returns
     how many parameters were upcast."""
     n = 0
@@ -94,7 +95,7 @@ def master_weights(model) -> int:
     return n
 
 
-def build_optimizer(name: str, params: list, *, lr: float, weight_decay: float):
+def build_optimizer(name: str, params: list, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adamw":
         plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if plain else {}))

@@ -16,10 +16,13 @@ import json
 import os
 import sys
 import tempfile
+from typing import Callable
+
+from rdpo_fast.errors import OutputError, write_failure_reason, writing
 
 from . import checkpoint as ckpt
 from . import fault_points
-from rdpo_fast.errors import OutputError, write_failure_reason, writing
+from .config import TrainConfig
 
 # Settings that belong to one invocation, not to the run: a resume never inherits them.
 TRANSIENT = ("resume", "stop_after_steps", "overwrite")
@@ -75,7 +78,7 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def resume_settings(resume: str, output_dir: str | None = None, log=None) -> dict:
+def resume_settings(resume: str, output_dir: str | None = None, log: Callable[[str], None] | None = None) -> dict:
     """The saved settings of the checkpoint `resume` names (a checkpoint or a run directory), with
     resume set to that exact checkpoint and output_dir to the run directory holding it (or to
     `output_dir` when the user gave one). One line is logged when that differs from the saved path."""
@@ -98,7 +101,7 @@ def resume_settings(resume: str, output_dir: str | None = None, log=None) -> dic
     return saved
 
 
-def prepare_output_dir(cfg, main: bool) -> None:
+def prepare_output_dir(cfg: TrainConfig, main: bool) -> None:
     """Before anything loads: the output directory must be writable, and must not hold another run's
     checkpoints unless resuming or overwriting; leftovers of a killed process are deleted."""
     if cfg.resume is None and ckpt.list_checkpoints(cfg.output_dir) and not cfg.overwrite:
@@ -109,7 +112,7 @@ def prepare_output_dir(cfg, main: bool) -> None:
         ckpt.remove_stale_temporaries(cfg.output_dir)
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: object) -> None:
     """Writes JSON atomically (a temporary file renamed into place); a failure names the file."""
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}")  # cleaned if killed
     try:

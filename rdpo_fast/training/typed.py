@@ -22,7 +22,7 @@ class _Mismatch(Exception):
     pass
 
 
-def describe(tp) -> str:
+def describe(tp: object) -> str:
     """A declared type in words: 'an int', 'a number or null', 'a list of strings', ..."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -39,7 +39,7 @@ def describe(tp) -> str:
         tp, f"a {getattr(tp, '__name__', tp)}")
 
 
-def coerce(value, tp):
+def coerce(value: object, tp: object) -> object:
     """`value` as the declared type `tp`, or _Mismatch."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -155,7 +155,7 @@ def check_values(cls, values: dict, where: str = "", lines: dict | None = None) 
     return out
 
 
-def check_instance(obj) -> None:
+def check_instance(obj: object) -> None:
     """Checks (and converts in place) every field of a dataclass instance."""
     fixed = check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
     for k, v in fixed.items():
