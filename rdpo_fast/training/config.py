@@ -11,6 +11,7 @@ from rdpo_fast.losses.head import LOSS_TYPES
 from rdpo_fast.models.sources import DEFAULT_MODEL, default_cache_dir
 
 from . import typed
+from .dist import STRATEGIES
 from .optim import DTYPES, OPTIMIZERS, SCHEDULES
 
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
@@ -86,7 +87,7 @@ class TrainConfig:
     seed: int = _opt(0, "seed of shuffling and initialisation")
     bf16: bool | None = _opt(None, "compute in bf16 under autocast, weights as --dtype says (default: on with "
                              "CUDA, off on CPU)")
-    distributed: str = _opt("ddp", "strategy under torchrun", choices=("ddp", "fsdp"))
+    distributed: str = _opt("ddp", "strategy under torchrun", choices=STRATEGIES)
     # feedback and checkpoints
     logging_steps: int = _opt(1, "log metrics every N steps")
     eval_steps: int = _opt(0, "evaluate every N steps (0: at the end only)")

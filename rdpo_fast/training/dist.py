@@ -11,7 +11,7 @@ import torch
 
 from rdpo_fast.models import loading as modeling
 
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp")  # --distributed: what wrap() puts around the training module
 
 
 class Dist:
