@@ -4,7 +4,7 @@ to run); a new one (synth, score, dice, crosslingual) is one more entry in COMMA
 `rdpo-fast train`: every option of rdpo_fast.training.config.TrainConfig is a flag; `--config FILE` (JSON or YAML)
 supplies any of them, and flags given on the command line win. With `--resume`, the checkpoint's saved
 settings are the starting point, so `rdpo-fast train --resume RUN_DIR` alone continues a run, writing into
-the run directory that holds the checkpoint (rdpo_fast/run_dir.py). Every failure goes through one error
+the run directory that holds the checkpoint (rdpo_fast/training/run_dir.py). Every failure goes through one error
 path (rdpo_fast/errors.py): an expected one is a single line and exit status 2.
 """
 from __future__ import annotations
@@ -27,11 +27,6 @@ class Command:
 
 
 # ---------------------------------------------------------------------------------------- train
-def _flag_type(annotation: str):
-    base = annotation.split("|")[0].strip()
-    return {"int": int, "float": float, "str": str, "bool": bool}[base]
-
-
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from rdpo_fast.training.flags import add_grouped_flags
 

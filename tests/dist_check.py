@@ -30,28 +30,29 @@ def grad_check(args, d):
     from rdpo_fast.training.config import TrainConfig
     from rdpo_fast.data.records import collate, load_preference_data
     from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
-    from rdpo_fast.training.loop import PreferenceStep, _sync, _wrap, precompute_reference
+    from rdpo_fast.training.forward import PreferenceStep
+    from rdpo_fast.training.ref_cache import precompute_reference
 
     cfg = TrainConfig(model=args.model, distributed=args.strategy, cache_dir=args.cache, eval_batch_size=3)
     tok = modeling.load_tokenizer(args.model)
     data = load_preference_data(args.data, tok, max_length=160)
     model = modeling.load_model(args.model)
-    ref = precompute_reference(cfg, model, data, d, bf16=False, log=lambda *a: None)
+    ref = precompute_reference(cfg, model, data, d, log=lambda *a: None)
 
     def loss_fn():
         return FusedLinearPreferenceLoss(loss_type="sigmoid", beta=0.1, compute_nll_loss=True, alpha=0.5)
 
     pad = tok.pad_token_id
     # One process, the whole step (4 pairs) in one call, no wrapper.
-    single = PreferenceStep(modeling.load_model(args.model), loss_fn(), adapters_reference=False, bf16=False)
+    single = PreferenceStep(modeling.load_model(args.model), loss_fn(), adapters_reference=False)
     full = collate(data, [0, 1, 2, 3], pad_id=pad, ref_logps=ref)
     loss_single, _ = single(full, full.num_pairs, full.num_chosen_tokens)
     loss_single.backward()
     g_single = {n: p.grad.clone() for n, p in single.model.named_parameters() if p.grad is not None}
 
     # Two ranks, each two micro-batches of one pair, counts of the whole step.
-    step = PreferenceStep(modeling.load_model(args.model), loss_fn(), adapters_reference=False, bf16=False)
-    wrapped = _wrap(step, cfg, d)
+    step = PreferenceStep(modeling.load_model(args.model), loss_fn(), adapters_reference=False)
+    wrapped = d.wrap(step, cfg.distributed)
     head = step.model.get_output_embeddings().weight
     local = head.to_local() if hasattr(head, "to_local") else head
     sharded = {"head_sharded": local.shape[0] < head.shape[0], "head_shape": list(head.shape),
@@ -61,7 +62,7 @@ def grad_check(args, d):
     counts = d.all_sum(torch.tensor([sum(b.num_pairs for b in mbs), sum(b.num_chosen_tokens for b in mbs)]))
     total = torch.zeros((), dtype=torch.float64)
     for i, mb in enumerate(mbs):
-        with _sync(wrapped, cfg, d, i == len(mbs) - 1):
+        with d.grad_sync(wrapped, cfg.distributed, i == len(mbs) - 1):
             loss, _ = wrapped(mb, int(counts[0]), int(counts[1]))
             (loss * d.world).backward()
         total += loss.detach().double()
@@ -85,7 +86,8 @@ def main():
     args = p.parse_args()
 
     from rdpo_fast.training.config import TrainConfig
-    from rdpo_fast.training.loop import Dist, train
+    from rdpo_fast.training.dist import Dist
+    from rdpo_fast.training.loop import train
 
     d = Dist()
     result = {"world": d.world, "strategy": args.strategy}

@@ -102,6 +102,8 @@ def test_training_loop_uses_the_models_transform(tok, tmp_path):
     """`rdpo-fast train` on a softcapped Gemma 2, reference precomputed: the cached reference and the
     first step's logged logps/chosen (before any update) are the model's own log-probs."""
     from rdpo_fast.training import loop as train_mod
+    from rdpo_fast.training.dist import Dist
+    from rdpo_fast.training.ref_cache import precompute_reference
     from rdpo_fast.training.config import TrainConfig
     from rdpo_fast.data.records import collate, load_preference_data
 
@@ -124,7 +126,7 @@ def test_training_loop_uses_the_models_transform(tok, tmp_path):
     assert row["logps/chosen"] == pytest.approx(want[:2].mean().item(), rel=1e-5)
     assert row["logps/rejected"] == pytest.approx(want[2:].mean().item(), rel=1e-5)
     assert row["rewards/margins"] == 0.0  # the precomputed reference is the same model, scored the same way
-    ref_c, ref_r = train_mod.precompute_reference(cfg, model, data, train_mod.Dist(), bf16=False, log=lambda *a: None)
+    ref_c, ref_r = precompute_reference(cfg, model, data, Dist(), log=lambda *a: None)
     assert_close(torch.cat([ref_c, ref_r]), want)
 
 

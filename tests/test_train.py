@@ -14,7 +14,10 @@ from rdpo_fast.cli import main
 from rdpo_fast.training.config import TrainConfig
 from rdpo_fast.data.records import Batch, collate, load_preference_data
 from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
-from rdpo_fast.training.loop import Dist, PreferenceStep, precompute_reference, train
+from rdpo_fast.training.dist import Dist
+from rdpo_fast.training.forward import PreferenceStep
+from rdpo_fast.training.loop import train
+from rdpo_fast.training.ref_cache import precompute_reference
 from tiny import read_weights, save_tiny, write_subset
 
 TRL_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -114,14 +117,14 @@ def _step_setup(files, **loss_kw):
     tok = modeling.load_tokenizer(files["model"])
     data = load_preference_data(files["train"], tok, max_length=160)
     cfg = TrainConfig(model=files["model"], cache_dir=files["cache"], max_length=160)
-    ref = precompute_reference(cfg, modeling.load_model(files["model"]), data, Dist(), bf16=False, log=lambda *a: None)
+    ref = precompute_reference(cfg, modeling.load_model(files["model"]), data, Dist(), log=lambda *a: None)
     return tok, data, ref
 
 
 def _grads(files, data, ref, tok, micro, *, packed=False, **loss_kw):
     """Loss and gradients of one optimizer step over pairs 0..3 split into `micro` micro-batches."""
     model = modeling.load_model(files["model"])
-    step = PreferenceStep(model, FusedLinearPreferenceLoss(**loss_kw), adapters_reference=False, bf16=False)
+    step = PreferenceStep(model, FusedLinearPreferenceLoss(**loss_kw), adapters_reference=False)
     mbs = [collate(data, idx, pad_id=tok.pad_token_id, packed=packed, ref_logps=ref)
            for idx in torch.arange(4).split(4 // micro)]
     n_pairs, n_tok = sum(b.num_pairs for b in mbs), sum(b.num_chosen_tokens for b in mbs)
@@ -155,7 +158,7 @@ def test_reference_modes_agree(files, tmp_path):
     tok = modeling.load_tokenizer(files["model"])
     data = load_preference_data(files["train"], tok, max_length=160)
     ref_c, ref_r = precompute_reference(TrainConfig(**base), modeling.load_model(files["model"]), data, Dist(),
-                                        bf16=False, log=lambda *a: None)
+                                        log=lambda *a: None)
     with_ref = write_subset(str(tmp_path / "with_ref.jsonl"), 12, transform=lambda i, r: dict(
         r, ref_chosen_logps=ref_c[i].item(), ref_rejected_logps=ref_r[i].item()))
     s = train(TrainConfig(**{**base, "data": with_ref}, output_dir=str(tmp_path / "dataset")))
@@ -172,12 +175,12 @@ def test_reference_cache_is_keyed(files, tmp_path, capsys):
     cfg = TrainConfig(model=files["model"], cache_dir=str(tmp_path), max_length=160)
     logs = []
     data = load_preference_data(files["train"], tok, max_length=160)
-    first = precompute_reference(cfg, model, data, Dist(), bf16=False, log=logs.append)
-    again = precompute_reference(cfg, model, data, Dist(), bf16=False, log=logs.append)
+    first = precompute_reference(cfg, model, data, Dist(), log=logs.append)
+    again = precompute_reference(cfg, model, data, Dist(), log=logs.append)
     assert "cached (" in logs[1] and torch.equal(first[0], again[0])
     shorter = load_preference_data(files["train"], tok, max_length=90)
     cfg90 = TrainConfig(model=files["model"], cache_dir=str(tmp_path), max_length=90)
-    precompute_reference(cfg90, model, shorter, Dist(), bf16=False, log=logs.append)
+    precompute_reference(cfg90, model, shorter, Dist(), log=logs.append)
     assert "cached (" not in logs[2]
     assert len(os.listdir(tmp_path / "reference")) == 2
 
@@ -255,7 +258,7 @@ def test_training_step_never_allocates_tokens_by_vocab(files):
                   ref_rejected=torch.zeros(B))
     # A small workspace: chunks are then single pairs (a chunk holds whole pairs, at least one).
     loss_fn = FusedLinearPreferenceLoss(beta=0.1, use_ref_model=True, workspace_budget=64 * 2**10)
-    step = PreferenceStep(model, loss_fn, adapters_reference=False, bf16=False)
+    step = PreferenceStep(model, loss_fn, adapters_reference=False)
     with Largest() as fused:
         loss, _ = step(batch, B, batch.num_chosen_tokens)
         loss.backward()
@@ -340,7 +343,7 @@ def test_embedded_default_model():
     assert modeling.output_weight(model) is model.model.embed_tokens.weight  # tied
     assert getattr(model.config, "quantization_config", None) is None  # exports as a plain model
     modeling.freeze_all_but_last(model, 1)
-    step = PreferenceStep(model, FusedLinearPreferenceLoss(beta=0.1), adapters_reference=False, bf16=False)
+    step = PreferenceStep(model, FusedLinearPreferenceLoss(beta=0.1), adapters_reference=False)
     b = collate(data, [0, 1], pad_id=tok.pad_token_id, ref_logps=(torch.zeros(len(data)), torch.zeros(len(data))))
     loss, aux = step(b, 2, b.num_chosen_tokens)
     loss.backward()

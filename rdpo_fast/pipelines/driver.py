@@ -30,6 +30,7 @@ from .rounds import (Models, TrainSettings, candidates_record, default_min_valid
 from .stages import StageDir, read_stage_records
 from rdpo_fast.io import write_json, write_jsonl
 from rdpo_fast.lm.vllm import VllmSettings, generate_vllm, require_vllm
+from rdpo_fast.models.sources import DEFAULT_MODEL
 
 # Which implicit reward scores round r's samples; chain[r-1] = (pi_{r-1}, ref_{r-1}), chain[0] = (pi_0, ref_0).
 REWARD_PAIRS = {
@@ -70,7 +71,7 @@ def round_indices(pool_size: int, r: int, n: int, mode: str) -> tuple[list[int],
 @dataclass
 class RoundSettings:
     """Settings every round pipeline shares; a pipeline's settings extend these."""
-    policy: str = "smollm2-135m"
+    policy: str = DEFAULT_MODEL
     reference: str | None = None  # the policy's DPO reference; None: round 0 trains pi_0 by DPO first
     offline: str | None = None  # offline preference JSONL; default: the shipped training pairs
     init_pairs: int = 64  # offline pairs of the round-0 DPO (without --reference)

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 
 from rdpo_fast.models import loading as modeling
+from rdpo_fast.models.sources import DEFAULT_MODEL
 from rdpo_fast.evaluation.tasks import TASKS, load_prompts
 
 from rdpo_fast.lm.generation import GenerationSettings
@@ -29,7 +30,7 @@ from rdpo_fast.io import table
 from .stages import StageDir
 
 STAGE = "final_eval"
-DEFAULT_JUDGE = "smollm2-135m"
+DEFAULT_JUDGE = DEFAULT_MODEL  # the embedded model judges unless --judge names a better one
 
 
 @dataclass

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 
 from rdpo_fast.models import loading as modeling
+from rdpo_fast.models.sources import DEFAULT_MODEL
 from rdpo_fast.data.shipped import default_path
 from rdpo_fast.losses.head import LOSS_TYPES
 
@@ -59,7 +60,7 @@ class RdpoSettings:
     template_file: str | None = None
     prompts: str | None = None  # default: the task's shipped prompts
     num_prompts: int | None = None
-    teacher: str = "smollm2-135m"
+    teacher: str = DEFAULT_MODEL
     student: str | None = None  # None: the teacher distils into itself
     method: str = "rdpo"
     scorer: str = "judge"

@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -32,7 +33,6 @@ from .stages import StageDir
 # Options of the training stage the pipeline itself decides; a --train-config file may not set them.
 _PIPELINE_OWNED = ("model", "data", "eval_data", "output_dir", "overwrite", "resume", "export", "cache_dir",
                    "reference", "stop_after_steps")
-SCHEDULERS = ("constant", "cosine", "linear")  # rdpo_fast.training.config's choices; constant = constant with warmup
 # Losses that need no reference model (rdpo_fast.losses.table: "free", or "optional" as sft): the training
 # stage runs them without one instead of paying for a reference pass they do not read.
 _REFERENCE_FREE = tuple(name for name, info in LOSSES.items() if info.reference != "required")
@@ -40,25 +40,29 @@ _REFERENCE_FREE = tuple(name for name, info in LOSSES.items() if info.reference 
 
 @dataclass
 class TrainSettings:
-    """The training stage of a round (a TrainConfig with the pipeline's own fields filled in)."""
+    """The training stage of a round: TrainConfig options under their TrainConfig names, with the
+    pipelines' own defaults where they differ from `rdpo-fast train`'s (a short run on the few pairs a
+    round makes: a higher learning rate, only the last decoder layers, shorter sequences), TrainConfig's
+    elsewhere. TRAIN_FLAGS of them are the commands' flags (rdpo_fast.pipelines.cli)."""
     lr: float = 5e-5
-    beta: float = 0.1
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
+    beta: float = TrainConfig.beta
+    epochs: int = TrainConfig.epochs
+    max_steps: int | None = TrainConfig.max_steps
+    batch_size: int = TrainConfig.batch_size
+    grad_accum: int = TrainConfig.grad_accum
     train_last_layers: int = 4
     max_length: int = 384
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    scheduler: str = "cosine"
-    loss_type: str = "sigmoid"  # any of rdpo_fast.losses.head.LOSS_TYPES
-    nll_alpha: float = 0.0
-    seed: int = 0
-    progress: bool = True
+    warmup_steps: int = TrainConfig.warmup_steps
+    warmup_ratio: float = TrainConfig.warmup_ratio
+    scheduler: str = TrainConfig.scheduler
+    loss_type: str = TrainConfig.loss_type  # any of rdpo_fast.losses.head.LOSS_TYPES
+    nll_alpha: float = TrainConfig.nll_alpha
+    seed: int = TrainConfig.seed
+    progress: bool = TrainConfig.progress
     config_file: str | None = None  # JSON/YAML of further TrainConfig options
 
-    def config(self, *, model: str, data: str, output_dir: str, cache_dir: str, n_pairs: int, log=print) -> TrainConfig:
+    def config(self, *, model: str, data: str, output_dir: str, cache_dir: str, n_pairs: int,
+               log: Callable[[str], None] = print) -> TrainConfig:
         extra = read_config_file(self.config_file) if self.config_file else {}
         owned = sorted(set(extra) & set(_PIPELINE_OWNED))
         if owned:
@@ -66,11 +70,7 @@ class TrainSettings:
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type {self.loss_type!r}; this build of rdpo_fast has: "
                              f"{', '.join(LOSS_TYPES)}")
-        values = dict(lr=self.lr, beta=self.beta, epochs=self.epochs, max_steps=self.max_steps,
-                      batch_size=self.batch_size, grad_accum=self.grad_accum, train_last_layers=self.train_last_layers,
-                      max_length=self.max_length, warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio,
-                      scheduler=self.scheduler, nll_alpha=self.nll_alpha, seed=self.seed, progress=self.progress,
-                      loss_type=self.loss_type)
+        values = {name: getattr(self, name) for name in _CONFIG_OPTIONS}
         values.update(extra)
         reference = "none" if values["loss_type"] in _REFERENCE_FREE else "precompute"
         values.update(model=model, data=data, eval_data=None, output_dir=output_dir, overwrite=True, export=True,
@@ -92,6 +92,14 @@ class TrainSettings:
         d = dataclasses.asdict(self)
         d.pop("progress")
         return d
+
+
+# The settings that are TrainConfig options (all but config_file).
+_CONFIG_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainSettings)
+                        if f.name in {c.name for c in dataclasses.fields(TrainConfig)})
+# Those that are flags of the pipeline commands; seed and progress come from their command-wide --seed and
+# --no-progress.
+TRAIN_FLAGS = tuple(n for n in _CONFIG_OPTIONS if n not in ("seed", "progress"))
 
 
 class Models:

@@ -25,13 +25,18 @@ import re
 import shutil
 import sys
 import uuid
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import fault_points
 from rdpo_fast.errors import writing
 from rdpo_fast.models.loading import tied_aliases
+
+from . import fault_points
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -68,7 +73,7 @@ def _sd_options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def full_model_state(model) -> dict[str, torch.Tensor]:
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every rank must call this (FSDP2 gathers shards); rank 0 gets the full state on CPU."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -155,7 +160,8 @@ def _write_marker(folder: str) -> None:
         json.dump({"format": 1, "files": files}, f, indent=1)
 
 
-def save_checkpoint(run_dir: str, *, model, optimizer, scheduler, state: dict, keep: int = 0) -> str:
+def save_checkpoint(run_dir: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict, keep: int = 0) -> str:
     """Writes RUN/checkpoints/step-N atomically (collective: every rank calls it). keep > 0 keeps only the
     newest `keep` checkpoints. Returns the checkpoint's path."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -261,7 +267,7 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def find_checkpoint(path: str, log=_stderr) -> str:
+def find_checkpoint(path: str, log: Callable[[str], None] = _stderr) -> str:
     """A checkpoint directory itself, or the newest complete checkpoint of a run directory (newer,
     incomplete ones are named in a note and skipped)."""
     if not os.path.isdir(path):
@@ -308,7 +314,8 @@ def read_state(ckpt: str) -> dict:
     return _reading(ckpt, STATE_FILE, _load_json)
 
 
-def load_checkpoint(ckpt: str, *, model, optimizer, scheduler) -> dict:
+def load_checkpoint(ckpt: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
     """Restores weights, optimizer, scheduler and this rank's RNG; returns the trainer state."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
@@ -345,7 +352,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def export_model(out_dir: str, model, tokenizer, weights: dict[str, torch.Tensor] | None = None) -> str:
+def export_model(out_dir: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 weights: dict[str, torch.Tensor] | None = None) -> str:
     """A plain Hugging Face directory (safetensors) that AutoModelForCausalLM.from_pretrained loads.
     `weights`: the full state from full_model_state (rank 0); a LoRA policy is merged into its base."""
     if _rank() != 0:

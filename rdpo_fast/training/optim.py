@@ -1,4 +1,4 @@
-"""Precision, memory and the optimizer of the training loop.
+"""Precision, memory, the optimizer and the learning-rate schedule of the training loop.
 
 Precision (--dtype, --bf16). The weights are stored in --dtype (bf16 by default on CUDA, fp32 on CPU):
 every frozen weight (the reference copy, frozen layers, a LoRA base) and the activations take half the
@@ -18,14 +18,19 @@ inputs are fine) instead of storing its activations.
 Optimizer: `adamw` is torch's AdamW, fused (one kernel for all parameters) where every parameter is a
 plain tensor on CPU or CUDA, the for-each implementation otherwise (FSDP2's DTensors); `adamw_8bit` is
 bitsandbytes' AdamW8bit (8-bit moments: 2 bytes per parameter instead of 8), when it is importable.
+The schedule is transformers' (linear warmup, then constant, cosine or linear decay).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OPTIMIZERS = ("adamw", "adamw_8bit")
+# Our schedule names -> transformers' (ours all warm up first: "constant" is constant after the warmup).
+SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ def resolve_precision(dtype: str | None, bf16: bool | None, device: torch.device
     return Precision(weights, torch.bfloat16 if on else None)
 
 
-def prepare_model(model, *, precision: Precision, gradient_checkpointing: bool, disable_dropout: bool) -> None:
+def prepare_model(model: torch.nn.Module, *, precision: Precision, gradient_checkpointing: bool,
+                  disable_dropout: bool) -> None:
     """Before freezing/LoRA: dropout off (as TRL) and gradient checkpointing on, as asked."""
     if disable_dropout:
         for m in model.modules():
@@ -78,7 +84,7 @@ def prepare_model(model, *, precision: Precision, gradient_checkpointing: bool, 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def master_weights(model) -> int:
+def master_weights(model: torch.nn.Module) -> int:
     """Trained weights to fp32 (their own master copies); frozen ones keep the storage dtype. Returns
     how many parameters were upcast."""
     n = 0
@@ -89,7 +95,7 @@ def master_weights(model) -> int:
     return n
 
 
-def build_optimizer(name: str, params: list, *, lr: float, weight_decay: float):
+def build_optimizer(name: str, params: list, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adamw":
         plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if plain else {}))
@@ -103,12 +109,34 @@ def build_optimizer(name: str, params: list, *, lr: float, weight_decay: float):
     raise ValueError(f"optim must be adamw or adamw_8bit, got {name!r}")
 
 
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, *, warmup_steps: int, warmup_ratio: float,
+                    total_steps: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, int]:
+    """(the learning-rate schedule, its warmup steps): warmup_steps, else warmup_ratio of all steps."""
+    from transformers import get_scheduler
+
+    warmup = warmup_steps or math.ceil(warmup_ratio * total_steps)
+    return get_scheduler(SCHEDULES[name], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps), warmup
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """The gradients' total norm before clipping, after clipping them to max_norm (0: no clipping). A
+    DTensor norm (FSDP2) is the full one."""
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    full = getattr(norm, "full_tensor", None)
+    return float(full() if full is not None else norm)
+
+
 class Stepper:
     """backward and the optimizer step, with fp16 loss scaling when the precision needs it; step()
     returns the gradient norm (before clipping), unscaled."""
 
-    def __init__(self, optimizer, params, *, precision: Precision, clip, max_grad_norm: float):
-        self.optimizer, self.params, self.clip, self.max_grad_norm = optimizer, params, clip, max_grad_norm
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], *, precision: Precision,
+                 max_grad_norm: float):
+        self.optimizer, self.params, self.max_grad_norm = optimizer, params, max_grad_norm
         self.scaler = torch.amp.GradScaler("cuda") if precision.loss_scaling else None
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -116,11 +144,11 @@ class Stepper:
 
     def step(self) -> float:
         if self.scaler is None:
-            norm = self.clip(self.params, self.max_grad_norm)
+            norm = clip_gradients(self.params, self.max_grad_norm)
             self.optimizer.step()
             return norm
         self.scaler.unscale_(self.optimizer)
-        norm = self.clip(self.params, self.max_grad_norm)
+        norm = clip_gradients(self.params, self.max_grad_norm)
         self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
         self.scaler.update()
         return norm

@@ -1,6 +1,7 @@
-"""Where a run's metrics go besides RUN/metrics.jsonl (which always stays): TensorBoard event files, and
-Weights & Biases (offline, into the run's directory, when no credentials are configured). Both are
-optional imports: asking for one that is not installed is a clear error before training starts.
+"""Where a run's metrics go: RUN/metrics.jsonl (always; one JSON row per line, appended as the run goes)
+and, besides it, TensorBoard event files and Weights & Biases (offline, into the run's directory, when
+no credentials are configured). Both are optional imports: asking for one that is not installed is a
+clear error before training starts.
 
 Rows are the training loop's metric dicts (TRL's names: loss, rewards/accuracies, eval_loss, ...); the
 step is the row's "step". Train rows are logged under train/..., held-out rows (eval_*) under eval/...,
@@ -9,7 +10,10 @@ as the Hugging Face Trainer's integrations name them.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+
+from rdpo_fast import errors
 
 REPORTERS = ("tensorboard", "wandb")
 
@@ -30,7 +34,7 @@ def check_report_to(value: str | None) -> None:
             raise ValueError(f"report_to {name} needs the {name} package: pip install {name}")
 
 
-def for_run(cfg, *, enabled: bool) -> "Reporter":
+def for_run(cfg, *, enabled: bool) -> Reporter:
     """The run's reporter: into --logging-dir (default RUN/runs), named --run-name (default the run
     directory's name)."""
     return Reporter(cfg.report_to, log_dir=cfg.logging_dir or os.path.join(cfg.output_dir, "runs"),
@@ -93,3 +97,37 @@ def _wandb_logged_in() -> bool:
             return "api.wandb.ai" in f.read()
     except OSError:
         return False
+
+
+class MetricsLog:
+    """A run's metrics rows: appended to RUN/metrics.jsonl and fanned out to the reporter's backends, by the
+    main rank only. On resume, rows logged after the checkpoint's step are dropped first (the resumed
+    run logs them again)."""
+
+    def __init__(self, output_dir: str, reporter: Reporter, *, enabled: bool, resume_step: int):
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.reporter, self.enabled = reporter, enabled
+        if enabled:
+            _trim(self.path, resume_step)
+
+    def append(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with errors.writing(self.path), open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.reporter.log(row)
+
+    def close(self) -> None:
+        self.reporter.close()
+
+
+def _trim(path: str, step: int) -> None:
+    if not os.path.isfile(path):
+        return
+    if step == 0:
+        os.remove(path)
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)

@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from typing import Callable
+
+from rdpo_fast.errors import OutputError, write_failure_reason, writing
 
 from . import checkpoint as ckpt
 from . import fault_points
 from rdpo_fast.errors import OutputError, write_failure_reason
 from rdpo_fast.io import write_json as write_json  # re-exported: the loop writes config.json, summary.json with it
+from .config import TrainConfig
 
 # Settings that belong to one invocation, not to the run: a resume never inherits them.
 TRANSIENT = ("resume", "stop_after_steps", "overwrite")
@@ -75,7 +79,7 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def resume_settings(resume: str, output_dir: str | None = None, log=None) -> dict:
+def resume_settings(resume: str, output_dir: str | None = None, log: Callable[[str], None] | None = None) -> dict:
     """The saved settings of the checkpoint `resume` names (a checkpoint or a run directory), with
     resume set to that exact checkpoint and output_dir to the run directory holding it (or to
     `output_dir` when the user gave one). One line is logged when that differs from the saved path."""
@@ -98,7 +102,7 @@ def resume_settings(resume: str, output_dir: str | None = None, log=None) -> dic
     return saved
 
 
-def prepare_output_dir(cfg, main: bool) -> None:
+def prepare_output_dir(cfg: TrainConfig, main: bool) -> None:
     """Before anything loads: the output directory must be writable, and must not hold another run's
     checkpoints unless resuming or overwriting; leftovers of a killed process are deleted."""
     if cfg.resume is None and ckpt.list_checkpoints(cfg.output_dir) and not cfg.overwrite:

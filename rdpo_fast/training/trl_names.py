@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .typed import BOOL_WORDS
+
 
 class Unsupported(ValueError):
     """A TRL/TrainingArguments setting rdpo_fast cannot honour; the message names it."""
@@ -68,8 +70,8 @@ TRL_NAMES = {"model_init_kwargs", "ref_model_init_kwargs", "trust_remote_code", 
 def _bool(key, v) -> bool:
     if isinstance(v, bool):
         return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        return v.strip().lower() in ("true", "1", "yes", "on")
+    if isinstance(v, str) and v.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[v.strip().lower()]
     raise Unsupported(f"{key} must be true or false, got {v!r}")
 
 
@@ -287,7 +289,7 @@ def is_alias(key: str) -> bool:
     return key in RENAMED or key in TRANSLATED or key in INERT
 
 
-def translate(key: str, value, own: set[str]) -> dict:
+def translate(key: str, value: object, own: set[str]) -> dict:
     """{our option: value} for one setting named `key` (ours or TRL's). Raises Unsupported naming the key,
     or KeyError for a name nobody defines."""
     if key in TRANSLATED:

@@ -14,14 +14,15 @@ import dataclasses
 import types
 import typing
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+# The words a config file or a flag may write for a boolean.
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 class _Mismatch(Exception):
     pass
 
 
-def describe(tp) -> str:
+def describe(tp: object) -> str:
     """A declared type in words: 'an int', 'a number or null', 'a list of strings', ..."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -38,7 +39,7 @@ def describe(tp) -> str:
         tp, f"a {getattr(tp, '__name__', tp)}")
 
 
-def coerce(value, tp):
+def coerce(value: object, tp: object) -> object:
     """`value` as the declared type `tp`, or _Mismatch."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -80,8 +81,8 @@ def coerce(value, tp):
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
+        if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+            return BOOL_WORDS[value.strip().lower()]
         raise _Mismatch
     if tp is int:
         if isinstance(value, bool):
@@ -154,7 +155,7 @@ def check_values(cls, values: dict, where: str = "", lines: dict | None = None) 
     return out
 
 
-def check_instance(obj) -> None:
+def check_instance(obj: object) -> None:
     """Checks (and converts in place) every field of a dataclass instance."""
     fixed = check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
     for k, v in fixed.items():

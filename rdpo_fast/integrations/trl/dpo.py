@@ -97,6 +97,7 @@ from rdpo_fast.losses.fused import LENGTH_NORMALISED, FusedLinearPreferenceLoss
 from rdpo_fast.models import loading as modeling
 
 from .patching import UnsupportedSetting, install_fused_forward, refuse, unwrap
+from rdpo_fast.losses.metrics import pair_values, token_means
 
 TESTED_TRL_VERSION = "1.16.0"
 if Version(trl.__version__).major < 1:
@@ -309,8 +310,7 @@ class FusedDPOTrainer(DPOTrainer):
         """TRL 1.16's metrics for this batch, gathered across processes as TRL gathers them."""
         acc = self.accelerator
         m = self._metrics[mode]
-        chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean, _, chosen_rew, rejected_rew = aux
-        dev = chosen_logps.device
+        dev = aux[0].device
         n_tok = torch.tensor(float(stats["num_tokens"]), device=dev)
         n_chosen = torch.tensor(float(stats["num_chosen_tokens"]), device=dev)
         n_rejected = n_tok - n_chosen
@@ -322,21 +322,15 @@ class FusedDPOTrainer(DPOTrainer):
             self._total_train_tokens += acc.gather_for_metrics(inputs["attention_mask"].sum()).sum().item() \
                 // self._tp_size
         m["num_tokens"] = [self._total_train_tokens]
-        for key, mean, count in (("logits/chosen", chosen_logits_mean, n_chosen),
-                                 ("logits/rejected", rejected_logits_mean, n_rejected)):
+        for (key, mean), count in zip(token_means(aux).items(), (n_chosen, n_rejected)):
             logit_total = acc.gather_for_metrics((mean * count).detach()).sum().item()
             tokens = acc.gather_for_metrics(count).sum().item()
             m[key].append(logit_total / tokens if tokens > 0 else 0.0)
         correct = acc.gather_for_metrics(stats["chosen_top1"].detach()).sum()
         chosen_total = acc.gather_for_metrics(n_chosen).sum()
         m["mean_token_accuracy"].append((correct / chosen_total).item() if chosen_total > 0 else 0.0)
-        chosen_rew, rejected_rew = chosen_rew.detach(), rejected_rew.detach()
-        m["rewards/chosen"].append(acc.gather(chosen_rew).mean().item())
-        m["rewards/rejected"].append(acc.gather(rejected_rew).mean().item())
-        m["rewards/accuracies"].append(acc.gather((chosen_rew > rejected_rew).float()).mean().item())
-        m["rewards/margins"].append(acc.gather(chosen_rew - rejected_rew).mean().item())
-        m["logps/chosen"].append(acc.gather(chosen_logps.detach()).mean().item())
-        m["logps/rejected"].append(acc.gather(rejected_logps.detach()).mean().item())
+        for key, values in pair_values([t.detach() for t in aux]).items():
+            m[key].append(acc.gather(values).mean().item())
 
 
 # ---------------------------------------------------------------------------------------- the switch

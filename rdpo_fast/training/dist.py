@@ -1,0 +1,84 @@
+"""How this process joins the others under torchrun: its rank, world size and device, the process
+group (NCCL on CUDA, gloo on CPU), the sums across ranks, and DDP or FSDP2 around the training module.
+A plain `python` run is a world of one and none of this costs anything."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+
+import torch
+
+from rdpo_fast.models import loading as modeling
+
+STRATEGIES = ("ddp", "fsdp")  # --distributed: what wrap() puts around the training module
+
+
+class Dist:
+    """Rank, world size and device of this process; torch.distributed is set up under torchrun."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        self.started = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.started = True
+        self.dist = dist if self.world > 1 else None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over ranks (on this process's device when there are several)."""
+        if self.dist is not None:
+            t = t.to(self.device)
+            self.dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        """Ends the process group this object started (one that was already there is left alone)."""
+        if self.started:
+            self.dist.destroy_process_group()
+
+    def wrap(self, module: torch.nn.Module, strategy: str) -> torch.nn.Module:
+        """DDP or FSDP2 (every decoder layer, then the whole) around `module`, whose `.model` is the
+        causal LM, under torchrun; the module itself in a world of one."""
+        if self.world == 1:
+            return module
+        if strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # Buffers (rotary tables) are never trained: no need to sync them every forward.
+            params = inspect.signature(DDP).parameters
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+                       else {"broadcast_buffers": False})
+            return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_sync)
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in modeling.decoder_layers(module.model):
+            fully_shard(layer)
+        fully_shard(module)
+        return module
+
+    def grad_sync(self, wrapped: torch.nn.Module, strategy: str, enabled: bool) -> contextlib.AbstractContextManager:
+        """A context for one micro-batch's backward: gradients are all-reduced only when `enabled` (the
+        last micro-batch of an optimizer step)."""
+        if self.world == 1:
+            return contextlib.nullcontext()
+        if strategy == "ddp":
+            return contextlib.nullcontext() if enabled else wrapped.no_sync()
+        wrapped.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
