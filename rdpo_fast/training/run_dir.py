@@ -17,11 +17,10 @@ import sys
 import tempfile
 from typing import Callable
 
-from rdpo_fast.errors import OutputError, write_failure_reason, writing
+from rdpo_fast.errors import OutputError, write_failure_reason
 
 from . import checkpoint as ckpt
 from . import fault_points
-from rdpo_fast.errors import OutputError, write_failure_reason
 from rdpo_fast.io import write_json as write_json  # re-exported: the loop writes config.json, summary.json with it
 from .config import TrainConfig
 
