@@ -34,7 +34,8 @@ import torch
 from rdpo_fast.ops import checks as _checks
 from . import table as lt
 from rdpo_fast.ops.epilogue import forward_epilogue, grad_epilogue, token_stats
-from rdpo_fast.ops.logprobs import _accumulate_mm, _linear_stats, _logits_into, chunk_rows, workspace_bytes
+from rdpo_fast.ops.logprobs import linear_stats
+from rdpo_fast.ops.schedule import accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, workspace_bytes
 from .head import check_head_options, preference_head
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
@@ -156,20 +157,6 @@ def _pair_order(labels2d, ignore_index, n_kept):
     return rows, seq, keep.sum(1)
 
 
-def _chunks_of_pairs(rows_per_pair, max_rows):
-    """[(first pair, end pair, first row, end row)], each chunk whole pairs and at most max_rows rows
-    (a single pair longer than max_rows gets a chunk of its own)."""
-    bounds = []
-    p0 = r0 = r = 0
-    for p, n in enumerate(rows_per_pair):
-        if r + n - r0 > max_rows and p > p0:
-            bounds.append((p0, p, r0, r))
-            p0, r0 = p, r
-        r += n
-    bounds.append((p0, len(rows_per_pair), r0, r))
-    return bounds
-
-
 def ld_tail(labels2d, ignore_index):
     """LD-DPO: [2B, T] bool, True for completion tokens past the pair's shorter completion (the verbose
     tail, weighted by ld_alpha). Those tokens are summed in sequence slot 2B + s instead of s."""
@@ -271,7 +258,7 @@ class _DwRing:
             if grads.w.dtype == a.dtype:
                 grads.w.addmm_(a, b, beta=0.0 if self._first else 1.0)
             else:
-                _accumulate_mm(grads.w, a, b, first=self._first)
+                accumulate_mm(grads.w, a, b, first=self._first)
             self._first = False
 
 
@@ -288,7 +275,7 @@ def _chunk_logits(ws, x2, weight, bias, rows, xs=None):
         xc = x2.index_select(0, rows)
         if xc.dtype != weight.dtype:  # autocast="follow": the GEMMs run in the autocast dtype
             xc = xc.to(weight.dtype)
-    return xc, _logits_into(ws[: rows.numel()], xc, weight, bias)
+    return xc, logits_into(ws[: rows.numel()], xc, weight, bias)
 
 
 def _chunk_stats(ws, x2, weight, bias, rows, labels, slots, stats, *, temperature=1.0, softcap=None, xs=None):
@@ -309,7 +296,7 @@ def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first, *, tempe
         grads.x.index_copy_(0, rows, torch.mm(dz, weight).to(grads.x.dtype))
     if grads.w is not None and dw:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
         if grads.w.dtype == torch.float32:
-            _accumulate_mm(grads.w, dz.t(), xc, first=first)
+            accumulate_mm(grads.w, dz.t(), xc, first=first)
         else:
             grads.w.addmm_(dz.t().to(grads.w.dtype), xc.to(grads.w.dtype), beta=0.0 if first else 1.0)
     if grads.b is not None:
@@ -411,7 +398,7 @@ class _FusedPreferenceFn(torch.autograd.Function):
         # Chunks of whole pairs within the budget; a single pair longer than that gets its own chunk.
         per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
         cap = chunk_rows(rows.numel(), V, w_c, cfg.workspace_budget)
-        chunks = _chunks_of_pairs(per_pair, cap)
+        chunks = chunks_of_pairs(per_pair, cap)
         sizes = [r1 - r0 for _, _, r0, r1 in chunks]
         # The order the gradient pass visits the chunks: batch-level losses start with the last chunk,
         # whose logits the statistics pass left in the workspace.
@@ -715,7 +702,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             if ld is not None:
                 tail = ld_tail(target, cfg.ignore_index).reshape(-1)
                 seq_ids = seq_ids + tail.long() * 2 * P
-            _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
+            _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
                                        4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
                                        cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
             if ld is not None:

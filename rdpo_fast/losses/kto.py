@@ -13,8 +13,9 @@ import torch
 
 from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.backend import backend
-from .fused import _chunk_grads, _chunk_stats, _chunks_of_pairs, _Grads, _SeqStats
-from rdpo_fast.ops.logprobs import _linear_stats, chunk_rows, sequence_logprobs
+from .fused import _chunk_grads, _chunk_stats, _Grads, _SeqStats
+from rdpo_fast.ops.logprobs import linear_stats, sequence_logprobs
+from rdpo_fast.ops.schedule import chunk_rows, chunks_of_pairs
 from rdpo_fast.oracle.preference import ref_kto_loss
 
 
@@ -52,7 +53,7 @@ class _FusedKTOFn(torch.autograd.Function):
         losses = torch.empty(B, device=dev, dtype=torch.float32)
         rewards = torch.empty_like(losses)
         g_seq = torch.zeros_like(losses)
-        chunks = _chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
+        chunks = chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
         ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=_input.dtype)
         for k, (s0, s1, r0, r1) in enumerate(chunks):
             xc, z, lse = _chunk_stats(ws, x2, weight, bias, rows[r0:r1], labels[r0:r1], seq[r0:r1], stats)
@@ -197,7 +198,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
                              "reference must score the same token ids")
         with torch.no_grad():
             seq_ids = torch.arange(B, device=target.device).repeat_interleave(target.shape[1])
-            _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
+            _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
                                        self.workspace_budget)
             if self.average_log_prob:
                 sums = sums / (target != ignore_index).sum(1)
