@@ -4,7 +4,8 @@ op `preference_loss` (SPEC sections 3 and 4).
 `preference_head` is the autograd-free step the fused linear losses call: it returns the per-pair
 losses, implicit rewards and the four derivatives of the summed loss, from the Triton kernel (compiled
 on CUDA, interpreted on CPU under TRITON_INTERPRET=1) or, on CPU otherwise, from the reference formulas
-differentiated by torch. `preference_loss` wraps it for users with autograd.
+differentiated by torch. `preference_loss` wraps it for users with autograd. `kto_head` is the same
+step for KTO's unpaired sequences (the kernel's KTO branch).
 
 `loss_type` may be a list with `loss_weights` (TRL's combination, e.g. MPO's sigmoid + bco_pair + sft):
 one head launch per member, summed. Batch-level members couple the pairs: aot / aot_unpaired through
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import table as lt
 from rdpo_fast.ops.backend import backend
-from rdpo_fast.oracle.preference import ref_preference_loss
+from rdpo_fast.oracle.preference import ref_kto_loss, ref_preference_loss
+
+from . import table as lt
 
 LOSS_TYPES = {name: i for i, name in enumerate(lt.LOSSES)}
 REFERENCE_FREE_LOSSES = frozenset(n for n, i in lt.LOSSES.items() if i.reference == "free")
@@ -168,9 +170,15 @@ def _aot_perms(name, c, r, cref, rref):
     return torch.sort(a, stable=True).indices, torch.sort(b, stable=True).indices
 
 
+def _on_kernel(t):
+    """Whether the head runs the Triton kernel for these log-probs, else the float64 reference formulas
+    differentiated by autograd (the torch backend: CPU without the interpreter)."""
+    return backend(t) != "torch"
+
+
 def _members(c, r, cref, rref, spec, *, beta, label_smoothing, soft_labels, chosen_lengths, rejected_lengths,
              gamma, tau, weights, f_alpha_divergence_coef):
-    use_kernel = backend(c) != "torch"
+    use_kernel = _on_kernel(c)
     out = []
     for name, mw in spec.members:
         info = lt.LOSSES[name]
@@ -267,6 +275,24 @@ def preference_head(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
                        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, gamma=gamma, tau=tau,
                        weights=weights, f_alpha_divergence_coef=f_alpha_divergence_coef)
     return _combine(members)
+
+
+def kto_head(logps: torch.Tensor, ref_logps: torch.Tensor, kl: torch.Tensor, desirable: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KTO per sequence: (losses, rewards beta * rho, d loss / d logp), float32 [B]; kl: a [B] tensor,
+    desirable: bool [B]. Autograd-free, no validation (FusedLinearKTOLoss checks its inputs)."""
+    if _on_kernel(logps):
+        from rdpo_fast.kernels.preference_head import KTO, preference_head_fwd
+
+        losses, rew, _, dc, _, _, _ = preference_head_fwd(
+            logps, kl, ref_logps, None, desirable.float(), None, None, loss_id=KTO, beta=beta, eps=0.0,
+            gamma=0.0, tau=0.05)
+        return losses, rew, dc
+    with torch.inference_mode(False), torch.enable_grad():
+        x = logps.detach().double().requires_grad_(True)
+        losses, rew = ref_kto_loss(x, ref_logps.double(), desirable, beta=beta, kl=kl.double())
+        (g,) = torch.autograd.grad(losses.sum(), [x])
+    return losses.detach().float(), rew.detach().float(), g.float()
 
 
 def _upstream_grads(members, up):
