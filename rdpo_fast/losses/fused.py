@@ -211,7 +211,9 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         and the row order, are otherwise read back from the device once). On CUDA the given counts and
         the label range are then checked on the device (torch._assert_async: a mismatch fails at the
         next sync, as a device-side error); where syncs cost nothing (CPU) they are checked exactly,
-        with a ValueError naming host_counts. Results are identical with and without them."""
+        with a ValueError naming host_counts. Results are identical with and without them. On CUDA
+        backward then makes no host sync either: it scales the gradients in place on the device, so a
+        second backward through the same call (retain_graph) raises a RuntimeError."""
         cfg = self.cfg
         compute = _compute_dtype(cfg, _input)
         _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)

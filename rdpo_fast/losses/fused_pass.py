@@ -15,6 +15,11 @@ log-probs before any gradient, so they run in two phases: the forward statistics
 (keeping each row's logsumexp), the head on the whole batch, then each chunk's logits again for dZ, dX
 and dW. The last chunk's logits are still in the workspace and are not recomputed: 6NHV + 2NHV (k-1)/k
 for k chunks, 8NHV at most; 6NHV when the batch fits one chunk.
+
+Backward multiplies the gradients made in forward by the loss's upstream gradient. Where the call made
+no host sync (host_counts on a device where a sync waits), it does so in place on the device and
+without reading that gradient (ops.scale: a launch that returns at once when it is 1); otherwise it
+reads it once, skips the multiplication when it is 1, and allows a second backward (retain_graph).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from rdpo_fast.ops.epilogue import forward_epilogue, grad_epilogue, token_stats
+from rdpo_fast.ops.scale import scale_
 from rdpo_fast.ops.schedule import accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, workspace_bytes
 
 from .head import preference_head
@@ -259,19 +265,31 @@ class GradsMadeInForward(torch.autograd.Function):
     def keep_grads(ctx, grads: Grads, x_shape: torch.Size, weight: torch.Tensor, bias: torch.Tensor | None,
                    sync_free: bool) -> None:
         """Keeps the gradients in the parameters' dtypes (the fp32 accumulators are freed before
-        backward). sync_free: the call made no host sync."""
+        backward). sync_free: the call made no host sync, and backward must not make one either."""
         ctx.save_for_backward(
             None if grads.x is None else grads.x.view(x_shape),
             None if grads.w is None else grads.w.to(weight.dtype),
             None if grads.b is None else grads.b.to(bias.dtype))
         ctx.sync_free = sync_free
+        ctx.scaled_in_place = False
 
     @staticmethod
     def backward(ctx, grad_loss, *_aux_grads):
+        if ctx.sync_free and ctx.scaled_in_place:
+            raise RuntimeError(
+                "a second backward through the same call of a fused loss given host_counts: without a host "
+                "sync, its first backward scaled the gradients made in forward in place by the upstream "
+                "gradient, so they cannot be scaled again exactly. Call the loss again for another "
+                "backward, or leave host_counts out: backward then reads the upstream gradient on the host "
+                "and keeps the gradients, and retain_graph works")
         gx, gw, gb = ctx.saved_tensors
         need = ctx.needs_input_grad
         out = [None if not n or g is None else g for g, n in zip((gx, gw, gb), need[:3])]
-        if not bool(grad_loss == 1):  # the usual loss.backward() skips a pass over the [V, H] gradient
+        if ctx.sync_free:
+            # On the device: a launch that returns at once when grad_loss is 1, no read of it here.
+            out = [None if g is None else scale_(g, grad_loss) for g in out]
+            ctx.scaled_in_place = True
+        elif not bool(grad_loss == 1):  # the usual loss.backward() skips a pass over the [V, H] gradient
             out = [None if g is None else g * grad_loss.to(g.dtype) for g in out]
         return (*out, *[None] * (len(need) - 3))
 
