@@ -8,6 +8,7 @@ rounded once to x's dtype (round to nearest even), so the result is bit-identica
 The grid is capped and the programs stride over the buffer: an early return then costs at most 2048
 programs, not one per block of a 10^9-element gradient.
 """
+import torch
 import triton
 import triton.language as tl
 
@@ -48,14 +49,14 @@ def grad_scale_kernel(x_ptr, s_ptr, n, BLOCK: tl.constexpr):
             tl.store(x_ptr + offs, _from_f32(x * s_x, x_ptr.dtype.element_ty), mask=ok)
 
 
-def scale_blocks(interpreted: bool):
+def scale_blocks(interpreted: bool) -> tuple[int, int, int]:
     """(BLOCK, most programs, num_warps): the interpreter pays per program and loop step, not per element."""
     if interpreted:
         return 1 << 16, 2, 1
     return 2048, 2048, 4
 
 
-def grad_scale(x, s, *, interpreted=False):
+def grad_scale(x: torch.Tensor, s: torch.Tensor, *, interpreted: bool = False) -> torch.Tensor:
     """x *= s in place. x: a contiguous float tensor; s: a one-element fp32 tensor on x's device."""
     n = x.numel()
     if n == 0:

@@ -186,7 +186,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
             label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau, gamma=gamma,
             ld_alpha=ld_alpha, workspace_budget=workspace_budget, dw_accumulation=dw_accumulation,
-            dw_ring_budget=dw_ring_budget, loss_weights=loss_weights, use_weighting=use_weighting, f_divergence_type=f_divergence_type,
+            dw_ring_budget=dw_ring_budget, loss_weights=loss_weights, use_weighting=use_weighting,
+            f_divergence_type=f_divergence_type,
             f_alpha_divergence_coef=f_alpha_divergence_coef, softcap=softcap, temperature=temperature,
             logit_scale=logit_scale, autocast=autocast)
         self._extra = {"compiled": compiled, "chunk_size": chunk_size}
@@ -197,9 +198,13 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         self.cfg = _Config(**settings)  # raises on a bad value, leaving the old settings in place
         self._settings = settings
 
-    def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
-                *, ref_chosen_logps=None, ref_rejected_logps=None, soft_labels=None, num_pairs=None,
-                num_chosen_tokens=None, return_token_stats=False, host_counts=None):
+    def forward(self, lin_weight: torch.Tensor, _input: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None, ref_input: torch.Tensor | None = None,
+                ref_weight: torch.Tensor | None = None, ref_bias: torch.Tensor | None = None, *,
+                ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
+                soft_labels: torch.Tensor | None = None, num_pairs: int | None = None,
+                num_chosen_tokens: int | None = None, return_token_stats: bool = False,
+                host_counts: list[int] | None = None) -> tuple:
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
@@ -409,6 +414,7 @@ def _liger_attribute(name, key=None):
 for _name in LIGER_KEYWORDS:
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name, "tau" if _name == "discopop_tau" else None))
 for _name in ("gamma", "ld_alpha", "softcap", "temperature", "logit_scale", "autocast", "workspace_budget",
-              "dw_accumulation", "dw_ring_budget", "loss_weights", "use_weighting", "f_divergence_type", "f_alpha_divergence_coef"):
+              "dw_accumulation", "dw_ring_budget", "loss_weights", "use_weighting", "f_divergence_type",
+              "f_alpha_divergence_coef"):
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name))
 del _name

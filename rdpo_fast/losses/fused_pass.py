@@ -24,6 +24,7 @@ reads it once, skips the multiplication when it is 1, and allows a second backwa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -148,15 +149,24 @@ def gradient_order(n_chunks: int, two_phase: bool) -> list[int]:
     return [last] + list(range(last)) if two_phase else list(range(n_chunks))
 
 
+class ChunkHead(Protocol):
+    """What ChunkPass runs between a chunk's statistics and its gradients."""
+
+    def run(self, first: int, end: int) -> None:
+        """The loss of pairs (or sequences) first:end from the statistics, and their sequences'
+        gradients."""
+
+    def token_grads(self, r0: int, r1: int) -> torch.Tensor:
+        """The upstream gradient of kept rows r0:r1 (fp32)."""
+
+
 class ChunkPass:
     """The chunk loop over a batch's kept rows (rows: their flat indices into x2, grouped so that chunks
     hold whole pairs, or KTO's whole sequences): per chunk the logits GEMM into the workspace (a ring
     slot with DwRing), the forward epilogue adding into the per-sequence statistics (slots: each row's
     accumulator slot), and, given the rows' upstream gradients, dZ in place and the dX, dW, d bias GEMMs.
 
-    A head runs between the two halves. It is any object with run(first, end), which computes the loss
-    of those pairs (or sequences) from the statistics and their sequences' gradients, and
-    token_grads(r0, r1), the upstream gradient of rows r0:r1. top1_rows: the rows whose label-is-argmax
+    A head (ChunkHead) runs between the two halves. top1_rows: the rows whose label-is-argmax
     counts in TRL's token accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed
     into token_sums."""
 
@@ -178,7 +188,7 @@ class ChunkPass:
         self.top1_rows = top1_rows
         self.token_sums = None if top1_rows is None else torch.zeros(2, device=x2.device, dtype=torch.float32)
 
-    def one_pass(self, head) -> None:
+    def one_pass(self, head: ChunkHead) -> None:
         """Per-pair losses: each chunk's head needs only its own pairs, so one pass does it all (6NHV)."""
         for k, (p0, p1, r0, r1) in enumerate(self.chunks):
             xc, z, lse = self.forward(k, None if self.ring is None else self.ring.slot(k, r1 - r0))
@@ -186,7 +196,7 @@ class ChunkPass:
             if self.grads.any:
                 self.backward(k, k, xc, z, lse, head.token_grads(r0, r1))
 
-    def two_phase(self, head) -> None:
+    def two_phase(self, head: ChunkHead) -> None:
         """Batch-level losses: every chunk's statistics, the head on the whole batch, then the gradients,
         in self.order (gradient_order(..., two_phase=True)): the last chunk first, whose logits are still
         in the workspace and are not recomputed."""
@@ -395,8 +405,8 @@ class _PairHead:
             return
         opts = cfg.head_options(None if self.soft is None else self.soft[p0:p1].float(), lens[sc], lens[sr],
                                 weights)
-        l, rc, rr, (dc, dr, _, _) = preference_head(c, r, refc, refr, **opts)
-        self.losses[p0:p1], self.rew_c[p0:p1], self.rew_r[p0:p1] = l, rc, rr
+        losses, rc, rr, (dc, dr, _, _) = preference_head(c, r, refc, refr, **opts)
+        self.losses[p0:p1], self.rew_c[p0:p1], self.rew_r[p0:p1] = losses, rc, rr
         self.g_seq[sc] = dc * scale_c / self.num_pairs
         self.g_seq[sr] = dr * scale_r / self.num_pairs
 

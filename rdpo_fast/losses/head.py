@@ -14,7 +14,6 @@ the autograd op routes a non-uniform upstream gradient through the same coupling
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -54,9 +53,10 @@ class HeadSpec:
     reference: str
 
 
-def check_head_options(loss_type, *, beta=0.1, label_smoothing=0.0, gamma=0.0, tau=_DEFAULT_TAU, loss_weights=None,
-                       f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA,
-                       weighting=False) -> HeadSpec:
+def check_head_options(loss_type: str | list[str], *, beta: float = 0.1, label_smoothing: float = 0.0,
+                       gamma: float = 0.0, tau: float = _DEFAULT_TAU, loss_weights: list[float] | None = None,
+                       f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA,
+                       weighting: bool = False) -> HeadSpec:
     """The tensor-free part of validate_preference_args (the fused losses run it at construction)."""
     members = lt.normalise_losses(loss_type, loss_weights)
     beta = _real("beta", beta)
@@ -68,11 +68,15 @@ def check_head_options(loss_type, *, beta=0.1, label_smoothing=0.0, gamma=0.0, t
     return HeadSpec(members, fdiv, lt.reference_mode(members))
 
 
-def validate_preference_args(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                             ref_rejected_logps, *, loss_type="sigmoid", beta=0.1, label_smoothing=0.0,
-                             soft_labels=None, chosen_lengths=None, rejected_lengths=None, gamma=0.0,
-                             tau=_DEFAULT_TAU, loss_weights=None, weights=None, f_divergence_type="reverse_kl",
-                             f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA) -> HeadSpec:
+def validate_preference_args(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                             ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None, *,
+                             loss_type: str | list[str] = "sigmoid", beta: float = 0.1,
+                             label_smoothing: float = 0.0, soft_labels: torch.Tensor | None = None,
+                             chosen_lengths: torch.Tensor | None = None,
+                             rejected_lengths: torch.Tensor | None = None, gamma: float = 0.0,
+                             tau: float = _DEFAULT_TAU, loss_weights: list[float] | None = None,
+                             weights: torch.Tensor | None = None, f_divergence_type: str = "reverse_kl",
+                             f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA) -> HeadSpec:
     """Raise ValueError (TypeError for non-tensors) for any argument the loss cannot use as given;
     an option no member of the loss list reads is an error, never silently dropped."""
     spec = check_head_options(loss_type, beta=beta, label_smoothing=label_smoothing, gamma=gamma, tau=tau,
@@ -260,10 +264,14 @@ def _spec_from(loss_type, loss_weights, f_divergence_type, f_alpha_divergence_co
     return HeadSpec(members, fdiv, lt.reference_mode(members))
 
 
-def preference_head(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
-                    loss_type="sigmoid", beta=0.1, label_smoothing=0.0, soft_labels=None,
-                    chosen_lengths=None, rejected_lengths=None, gamma=0.0, tau=_DEFAULT_TAU, loss_weights=None,
-                    weights=None, f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA):
+def preference_head(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                    ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None, *,
+                    loss_type: str | list[str] = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
+                    soft_labels: torch.Tensor | None = None, chosen_lengths: torch.Tensor | None = None,
+                    rejected_lengths: torch.Tensor | None = None, gamma: float = 0.0, tau: float = _DEFAULT_TAU,
+                    loss_weights: list[float] | None = None, weights: torch.Tensor | None = None,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Per pair (losses, chosen_rewards, rejected_rewards, (dc, dr, dcref, drref)), all float32 [P],
     d* = d (sum of the losses) / d input_i (for per-pair losses, each pair's own derivative). No
     autograd graph and no validation (callers run validate_preference_args once): this runs per chunk
@@ -335,10 +343,14 @@ class _PreferenceLossFn(torch.autograd.Function):
         return (*out, None)
 
 
-def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
-                    loss_type="sigmoid", beta=0.1, label_smoothing=0.0, soft_labels=None,
-                    chosen_lengths=None, rejected_lengths=None, gamma=0.0, tau=_DEFAULT_TAU, loss_weights=None,
-                    weights=None, f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA):
+def preference_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                    ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None, *,
+                    loss_type: str | list[str] = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
+                    soft_labels: torch.Tensor | None = None, chosen_lengths: torch.Tensor | None = None,
+                    rejected_lengths: torch.Tensor | None = None, gamma: float = 0.0, tau: float = _DEFAULT_TAU,
+                    loss_weights: list[float] | None = None, weights: torch.Tensor | None = None,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses [P] (float32, differentiable w.r.t. the four log-probs) and the implicit rewards
     (float32, detached, as in TRL). Average the losses yourself. See SPEC section 4 for each loss_type.
 

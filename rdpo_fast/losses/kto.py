@@ -38,8 +38,8 @@ class _SequenceHead:
         lens = self.lens[s0:s1]
         scale = 1.0 / lens if self.average_log_prob else torch.ones_like(lens)
         logp = self.stats.logp[s0:s1] * scale
-        l, rew, d = kto_head(logp, self.ref_logps[s0:s1], self.kl[s0:s1], self.desirable[s0:s1], self.beta)
-        self.losses[s0:s1], self.rewards[s0:s1] = l, rew
+        losses, rew, d = kto_head(logp, self.ref_logps[s0:s1], self.kl[s0:s1], self.desirable[s0:s1], self.beta)
+        self.losses[s0:s1], self.rewards[s0:s1] = losses, rew
         self.g_seq[s0:s1] = d * scale / self.num
 
     def token_grads(self, r0, r1):
@@ -107,8 +107,11 @@ class FusedLinearKTOLoss(torch.nn.Module):
         if self.dw_accumulation not in ("fp32", "weight"):
             raise ValueError(f"dw_accumulation must be 'fp32' or 'weight', got {self.dw_accumulation!r}")
 
-    def forward(self, _input, lin_weight, target, bias=None, preference_labels=None, ref_input=None,
-                ref_weight=None, ref_bias=None, kl=None, *, ref_logps=None, num_sequences=None):
+    def forward(self, _input: torch.Tensor, lin_weight: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None, preference_labels: torch.Tensor | None = None,
+                ref_input: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
+                ref_bias: torch.Tensor | None = None, kl: float | torch.Tensor | None = None, *,
+                ref_logps: torch.Tensor | None = None, num_sequences: int | None = None) -> tuple:
         self._check_settings()  # Liger reads its attributes at every call; so do we, validated
         ignore_index = int(self.ignore_index)
         if not isinstance(_input, torch.Tensor) or _input.dim() != 3 or _input.shape[0] == 0:
@@ -193,8 +196,10 @@ class FusedLinearKTOLoss(torch.nn.Module):
         return sums
 
 
-def kto_kl_baseline(kl_input, lin_weight, kl_target, bias=None, ref_kl_input=None, ref_weight=None, ref_bias=None,
-                    *, ref_kl_logps=None, ignore_index=-100):
+def kto_kl_baseline(kl_input: torch.Tensor, lin_weight: torch.Tensor, kl_target: torch.Tensor,
+                    bias: torch.Tensor | None = None, ref_kl_input: torch.Tensor | None = None,
+                    ref_weight: torch.Tensor | None = None, ref_bias: torch.Tensor | None = None, *,
+                    ref_kl_logps: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
     """TRL's KTO KL baseline from mismatched prompt/completion pairs: mean over them of
     log pi(y|x') - log pi_ref(y|x'), clamped at 0, without gradient, through the fused forward-only op.
     Under data parallelism, average it across processes before passing it as kl (TRL gathers it)."""

@@ -44,12 +44,12 @@ def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse)
     for s in range(0, M, C):
         e = min(M, s + C)
         z = logits_into(ws[: e - s], hc[s:e], weight, bias)
-        l, p = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
-                                seq_logp=seq_logp, seq_logit=seq_logit,
-                                temperature=opts.temperature, softcap=opts.softcap)
-        logp[s:e] = p
+        chunk_lse, chunk_logp = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
+                                                 seq_logp=seq_logp, seq_logit=seq_logit,
+                                                 temperature=opts.temperature, softcap=opts.softcap)
+        logp[s:e] = chunk_logp
         if keep_lse:
-            lse[s:e] = l
+            lse[s:e] = chunk_lse
     return logp, lse, seq_logp, seq_logit
 
 
@@ -125,7 +125,8 @@ def _needs_grad(*ts):
 
 def linear_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
                  seq_ids: torch.Tensor | None, num_seqs: int, ignore_index: int, temperature: float,
-                 softcap: float | None, workspace_budget: int | None, n_kept: int | None = None):
+                 softcap: float | None, workspace_budget: int | None, n_kept: int | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-token logp with labels' shape, per-sequence logp sums [num_seqs], per-sequence logit sums
     [num_seqs]), all float32, from inputs the caller has checked. seq_ids: each flattened row's sequence
     (None: no per-sequence sums). Differentiable (w.r.t. hidden, weight, bias, through the logp and its

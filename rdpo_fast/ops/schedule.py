@@ -63,7 +63,8 @@ def kept_rows(labels: torch.Tensor, ignore_index: int, n_kept: int | None = None
     return torch.sort((lab == ignore_index).to(torch.uint8), stable=True).indices[:n_kept]
 
 
-def compact(hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int, n_kept: int | None = None):
+def compact(hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int, n_kept: int | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row compaction: (hidden as [rows, H], the kept rows' flat indices, their hidden states, their
     labels). Prompt and pad rows then cost no GEMM (SPEC section 6)."""
     h2 = hidden.reshape(-1, hidden.shape[-1])
