@@ -166,18 +166,20 @@ class ChunkPass:
     slot with DwRing), the forward epilogue adding into the per-sequence statistics (slots: each row's
     accumulator slot), and, given the rows' upstream gradients, dZ in place and the dX, dW, d bias GEMMs.
 
-    A head (ChunkHead) runs between the two halves. top1_rows: the rows whose label-is-argmax
-    counts in TRL's token accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed
-    into token_sums."""
+    A head (ChunkHead) runs between the two halves: per chunk (run one pass), or once on the whole batch
+    (two_phase, for batch-level losses; the gradients then visit the chunks in gradient_order, which a
+    DwRing must be planned with). top1_rows: the rows whose label-is-argmax counts in TRL's token
+    accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed into token_sums."""
 
     def __init__(self, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
                  labels: torch.Tensor, slots: torch.Tensor, chunks: list[tuple[int, int, int, int]],
-                 stats: SeqStats, grads: Grads, *, transform: dict, order: list[int] | None = None,
+                 stats: SeqStats, grads: Grads, *, transform: dict, two_phase: bool = False,
                  ring: DwRing | None = None, top1_rows: torch.Tensor | None = None):
         self.x2, self.weight, self.bias = x2, weight, bias
         self.rows, self.labels, self.slots = rows, labels, slots
         self.chunks, self.stats, self.grads, self.tf = chunks, stats, grads, transform
-        self.order = list(range(len(chunks))) if order is None else order
+        self.two_phase = two_phase
+        self.order = gradient_order(len(chunks), two_phase)
         self.ring = ring
         if ring is not None:
             # The ring's first slot is the statistics pass's workspace: order[0] lands there.
@@ -188,21 +190,28 @@ class ChunkPass:
         self.top1_rows = top1_rows
         self.token_sums = None if top1_rows is None else torch.zeros(2, device=x2.device, dtype=torch.float32)
 
-    def one_pass(self, head: ChunkHead) -> None:
-        """Per-pair losses: each chunk's head needs only its own pairs, so one pass does it all (6NHV)."""
+    def run(self, head: ChunkHead) -> None:
+        """The whole pass: statistics, the head, the gradients."""
+        if self.two_phase:
+            self._two_phases(head)
+        else:
+            self._one_pass(head)
+
+    def _one_pass(self, head):
+        # Per-pair losses: each chunk's head needs only its own pairs, so one pass does it all (6NHV).
         for k, (p0, p1, r0, r1) in enumerate(self.chunks):
-            xc, z, lse = self.forward(k, None if self.ring is None else self.ring.slot(k, r1 - r0))
+            xc, z, lse = self.chunk_stats(k, None if self.ring is None else self.ring.slot(k, r1 - r0))
             head.run(p0, p1)
             if self.grads.any:
-                self.backward(k, k, xc, z, lse, head.token_grads(r0, r1))
+                self.chunk_grads(k, k, xc, z, lse, head.token_grads(r0, r1))
 
-    def two_phase(self, head: ChunkHead) -> None:
-        """Batch-level losses: every chunk's statistics, the head on the whole batch, then the gradients,
-        in self.order (gradient_order(..., two_phase=True)): the last chunk first, whose logits are still
-        in the workspace and are not recomputed."""
+    def _two_phases(self, head):
+        # Batch-level losses: every chunk's statistics, the head on the whole batch, then the gradients in
+        # self.order: the last chunk first, whose logits (xc, z below) are still in the workspace and
+        # are not recomputed.
         lses = []
         for k in range(len(self.chunks)):
-            xc, z, lse = self.forward(k)
+            xc, z, lse = self.chunk_stats(k)
             lses.append(lse)
         head.run(self.chunks[0][0], self.chunks[-1][1])
         if not self.grads.any:
@@ -212,9 +221,10 @@ class ChunkPass:
             if i > 0:
                 z_out, x_out = (self.ws, None) if self.ring is None else self.ring.slot(i, r1 - r0)
                 xc, z = self._logits(r0, r1, z_out, x_out)
-            self.backward(i, k, xc, z, lses[k], head.token_grads(r0, r1))
+            self.chunk_grads(i, k, xc, z, lses[k], head.token_grads(r0, r1))
 
-    def forward(self, k: int, slot: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def chunk_stats(self, k: int, slot: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Chunk k's logits into the workspace (or the given ring slot) and its forward epilogue, adding
         into the statistics. Returns (the chunk's hidden rows, its logits, its rows' logsumexp)."""
         _, _, r0, r1 = self.chunks[k]
@@ -229,8 +239,8 @@ class ChunkPass:
             self.token_sums[1] += (top1 * self.top1_rows[r0:r1]).sum()
         return xc, z, lse
 
-    def backward(self, i: int, k: int, xc: torch.Tensor, z: torch.Tensor, lse: torch.Tensor,
-                 g_tok: torch.Tensor) -> None:
+    def chunk_grads(self, i: int, k: int, xc: torch.Tensor, z: torch.Tensor, lse: torch.Tensor,
+                    g_tok: torch.Tensor) -> None:
         """dZ of chunk k in place from its logits and its rows' upstream gradients g_tok, then dX, dW, d
         bias. i: the chunk's place in the gradient order (the first writes dW with beta=0, so there is no
         zero-fill pass over [V, H]); with a ring, dW waits for the ring's flush."""
@@ -440,10 +450,7 @@ class FusedPreferenceFn(GradsMadeInForward):
 
         chunk_pass = _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts)
         head = _PairHead(cfg, chunk_pass.stats, pairs, ref_c, ref_r, soft, P, num_pairs, num_chosen_tokens)
-        if cfg.batch_level:
-            chunk_pass.two_phase(head)
-        else:
-            chunk_pass.one_pass(head)
+        chunk_pass.run(head)
 
         loss, aux = _outputs(cfg, chunk_pass.stats, head, pairs.counts, n_seq, weight.shape[0], num_pairs,
                              num_chosen_tokens)
@@ -472,13 +479,13 @@ def _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts):
     P = len(host_counts) // 2
     per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
     chunks = chunks_of_pairs(per_pair, chunk_rows(pairs.rows.numel(), V, w_c, cfg.workspace_budget))
-    order = gradient_order(len(chunks), cfg.batch_level)
     ring = None
     if cfg.dw_accumulation == "ring" and opts.need_grad[1]:
         budget = cfg.dw_ring_budget
         if budget is None:
             budget = (workspace_bytes() if cfg.workspace_budget is None else cfg.workspace_budget) + 4 * V * H
-        sizes = [chunks[k][3] - chunks[k][2] for k in order]
+        # Slots in the order the gradient pass fills them.
+        sizes = [chunks[k][3] - chunks[k][2] for k in gradient_order(len(chunks), cfg.batch_level)]
         ring = DwRing(sizes, V, H, w_c.dtype, weight.dtype, budget, x2.device)
     grads = Grads(x2, weight, opts.need_grad, cfg.dw_accumulation, None if ring is None else ring.w_dtype)
     stats = SeqStats(pairs.n_slots, x2.device, with_sq=cfg.use_weighting)
@@ -486,7 +493,7 @@ def _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts):
     # the chosen ones).
     top1_rows = pairs.seq < P if opts.token_stats else None
     return ChunkPass(x2, w_c, b_c, pairs.rows, pairs.labels, pairs.slots, chunks, stats, grads,
-                     transform=cfg.transform, order=order, ring=ring, top1_rows=top1_rows)
+                     transform=cfg.transform, two_phase=cfg.batch_level, ring=ring, top1_rows=top1_rows)
 
 
 def _outputs(cfg, stats, head, counts, n_seq, V, num_pairs, num_chosen_tokens):

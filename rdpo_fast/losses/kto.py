@@ -62,7 +62,7 @@ class _FusedKTOFn(GradsMadeInForward):
         chunks = chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
         head = _SequenceHead(stats, seq, lens, ref_logps, kl, desirable, opts)
         ChunkPass(x2, weight, bias, rows, labels, seq, chunks, stats, grads,
-                  transform=dict(temperature=1.0, softcap=None)).one_pass(head)
+                  transform=dict(temperature=1.0, softcap=None)).run(head)
 
         logps = stats.logp * (1.0 / lens if opts["average_log_prob"] else 1.0)
         d = desirable.float()
