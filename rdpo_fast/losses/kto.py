@@ -52,7 +52,8 @@ class _FusedKTOFn(GradsMadeInForward):
         B, T, H = _input.shape
         V = weight.shape[0]
         x2 = _input.reshape(-1, H)
-        # Sequence by sequence already: each chunk holds whole sequences.
+        # Kept rows in row-major order are sequence by sequence already, so chunks hold whole sequences;
+        # their number, known on the host, spares nonzero's sync.
         rows = kept_rows(target, opts["ignore_index"], n_kept=sum(host_counts))
         seq = torch.div(rows, T, rounding_mode="floor")
         labels = target.reshape(-1).index_select(0, rows)
@@ -69,6 +70,7 @@ class _FusedKTOFn(GradsMadeInForward):
         u = 1.0 - d
         out = (head.losses.sum() / head.num, (logps * d).sum(), (logps * u).sum(), (stats.logit * d).sum(),
                (stats.logit * u).sum(), (head.rewards * d).sum(), (head.rewards * u).sum())
+        # forward read the token counts on the host already: backward may read the upstream gradient too.
         GradsMadeInForward.keep_grads(ctx, grads, _input.shape, weight, bias, sync_free=False)
         ctx.mark_non_differentiable(*out[1:])
         return out
