@@ -2,7 +2,6 @@
 each row's upstream gradient and the row's logsumexp is already known. Writes in place when the output
 is the logits workspace itself (each element is read before it is written, by the same program), or
 into another buffer. The block may be a vocabulary slice: its column j is vocabulary entry v_offset + j."""
-import torch
 import triton
 import triton.language as tl
 

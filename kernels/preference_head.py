@@ -22,10 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Loss ids 0..18 are rdpo_fast.preference.LOSS_TYPES' values; 19 (KTO, unpaired) is used by
-# rdpo_fast.losses.kto only. The kernel's branches name each one.
-SIGMOID, RDPO, ROBUST, HINGE, IPO, EXO_PAIR, NCA_PAIR, BCO_PAIR, SPPO_HARD, APO_ZERO, APO_DOWN = range(11)
-DISCOPOP, SIGMOID_NORM, SIMPO, AOT, AOT_UNPAIRED, ORPO, CPO, SFT, KTO = range(11, 20)
+# Loss ids 0..18 are rdpo_fast.losses.head.LOSS_TYPES' values (the order of rdpo_fast.losses.table);
+# 19 (KTO, unpaired) is used by rdpo_fast.losses.kto only. constexpr globals, so the kernel's branches
+# name each one and are still resolved at compile time (one branch-free build per loss); on the host
+# they behave as ints.
+(SIGMOID, RDPO, ROBUST, HINGE, IPO, EXO_PAIR, NCA_PAIR, BCO_PAIR, SPPO_HARD, APO_ZERO, APO_DOWN, DISCOPOP,
+ SIGMOID_NORM, SIMPO, AOT, AOT_UNPAIRED, ORPO, CPO, SFT, KTO) = map(tl.constexpr, range(20))
 NUM_LOSSES = 20
 
 BLOCK = 1024
@@ -149,13 +151,13 @@ def preference_head_kernel(
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < P
     c = tl.load(c_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    if LOSS == 14 or LOSS == 15:  # AOT / AOT_UNPAIRED: position k of two sorted orders (TRL's aot*).
+    if LOSS == AOT or LOSS == AOT_UNPAIRED:  # position k of two sorted orders (TRL's aot*).
         # perm_a / perm_b are the host's argsorts: AOT sorts c - r and c_ref - r_ref, AOT_UNPAIRED
         # rho_w and rho_l. Position k pairs entry perm_a[k] of one order with perm_b[k] of the other;
         # each index is written once, so the scattered stores do not race.
         ia = tl.load(perm_a_ptr + offs, mask=ok, other=0)
         ib = tl.load(perm_b_ptr + offs, mask=ok, other=0)
-        if LOSS == 14:
+        if LOSS == AOT:
             x_hi, x_lo = _two_diff(tl.load(c_ptr + ia, mask=ok, other=0.0), tl.load(r_ptr + ia, mask=ok, other=0.0))
             y_hi, y_lo = _two_diff(tl.load(cref_ptr + ib, mask=ok, other=0.0),
                                    tl.load(rref_ptr + ib, mask=ok, other=0.0))
@@ -171,7 +173,7 @@ def preference_head_kernel(
         tl.store(loss_ptr + offs, loss, mask=ok)
         tl.store(rew_c_ptr + offs, rew_w, mask=ok)
         tl.store(rew_r_ptr + offs, rew_l, mask=ok)
-        if LOSS == 14:
+        if LOSS == AOT:
             tl.store(dc_ptr + ia, gd, mask=ok)
             tl.store(dr_ptr + ia, -gd, mask=ok)
             tl.store(dcref_ptr + ib, -gd, mask=ok)
@@ -183,8 +185,8 @@ def preference_head_kernel(
             tl.store(drref_ptr + ib, gd, mask=ok)
     else:
         r = tl.load(r_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-        if LOSS == 13 or LOSS == 16 or LOSS == 17:  # reference-free: SIMPO / ORPO / CPO
-            if LOSS == 17:  # CPO: sigmoid of beta (c - r), no reference (Liger's CPO)
+        if LOSS == SIMPO or LOSS == ORPO or LOSS == CPO:  # reference-free
+            if LOSS == CPO:  # sigmoid of beta (c - r), no reference (Liger's CPO)
                 hi, lo = _two_diff(c, r)
                 loss, g = _cdpo(beta * (hi + lo), eps, beta)
                 gw = g
@@ -199,7 +201,7 @@ def preference_head_kernel(
                 b = r / ll
                 rew_w = beta * a
                 rew_l = beta * b
-                if LOSS == 13:  # SIMPO
+                if LOSS == SIMPO:
                     x = beta * (a - b) - gamma
                     loss, g = _cdpo(x, eps, beta)
                     gw = g / lw
@@ -230,7 +232,7 @@ def preference_head_kernel(
             tl.store(dr_ptr + offs, gl, mask=ok)
             tl.store(dcref_ptr + offs, tl.zeros_like(gw), mask=ok)
             tl.store(drref_ptr + offs, tl.zeros_like(gl), mask=ok)
-        elif LOSS == 19:  # KTO, unpaired: c = log-prob, cref = reference, r = KL baseline, soft = label
+        elif LOSS == KTO:  # unpaired: c = log-prob, cref = reference, r = KL baseline, soft = label
             cref = tl.load(cref_ptr + offs, mask=ok, other=0.0).to(tl.float32)
             desirable = tl.load(soft_ptr + offs, mask=ok, other=1.0) > 0.5
             hi, lo = _two_diff(c, cref)
@@ -270,29 +272,29 @@ def preference_head_kernel(
             gd = tl.zeros_like(z)
             gw = tl.zeros_like(z)
             gl = tl.zeros_like(z)
-            if LOSS == 0 or LOSS == 1:  # SIGMOID (p = 1 - eps) / RDPO (p = soft label)
-                if LOSS == 1:
+            if LOSS == SIGMOID or LOSS == RDPO:  # p = 1 - eps (SIGMOID), the soft label (RDPO)
+                if LOSS == RDPO:
                     p = tl.load(soft_ptr + offs, mask=ok, other=1.0).to(tl.float32)
                 else:
                     p = 1.0 - eps + tl.zeros_like(z)
                 loss = -p * _logsigmoid(z) - (1.0 - p) * _logsigmoid(-z)
                 # -p s(-z) + (1-p) s(z), not s(z) - p, which cancels for confident pairs.
                 gd = beta * (-p * _sigmoid(-z) + (1.0 - p) * _sigmoid(z))
-            elif LOSS == 2:  # ROBUST
+            elif LOSS == ROBUST:
                 k = 1.0 / (1.0 - 2.0 * eps)
                 loss = k * (-(1.0 - eps) * _logsigmoid(z) + eps * _logsigmoid(-z))
                 gd = beta * k * (-(1.0 - eps) * _sigmoid(-z) - eps * _sigmoid(z))
-            elif LOSS == 3:  # HINGE; at the kink the derivative is 0, as relu's is in torch.
+            elif LOSS == HINGE:  # at the kink the derivative is 0, as relu's is in torch.
                 loss = tl.maximum(1.0 - z, 0.0)
                 gd = tl.where(z < 1.0, -beta, 0.0)
-            elif LOSS == 4:  # IPO
+            elif LOSS == IPO:
                 lw = tl.load(len_c_ptr + offs, mask=ok, other=1.0).to(tl.float32)
                 ll = tl.load(len_r_ptr + offs, mask=ok, other=1.0).to(tl.float32)
                 x = (rho_w / lw - rho_l / ll) + (lo_w / lw - lo_l / ll) - 0.5 / beta
                 loss = x * x
                 gw = 2.0 * x / lw
                 gl = -2.0 * x / ll
-            elif LOSS == 5:  # EXO_PAIR
+            elif LOSS == EXO_PAIR:
                 sp = _sigmoid(z)
                 sm = _sigmoid(-z)
                 lsp = _logsigmoid(z)
@@ -300,31 +302,31 @@ def preference_head_kernel(
                 loss = sp * (lsp - log_1m_eps) + sm * (lsm - log_eps)
                 # d/dz = s(z) s(-z) (ls(z) - ls(-z) - log(1-eps) + log eps), and ls(z) - ls(-z) = z.
                 gd = beta * sp * sm * (z - log_1m_eps + log_eps)
-            elif LOSS == 6:  # NCA_PAIR
+            elif LOSS == NCA_PAIR:
                 zw = beta * rho_w
                 zl = beta * rho_l
                 loss = -_logsigmoid(zw) - 0.5 * _logsigmoid(-zw) - 0.5 * _logsigmoid(-zl)
                 gw = beta * (-_sigmoid(-zw) + 0.5 * _sigmoid(zw))
                 gl = beta * 0.5 * _sigmoid(zl)
-            elif LOSS == 7:  # BCO_PAIR
+            elif LOSS == BCO_PAIR:
                 zw = beta * rho_w
                 zl = beta * rho_l
                 loss = -_logsigmoid(zw) - _logsigmoid(-zl)
                 gw = -beta * _sigmoid(-zw)
                 gl = beta * _sigmoid(zl)
-            elif LOSS == 8:  # SPPO_HARD
+            elif LOSS == SPPO_HARD:
                 a = rho_w - 0.5 / beta
                 bb = rho_l + 0.5 / beta
                 loss = a * a + bb * bb
                 gw = 2.0 * a
                 gl = 2.0 * bb
-            elif LOSS == 9:  # APO_ZERO; 1 - s(x) is s(-x), exact for large x.
+            elif LOSS == APO_ZERO:  # 1 - s(x) is s(-x), exact for large x.
                 zw = beta * rho_w
                 zl = beta * rho_l
                 loss = _sigmoid(-zw) + _sigmoid(zl)
                 gw = -beta * _sigmoid(zw) * _sigmoid(-zw)
                 gl = beta * _sigmoid(zl) * _sigmoid(-zl)
-            elif LOSS == 10:  # APO_DOWN
+            elif LOSS == APO_DOWN:
                 zw = beta * (rho_w + lo_w)
                 loss = _sigmoid(zw) + _sigmoid(-z)
                 gl = beta * _sigmoid(z) * _sigmoid(-z)
@@ -333,7 +335,7 @@ def preference_head_kernel(
                 u = -0.5 * beta * (rho_l + lo_l)
                 v = beta * ((rho_w - 0.5 * rho_l) + (lo_w - 0.5 * lo_l))
                 gw = beta * _dsig_diff(zw, z, u, v)
-            elif LOSS == 11:  # DISCOPOP
+            elif LOSS == DISCOPOP:
                 u = z / tau
                 m = _sigmoid(u)
                 one_m = _sigmoid(-u)
@@ -343,7 +345,7 @@ def preference_head_kernel(
                 loss = -lsz * one_m + e
                 # d/dz: -s(-z)(1-m) + ls(z) m(1-m)/tau + exp(-z) m ((1-m)/tau - 1)
                 gd = beta * (-_sigmoid(-z) * one_m + lsz * m * one_m / tau + e * (one_m / tau - 1.0))
-            elif LOSS == 12:  # SIGMOID_NORM
+            elif LOSS == SIGMOID_NORM:
                 lw = tl.load(len_c_ptr + offs, mask=ok, other=1.0).to(tl.float32)
                 ll = tl.load(len_r_ptr + offs, mask=ok, other=1.0).to(tl.float32)
                 x = beta * ((rho_w / lw - rho_l / ll) + (lo_w / lw - lo_l / ll))
@@ -351,11 +353,11 @@ def preference_head_kernel(
                 g = -beta * _sigmoid(-x)
                 gw = g / lw
                 gl = -g / ll
-            elif LOSS == 18:  # SFT: s1 = the batch's chosen NLL (TRL gives it to every pair), s2 = its
+            elif LOSS == SFT:  # s1 = the batch's chosen NLL (TRL gives it to every pair), s2 = its
                 # derivative summed over the pairs, the same for every c (the host never weights sft).
                 loss = s1 + tl.zeros_like(z)
                 gw = s2 + tl.zeros_like(z)
-            if LOSS != 18:
+            if LOSS != SFT:
                 gw = (gw + gd) * fw
                 gl = (gl - gd) * fl
             if has_w != 0:
@@ -368,7 +370,7 @@ def preference_head_kernel(
             tl.store(rew_r_ptr + offs, rew_l, mask=ok)
             tl.store(dc_ptr + offs, gw, mask=ok)
             tl.store(dr_ptr + offs, gl, mask=ok)
-            if LOSS == 18:  # sft reads no reference
+            if LOSS == SFT:  # sft reads no reference
                 tl.store(dcref_ptr + offs, tl.zeros_like(gw), mask=ok)
             else:
                 tl.store(dcref_ptr + offs, -gw, mask=ok)

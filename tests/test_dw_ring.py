@@ -6,7 +6,7 @@ the ring stays inside its byte budget; bad options are refused by name."""
 import pytest
 import torch
 
-import rdpo_fast.losses.fused as fl
+import rdpo_fast.losses.fused_pass as fp
 from rdpo_fast import FusedLinearPreferenceLoss
 from test_fused_loss import assert_close, batch, rel, run_ours, run_ref
 
@@ -22,15 +22,15 @@ def _ws(dtype):
 
 @pytest.fixture
 def rings(monkeypatch):
-    """Every _DwRing built during the test, to read its plan."""
+    """Every DwRing built during the test, to read its plan."""
     made = []
-    real = fl._DwRing.__init__
+    real = fp.DwRing.__init__
 
     def spy(self, *a, **k):
         real(self, *a, **k)
         made.append(self)
 
-    monkeypatch.setattr(fl._DwRing, "__init__", spy)
+    monkeypatch.setattr(fp.DwRing, "__init__", spy)
     return made
 
 

@@ -7,7 +7,7 @@ chunks it must; bad options are refused by name."""
 import pytest
 import torch
 
-import rdpo_fast.losses.fused as fl
+import rdpo_fast.losses.fused_pass as fp
 from rdpo_fast import FusedLinearPreferenceLoss
 from test_fused_loss import assert_close, batch, run_ours, run_ref
 
@@ -76,19 +76,19 @@ def test_schedule_recomputes_only_what_it_must(loss_type, batch_level, pairs_per
     x, w, b, target, ref_x, ref_w = batch(P, T, H, V, device, prompt=2)
     target[:, 2:] = target[:, 2:].clamp_min(0)  # every row a completion: chunks of a known size
     calls = []
-    real = fl._logits_into
+    real = fp.logits_into
 
     def spy(out, *a):
         calls.append(out.shape[0])
         return real(out, *a)
 
-    monkeypatch.setattr(fl, "_logits_into", spy)
+    monkeypatch.setattr(fp, "logits_into", spy)
     rows = 2 * (T - 2)  # one pair's rows; the interpreter's workspace costs 8 bytes per fp32 logit
     opts = {"loss_type": loss_type, "workspace_budget": pairs_per_chunk * rows * V * 8}
     fwd = {"ref_input": ref_x, "ref_weight": ref_w}
     ours = run_ours(opts, x, w, b, target, **fwd)
     assert len(calls) == (2 * chunks - 1 if batch_level else chunks), calls
-    monkeypatch.setattr(fl, "_logits_into", real)
+    monkeypatch.setattr(fp, "logits_into", real)
     assert calls[0] == (rows if chunks > 1 else P * rows)
     if chunks > 1:
         assert_close(ours, run_ref(opts, x, w, b, target, **fwd), 1e-5)

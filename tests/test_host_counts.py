@@ -104,3 +104,81 @@ def test_wrong_host_counts_are_refused(monkeypatch, device):
     fixed = (bad_target != -100).sum(1).tolist()
     with pytest.raises(RuntimeError, match="outside"):
         loss_fn(w, x, bad_target, b, ref_x, ref_w, host_counts=fixed)
+
+
+# ------------------------------------------------------------------------- backward without a host sync
+class _RecordHostReads:
+    """Records every Tensor method that reads device data back to the host. Patched on the class, not a
+    TorchFunctionMode: the autograd engine runs a Function's backward outside the caller's modes."""
+
+    def __init__(self, monkeypatch):
+        self.seen = []
+        for name in sorted(SYNCS):
+            real = getattr(torch.Tensor, name, None)
+            if real is not None:
+                monkeypatch.setattr(torch.Tensor, name, self._spy(name, real))
+
+    def _spy(self, name, real):
+        def spy(t, *a, **k):
+            self.seen.append(name)
+            return real(t, *a, **k)
+        return spy
+
+
+def _backward(data, host_counts, grad_output, opts, monkeypatch):
+    """Gradients of one call after loss.backward(grad_output), and the host reads backward made."""
+    x, w, b, target, ref_x, ref_w = data
+    xx, ww, bb = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+    loss_fn = FusedLinearPreferenceLoss(workspace_budget=20 * V * 8, **opts)
+    loss, _ = loss_fn(ww, xx, target, bb, ref_x, ref_w, host_counts=host_counts)
+    grad_output = torch.tensor(grad_output, device=loss.device)
+    with monkeypatch.context() as m:
+        rec = _RecordHostReads(m)
+        loss.backward(grad_output)
+    return (xx.grad, ww.grad, bb.grad), rec.seen
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["kernel", "torch-twin"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("opts", [{}, {"dw_accumulation": "weight"}], ids=["dw-fp32", "dw-weight"])
+def test_sync_free_backward_scales_exactly_without_a_sync(opts, dtype, twin, monkeypatch, device):
+    """A host_counts call on a device where syncs cost makes none in backward either: the gradients made in
+    forward are scaled in place on the device (kernels/grad_scale.py, or its torch twin), and the bits are
+    the default path's for upstream gradients 1, 2.5 and 0."""
+    if twin:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # rdpo_fast.ops.backend: the torch twins
+    data = batch(P, T, H, V, device, dtype=dtype)
+    counts = (data[3] != -100).sum(1).tolist()
+    for grad_output in (1.0, 2.5, 0.0):
+        want, syncs_default = _backward(data, None, grad_output, opts, monkeypatch)
+        # The recorder sees inside backward: the default path reads the upstream gradient once.
+        assert syncs_default == ["__bool__"], syncs_default
+        with monkeypatch.context() as m:
+            m.setattr(fl, "_syncs_free", lambda dev: False)
+            got, syncs = _backward(data, counts, grad_output, opts, monkeypatch)
+        assert syncs == [], syncs
+        for a, c in zip(got, want):
+            assert a.dtype == dtype and torch.equal(a, c)
+
+
+def test_second_backward_of_a_sync_free_call_is_refused(monkeypatch, device):
+    """In-place scaling cannot be undone: a second backward through the same sync-free call (retain_graph)
+    raises and says why, before touching any gradient; the default path keeps allowing it, exactly."""
+    x, w, b, target, ref_x, ref_w = batch(P, T, H, V, device)
+    counts = (target != -100).sum(1).tolist()
+    loss_fn = FusedLinearPreferenceLoss()
+    xx = x.detach().clone().requires_grad_(True)
+    loss, _ = loss_fn(w, xx, target, b, ref_x, ref_w)
+    loss.backward(retain_graph=True)
+    first = xx.grad.clone()
+    loss.backward()
+    assert torch.equal(xx.grad, 2 * first)
+
+    monkeypatch.setattr(fl, "_syncs_free", lambda dev: False)
+    xx = x.detach().clone().requires_grad_(True)
+    loss, _ = loss_fn(w, xx, target, b, ref_x, ref_w, host_counts=counts)
+    (2.5 * loss).backward(retain_graph=True)
+    first = xx.grad.clone()
+    with pytest.raises(RuntimeError, match="second backward.*host_counts.*in place"):
+        loss.backward()
+    assert torch.equal(xx.grad, first)

@@ -6,7 +6,7 @@ import torch
 import rdpo_fast
 from rdpo_fast.ops import epilogue
 from rdpo_fast.oracle import ref_linear_logprobs, ref_logprobs, ref_sequence_logit_sums, ref_sequence_sums
-from rdpo_fast.ops.logprobs import _linear_stats, sequence_ids
+from rdpo_fast.ops.logprobs import linear_stats, sequence_ids
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
@@ -100,7 +100,7 @@ def test_logit_sums_for_metrics(device):
     B, T, H, V = 2, 31, 16, 700
     hidden, weight, bias, labels = make_inputs(B, T, H, V, torch.float32, device, 0.4)
     ids, nseq = sequence_ids(labels, None)
-    _, _, logit_sums = _linear_stats(hidden, weight, labels, bias, ids, nseq, -100, 1.5, 3.0, None)
+    _, _, logit_sums = linear_stats(hidden, weight, labels, bias, ids, nseq, -100, 1.5, 3.0, None)
     ref = ref_sequence_logit_sums(hidden.double(), weight.double(), labels, bias=bias.double(),
                                   temperature=1.5, softcap=3.0)
     assert rel(logit_sums, ref) <= 1e-5

@@ -245,6 +245,9 @@ def test_every_loss_type_has_a_kernel_build():
     assert sorted(LOSS_TYPES.values()) == list(range(kern.NUM_LOSSES - 1))
     assert (LOSS_TYPES["aot"], LOSS_TYPES["sft"], kern.KTO) == (kern.AOT, kern.SFT, kern.NUM_LOSSES - 1)
     assert sorted(s["constexprs"]["LOSS"] for s in kern.COMPILE_SPECS) == list(range(kern.NUM_LOSSES))
+    # The kernel's branches name the ids (constexpr globals): each name is its table entry's id.
+    for name, loss_id in LOSS_TYPES.items():
+        assert getattr(kern, name.upper()) == loss_id, name
 
 
 def test_preference_head_is_autograd_free(device):

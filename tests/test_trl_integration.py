@@ -285,7 +285,7 @@ def test_patch_routes_dpo_trainer_through_the_fused_loss(tiny, monkeypatch):
     elements is created during a training step (plain TRL creates one: its head's logits tile)."""
     from trl.kernels import chunked_logprob
 
-    import rdpo_fast.losses.fused as fl
+    import rdpo_fast.losses.fused_pass as fl
 
     monkeypatch.setenv("RDPO_FAST_WORKSPACE_MB", "0.05")  # chunks of a single pair
     V = len(tiny["tok"])
@@ -309,8 +309,8 @@ def test_patch_routes_dpo_trainer_through_the_fused_loss(tiny, monkeypatch):
     assert plain_largest >= n_tokens * V  # TRL's head holds the whole batch's logits tile here
 
     counts = {"fused": 0, "trl_head": 0}
-    fused_fwd, head_fwd = fl._FusedPreferenceFn.forward, chunked_logprob.ChunkedLogProbFunction.forward
-    monkeypatch.setattr(fl._FusedPreferenceFn, "forward", staticmethod(
+    fused_fwd, head_fwd = fl.FusedPreferenceFn.forward, chunked_logprob.ChunkedLogProbFunction.forward
+    monkeypatch.setattr(fl.FusedPreferenceFn, "forward", staticmethod(
         lambda *a, **k: counts.__setitem__("fused", counts["fused"] + 1) or fused_fwd(*a, **k)))
     monkeypatch.setattr(chunked_logprob.ChunkedLogProbFunction, "forward", staticmethod(
         lambda *a, **k: counts.__setitem__("trl_head", counts["trl_head"] + 1) or head_fwd(*a, **k)))

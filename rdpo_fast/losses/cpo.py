@@ -2,6 +2,8 @@
 with label smoothing (cDPO form), plus alpha times the chosen NLL; on the fused head's 'cpo' loss type."""
 from __future__ import annotations
 
+import torch
+
 from .dropin import LigerDropIn
 
 
@@ -23,11 +25,12 @@ class FusedLinearCPOLoss(LigerDropIn):
                          compute_nll_loss=compute_nll_loss, compiled=compiled, average_log_prob=average_log_prob,
                          chunk_size=chunk_size, workspace_budget=workspace_budget, dw_accumulation=dw_accumulation))
 
-    def settings(self):
+    def settings(self) -> dict:
         return dict(loss_type="cpo", use_ref_model=False, ignore_index=self.ignore_index, beta=self.beta,
                     alpha=self.alpha, label_smoothing=self.label_smoothing, compute_nll_loss=self.compute_nll_loss,
                     average_log_prob=self.average_log_prob, workspace_budget=self.workspace_budget,
                     dw_accumulation=self.dw_accumulation)
 
-    def forward(self, lin_weight, _input, target, bias=None):
+    def forward(self, lin_weight: torch.Tensor, _input: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None) -> tuple:
         return self._inner()(lin_weight, _input, target, bias)

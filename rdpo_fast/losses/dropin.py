@@ -32,7 +32,7 @@ class LigerDropIn(torch.nn.Module):
         raise NotImplementedError
 
 
-def check_nll_target(nll_target, target, ignore_index):
+def check_nll_target(nll_target: torch.Tensor | None, target: torch.Tensor, ignore_index: int) -> None:
     """Liger's nll_target (other labels for the NLL term) is honoured only when it names the same chosen
     tokens as target: the fused pass scores one label per row."""
     if nll_target is None:
@@ -44,7 +44,7 @@ def check_nll_target(nll_target, target, ignore_index):
                          "pass scores one label per row); pass nll_target=None to take the NLL on target")
 
 
-def averaged(logps, target, ignore_index, rows):
+def averaged(logps: torch.Tensor, target: torch.Tensor, ignore_index: int, rows: slice) -> torch.Tensor:
     """Sequence sums -> Liger's length-averaged log-probs (rows: which half of the batch)."""
     counts = (target[rows] != ignore_index).sum(1)
     return logps / counts.to(logps.dtype)

@@ -3,20 +3,10 @@ never holding the N x V logits. Same constructor keywords, forward signature and
 liger_kernel's LigerFusedLinearDPOLoss, plus precomputed reference log-probs and rDPO soft labels, and
 TRL's loss options: a list of loss types with loss_weights, use_weighting (WPO), f_divergence_type.
 
-Schedule (SPEC section 6): prompt and pad rows are dropped, the kept rows are grouped pair by pair and
-cut into chunks of whole pairs that fit the logits workspace. Per chunk: one logits GEMM into the
-workspace; the fused epilogue (logsumexp, label log-prob, per-sequence sums of log-probs and logits,
-and for WPO of log sum p^2); the preference head on the chunk's pairs, which gives each sequence's
-gradient; the in-place dZ kernel; then the dX GEMM (final for these rows) and the dW GEMM, accumulated
-in fp32 across chunks (dw_accumulation="ring": the chunks' dZ stay in a ring and one dW GEMM per flush
-covers all of them, see _DwRing). Gradients are made in forward and scaled by grad_output in backward:
-6NHV FLOPs.
-
-Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios) need every pair's
-log-probs before any gradient, so they run in two phases: the forward statistics of every chunk (keeping each row's logsumexp), the head on the whole
-batch, then each chunk's logits again for dZ, dX and dW. The last chunk's logits are still in the
-workspace and are not recomputed: 6NHV + 2NHV (k-1)/k for k chunks, 8NHV at most; 6NHV when the batch
-fits one chunk.
+This module is the Module and its settings: validation of the settings (once, at construction) and of
+each call's inputs, the reference log-probs (given, or from an in-pass reference model, forward only),
+and the host-side token counts. The pass itself, its chunk schedule and its cost in FLOPs are in
+fused_pass.py.
 
 Normalisation, exact under gradient accumulation: the loss is
     sum over pairs of the per-pair loss / num_pairs
@@ -32,10 +22,11 @@ import math
 import torch
 
 from rdpo_fast.ops import checks as _checks
+from rdpo_fast.ops.logprobs import linear_stats
+
 from . import table as lt
-from rdpo_fast.ops.epilogue import forward_epilogue, grad_epilogue, token_stats
-from rdpo_fast.ops.logprobs import _accumulate_mm, _linear_stats, _logits_into, chunk_rows, workspace_bytes
-from .head import check_head_options, preference_head
+from .fused_pass import FusedPreferenceFn, PassOptions, ld_tail
+from .head import check_head_options
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
                   "average_log_prob", "chunk_size", "loss_type", "label_smoothing", "discopop_tau")
@@ -43,7 +34,7 @@ LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled
 # the default). "follow": under an enabled autocast they run in its dtype (TRL's and Liger's behaviour:
 # fp32 master weights, bf16 GEMMs), dW still accumulated in fp32 and returned in the weight's dtype.
 AUTOCAST_MODES = ("disable", "follow")
-# How dW is summed over chunks (see _DwRing for "ring"). "fp32" stays the default until a GPU run has
+# How dW is summed over chunks (see fused_pass.DwRing for "ring"). "fp32" stays the default until a GPU run has
 # measured "ring" against it (issue 12).
 DW_MODES = ("fp32", "weight", "ring")
 # Loss types whose head divides the sequence log-probs by the completion lengths itself.
@@ -139,385 +130,8 @@ class _Config:
                     f_divergence_type=self.f_divergence_type, f_alpha_divergence_coef=self.f_alpha_divergence_coef)
 
 
-def _pair_order(labels2d, ignore_index, n_kept):
-    """Kept rows (flat indices), grouped pair by pair (chosen rows, then the matching rejected rows),
-    with each row's sequence index and the per-sequence token counts. n_kept: the number of kept rows,
-    known on the host, so the rows come from one sort of unique keys instead of nonzero (a host sync)."""
-    n_seq, T = labels2d.shape
-    P = n_seq // 2
-    dev = labels2d.device
-    keep = labels2d != ignore_index
-    s = torch.arange(n_seq, device=dev)[:, None]
-    # Sort key (pair, chosen/rejected, position); ignored rows after every kept one.
-    key = (s % P) * (2 * T) + torch.div(s, P, rounding_mode="floor") * T + torch.arange(T, device=dev)
-    key = torch.where(keep, key, key + n_seq * T)
-    rows = torch.sort(key.reshape(-1)).indices[:n_kept]
-    seq = torch.div(rows, T, rounding_mode="floor")
-    return rows, seq, keep.sum(1)
-
-
-def _chunks_of_pairs(rows_per_pair, max_rows):
-    """[(first pair, end pair, first row, end row)], each chunk whole pairs and at most max_rows rows
-    (a single pair longer than max_rows gets a chunk of its own)."""
-    bounds = []
-    p0 = r0 = r = 0
-    for p, n in enumerate(rows_per_pair):
-        if r + n - r0 > max_rows and p > p0:
-            bounds.append((p0, p, r0, r))
-            p0, r0 = p, r
-        r += n
-    bounds.append((p0, len(rows_per_pair), r0, r))
-    return bounds
-
-
-def ld_tail(labels2d, ignore_index):
-    """LD-DPO: [2B, T] bool, True for completion tokens past the pair's shorter completion (the verbose
-    tail, weighted by ld_alpha). Those tokens are summed in sequence slot 2B + s instead of s."""
-    P = labels2d.shape[0] // 2
-    keep = (labels2d != ignore_index).long()
-    counts = keep.sum(1)
-    position = keep.cumsum(1) - 1  # rank of each kept token within its completion
-    public = torch.minimum(counts[:P], counts[P:]).repeat(2)
-    return position >= public[:, None]
-
-
-class _SeqStats:
-    """Per-sequence accumulators the forward epilogue adds into (one slot per sequence, two with LD-DPO):
-    sums of label log-probs, of logits, and (WPO) of log sum p^2."""
-
-    def __init__(self, n_slots, device, with_sq):
-        self.logp = torch.zeros(n_slots, device=device, dtype=torch.float32)
-        self.logit = torch.zeros(n_slots, device=device, dtype=torch.float32)
-        self.sq = torch.zeros(n_slots, device=device, dtype=torch.float32) if with_sq else None
-
-    def folded(self, t, n_seq):
-        """Unweighted per-sequence totals (the LD tail slots folded back in)."""
-        return t[:n_seq] + t[n_seq:] if t.numel() > n_seq else t
-
-
-class _Grads:
-    """The gradients made in forward: dX rows (final per chunk), dW (accumulated over chunks), d bias."""
-
-    def __init__(self, x2, weight, need_grad, dw_accumulation, w_dtype=None):
-        V, H = weight.shape
-        dev = x2.device
-        self.x = torch.zeros_like(x2) if need_grad[0] else None
-        # dW sums one GEMM per chunk: in fp32 by default, or (dw_accumulation="weight") in the weight's
-        # own dtype, which halves the traffic of re-reading and re-writing dW once per chunk. The ring
-        # schedule picks its own dtype (w_dtype, see _DwRing).
-        if w_dtype is None:
-            w_dtype = torch.float32 if dw_accumulation == "fp32" else weight.dtype
-        self.w = torch.empty(V, H, device=dev, dtype=w_dtype) if need_grad[1] else None
-        self.b = torch.zeros(V, device=dev, dtype=torch.float32) if need_grad[2] else None
-        self.any = any(need_grad)
-
-
-class _DwRing:
-    """dw_accumulation="ring": the chunks' dZ (in the GEMM dtype) and their gathered hidden rows stay in
-    a ring; dW is one GEMM per flush over every row the ring holds, dW (+)= dZ_ring^T @ x_ring, so the
-    GEMM itself sums the rows in fp32 and the [V, H] gradient is touched once per flush instead of once
-    per chunk. The ring's logit rows are the chunks' logits workspace as well: each chunk's logits GEMM
-    writes straight into its slot, the dZ kernel overwrites them in place, and the slot is kept.
-
-    Memory (budget: dw_ring_budget bytes, default the workspace budget plus the 4 V H bytes of the fp32
-    accumulator, which is what the fp32 schedule holds itself): a ring row costs (V + H) x the GEMM
-    dtype's size. When every kept row of the batch fits, there is one flush, which writes dW directly in
-    the weight's dtype (one rounding; no fp32 [V, H] buffer, no cast). Otherwise the fp32 accumulator is
-    needed across flushes and is counted in the budget: the ring gets the rest, at least one chunk.
-    Slots are whole chunks, filled in processing order; a chunk that does not fit flushes the ring first.
-
-    The plan is made on the host from the chunk sizes (host ints): no device sync."""
-
-    def __init__(self, sizes, V, H, gemm_dtype, weight_dtype, budget, dev):
-        es = torch.empty((), dtype=gemm_dtype).element_size()
-        row_bytes = (V + H) * es
-        total = sum(sizes)
-        if total * row_bytes <= budget:
-            cap = total
-        else:
-            cap = max(max(sizes), (budget - 4 * V * H) // row_bytes)
-        self.offsets, self.flush_after = [], []
-        fill = 0
-        for n in sizes:
-            if fill + n > cap:
-                self.flush_after[-1] = True
-                fill = 0
-            self.offsets.append(fill)
-            self.flush_after.append(False)
-            fill += n
-        self.flush_after[-1] = True
-        self.flushes = sum(self.flush_after)
-        self.sizes = list(sizes)
-        self.rows = max(o + n for o, n in zip(self.offsets, sizes))
-        self.z = torch.empty(self.rows, V, device=dev, dtype=gemm_dtype)
-        self.x = torch.empty(self.rows, H, device=dev, dtype=gemm_dtype)
-        # One flush: dW in the weight's dtype straight from the GEMM (fp32 master weights under
-        # autocast="follow" get the GEMM's fp32 result, not a rounded copy); several: fp32 accumulator.
-        single_ok = weight_dtype in (gemm_dtype, torch.float32)
-        self.w_dtype = weight_dtype if self.flushes == 1 and single_ok else torch.float32
-        self._fill = 0
-        self._first = True
-
-    def slot(self, i, n):
-        """(logit rows, hidden rows) of the i-th chunk in processing order, n rows."""
-        o = self.offsets[i]
-        return self.z[o: o + n], self.x[o: o + n]
-
-    def done(self, i, n, grads):
-        """The i-th chunk's dZ is in its slot: flush if the plan says so."""
-        self._fill = self.offsets[i] + n
-        if self.flush_after[i] and grads.w is not None:
-            a, b = self.z[: self._fill].t(), self.x[: self._fill]
-            if grads.w.dtype == a.dtype:
-                grads.w.addmm_(a, b, beta=0.0 if self._first else 1.0)
-            else:
-                _accumulate_mm(grads.w, a, b, first=self._first)
-            self._first = False
-
-
-def _chunk_logits(ws, x2, weight, bias, rows, xs=None):
-    """The chunk's hidden rows (in the GEMM dtype, weight's) and its logits in the workspace. xs: where
-    to gather the rows (a ring slot), else a fresh tensor."""
-    if xs is not None:
-        xc = xs[: rows.numel()]
-        if x2.dtype == xs.dtype:
-            torch.index_select(x2, 0, rows, out=xc)
-        else:
-            xc.copy_(x2.index_select(0, rows))
-    else:
-        xc = x2.index_select(0, rows)
-        if xc.dtype != weight.dtype:  # autocast="follow": the GEMMs run in the autocast dtype
-            xc = xc.to(weight.dtype)
-    return xc, _logits_into(ws[: rows.numel()], xc, weight, bias)
-
-
-def _chunk_stats(ws, x2, weight, bias, rows, labels, slots, stats, *, temperature=1.0, softcap=None, xs=None):
-    """One chunk's logits into the workspace and its forward epilogue, adding into stats.
-    Returns (the chunk's hidden rows, its logits, its rows' logsumexp)."""
-    xc, z = _chunk_logits(ws, x2, weight, bias, rows, xs)
-    lse, _ = forward_epilogue(z, labels, seq_ids=slots, seq_logp=stats.logp, seq_logit=stats.logit,
-                              seq_sq=stats.sq, temperature=temperature, softcap=softcap)
-    return xc, z, lse
-
-
-def _chunk_grads(z, xc, labels, lse, g_tok, rows, weight, grads, first, *, temperature=1.0, softcap=None,
-                 dw=True):
-    """dZ in place from the chunk's logits and per-token upstream gradients, then dX, dW, d bias.
-    dw=False leaves dW to the ring's flush (_DwRing)."""
-    dz = grad_epilogue(z, labels, lse, g_tok, temperature=temperature, softcap=softcap)
-    if grads.x is not None:
-        grads.x.index_copy_(0, rows, torch.mm(dz, weight).to(grads.x.dtype))
-    if grads.w is not None and dw:  # the first chunk writes dW (beta=0): no zero-fill pass over [V, H]
-        if grads.w.dtype == torch.float32:
-            _accumulate_mm(grads.w, dz.t(), xc, first=first)
-        else:
-            grads.w.addmm_(dz.t().to(grads.w.dtype), xc.to(grads.w.dtype), beta=0.0 if first else 1.0)
-    if grads.b is not None:
-        grads.b += dz.sum(0, dtype=torch.float32)
-
-
-class _PairHead:
-    """The preference head over a range of pairs, from the accumulated sequence statistics (and, for WPO,
-    the pairs' weights from them): writes the pairs' losses, rewards and log-probs, and each sequence's
-    gradient into g_seq."""
-
-    def __init__(self, cfg, stats, lens, ref_c, ref_r, soft, P, num_pairs):
-        dev = lens.device
-        self.cfg, self.stats, self.lens, self.P, self.num_pairs = cfg, stats, lens, P, num_pairs
-        self.ref_c, self.ref_r, self.soft = ref_c, ref_r, soft
-        self.losses = torch.zeros(P, device=dev, dtype=torch.float32)
-        self.rew_c = torch.empty_like(self.losses)
-        self.rew_r = torch.empty_like(self.losses)
-        self.seq_logps = torch.empty(2 * P, device=dev, dtype=torch.float32)
-        self.g_seq = torch.zeros(2 * P, device=dev, dtype=torch.float32)
-
-    def run(self, p0, p1):
-        cfg, P, lens = self.cfg, self.P, self.lens
-        sc = torch.arange(p0, p1, device=lens.device)  # the chosen sequences; rejected are P + sc
-        sr = sc + P
-        c_sum, r_sum = _combine(self.stats.logp, sc, sr, 2 * P, cfg.ld_alpha)
-        scale_c = 1.0 / lens[sc] if cfg.average_log_prob else torch.ones_like(c_sum)
-        scale_r = 1.0 / lens[sr] if cfg.average_log_prob else torch.ones_like(r_sum)
-        c, r = c_sum * scale_c, r_sum * scale_r
-        self.seq_logps[sc], self.seq_logps[sr] = c, r
-        refc = None if self.ref_c is None else self.ref_c[p0:p1].float()
-        refr = None if self.ref_r is None else self.ref_r[p0:p1].float()
-        weights = None
-        if cfg.use_weighting:
-            # TRL's WPO weight of a sequence: exp(mean over its tokens of log p(label) - log sum p^2),
-            # from the raw (not LD-weighted) per-token values; constants, no gradient. Pair: the product.
-            st, n = self.stats, 2 * P
-            aligned = st.folded(st.logp, n) - st.folded(st.sq, n)
-            weights = torch.exp(aligned[sc] / lens[sc]) * torch.exp(aligned[sr] / lens[sr])
-        if not cfg.head_members:  # sft alone: only its NLL term (added by the caller) and the rewards
-            self.rew_c[p0:p1] = cfg.beta * (c if refc is None else c - refc)
-            self.rew_r[p0:p1] = cfg.beta * (r if refr is None else r - refr)
-            return
-        opts = cfg.head_options(None if self.soft is None else self.soft[p0:p1].float(), lens[sc], lens[sr],
-                                weights)
-        l, rc, rr, (dc, dr, _, _) = preference_head(c, r, refc, refr, **opts)
-        self.losses[p0:p1], self.rew_c[p0:p1], self.rew_r[p0:p1] = l, rc, rr
-        self.g_seq[sc] = dc * scale_c / self.num_pairs
-        self.g_seq[sr] = dr * scale_r / self.num_pairs
-
-    def nll_weight(self):
-        """The chosen-token NLL's coefficient: alpha (compute_nll_loss) plus sft's loss weight."""
-        cfg = self.cfg
-        return (cfg.alpha if cfg.compute_nll_loss else 0.0) + cfg.sft_weight
-
-
-def _token_grads(head, seq, slot, nll_coef, cfg, P):
-    """Per-token upstream gradient of the chunk's rows: their sequence's (LD tail tokens weigh ld_alpha),
-    minus the NLL term's on chosen tokens."""
-    g_tok = head.g_seq.index_select(0, seq)
-    if cfg.ld_alpha is not None:
-        g_tok = torch.where(slot >= 2 * P, g_tok * cfg.ld_alpha, g_tok)
-    if nll_coef:
-        g_tok = g_tok - (seq < P).float() * nll_coef
-    return g_tok
-
-
-class _FusedPreferenceFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, norms, need_grad, host_counts,
-                compute_dtype, want_stats):
-        n_seq, T, H = _input.shape
-        P = n_seq // 2
-        V = weight.shape[0]
-        dev = _input.device
-        x2 = _input.reshape(-1, H)
-        # The GEMMs' dtype: the inputs' own, or an enclosing autocast's (autocast="follow"). The weight is
-        # cast once; dW is still accumulated in fp32 and handed back in the weight's own dtype.
-        cd = _input.dtype if compute_dtype is None else compute_dtype
-        w_c = weight if weight.dtype == cd else weight.to(cd)
-        b_c = bias if bias is None or bias.dtype == cd else bias.to(cd)
-        tf = cfg.transform
-        rows, seq, counts = _pair_order(target, cfg.ignore_index, sum(host_counts))
-        labels = target.reshape(-1).index_select(0, rows)
-        slot = seq
-        if cfg.ld_alpha is not None:
-            tail = ld_tail(target, cfg.ignore_index).reshape(-1).index_select(0, rows)
-            slot = seq + tail.long() * n_seq
-        n_slots = 2 * n_seq if cfg.ld_alpha is not None else n_seq
-        num_pairs, num_chosen_tokens = norms
-        num_pairs = P if num_pairs is None else num_pairs
-        num_chosen_tokens = sum(host_counts[:P]) if num_chosen_tokens is None else num_chosen_tokens
-
-        stats = _SeqStats(n_slots, dev, with_sq=cfg.use_weighting)
-        head = _PairHead(cfg, stats, counts.float(), ref_c, ref_r, soft, P, num_pairs)
-        # TRL's entropy and token-accuracy metrics, from the same logits (want_stats): sums over tokens.
-        tok_stats = torch.zeros(2, device=dev, dtype=torch.float32) if want_stats else None
-
-        # Chunks of whole pairs within the budget; a single pair longer than that gets its own chunk.
-        per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
-        cap = chunk_rows(rows.numel(), V, w_c, cfg.workspace_budget)
-        chunks = _chunks_of_pairs(per_pair, cap)
-        sizes = [r1 - r0 for _, _, r0, r1 in chunks]
-        # The order the gradient pass visits the chunks: batch-level losses start with the last chunk,
-        # whose logits the statistics pass left in the workspace.
-        last = len(chunks) - 1
-        order = list(range(len(chunks))) if not cfg.batch_level else [last] + list(range(last))
-        ring = None
-        if cfg.dw_accumulation == "ring" and need_grad[1]:
-            budget = cfg.dw_ring_budget
-            if budget is None:
-                budget = (workspace_bytes() if cfg.workspace_budget is None else cfg.workspace_budget) + 4 * V * H
-            ring = _DwRing([sizes[k] for k in order], V, H, cd, weight.dtype, budget, dev)
-            # The ring's first slot is the statistics pass's workspace: order[0] lands there.
-            ws, xs = ring.z, ring.x
-        else:
-            ws, xs = torch.empty(max(sizes), V, device=dev, dtype=cd), None
-        grads = _Grads(x2, weight, need_grad, cfg.dw_accumulation, None if ring is None else ring.w_dtype)
-
-        def stats_of(k, z_out=ws, x_out=xs):
-            _, _, r0, r1 = chunks[k]
-            xc, z, lse = _chunk_stats(z_out, x2, w_c, b_c, rows[r0:r1], labels[r0:r1], slot[r0:r1], stats,
-                                      xs=x_out, **tf)
-            if tok_stats is not None:
-                entropy, top1 = token_stats(z, labels[r0:r1], lse, **tf)
-                tok_stats[0] += entropy.sum()
-                tok_stats[1] += (top1 * (seq[r0:r1] < P)).sum()
-            return xc, z, lse
-
-        def grads_of(i, k, xc, z, lse, nll_coef):
-            # i: the chunk's place in `order` (the first writes dW with beta=0), k: its index.
-            _, _, r0, r1 = chunks[k]
-            g_tok = _token_grads(head, seq[r0:r1], slot[r0:r1], nll_coef, cfg, P)
-            _chunk_grads(z, xc, labels[r0:r1], lse, g_tok, rows[r0:r1], w_c, grads, i == 0, dw=ring is None,
-                         **tf)
-            if ring is not None:
-                ring.done(i, r1 - r0, grads)
-
-        nll_coef = head.nll_weight() / max(num_chosen_tokens, 1)
-        if not cfg.batch_level:
-            # One pass, 6NHV: each chunk's head needs only its own pairs.
-            for k, (p0, p1, r0, r1) in enumerate(chunks):
-                xc, z, lse = stats_of(k) if ring is None else stats_of(k, *ring.slot(k, r1 - r0))
-                head.run(p0, p1)
-                if grads.any:
-                    grads_of(k, k, xc, z, lse, nll_coef)
-        else:
-            # Two phases: every chunk's statistics, the head on the whole batch, then the gradients. The
-            # last chunk's logits are still in the workspace, so it goes first and is not recomputed.
-            lses = []
-            for k in range(len(chunks)):
-                xc, z, lse = stats_of(k)
-                lses.append(lse)
-            head.run(0, P)
-            if grads.any:
-                for i, k in enumerate(order):
-                    if i > 0:
-                        _, _, r0, r1 = chunks[k]
-                        z_out, x_out = (ws, None) if ring is None else ring.slot(i, r1 - r0)
-                        xc, z = _chunk_logits(z_out, x2, w_c, b_c, rows[r0:r1], x_out)
-                    grads_of(i, k, xc, z, lses[k], nll_coef)
-
-        raw = stats.folded(stats.logp, n_seq)
-        lsum = stats.folded(stats.logit, n_seq)
-        nll_on = cfg.compute_nll_loss or cfg.sft_weight != 0
-        nll = -raw[:P].sum() / max(num_chosen_tokens, 1) if nll_on else torch.zeros((), device=dev)
-        chosen_tokens = counts[:P].sum().clamp_min(1)
-        rejected_tokens = counts[P:].sum().clamp_min(1)
-        chosen_logits_mean = lsum[:P].sum() / (chosen_tokens * V)
-        rejected_logits_mean = lsum[P:].sum() / (rejected_tokens * V)
-        loss = head.losses.sum() / num_pairs + head.nll_weight() * nll
-
-        # Kept in the parameters' dtypes: the fp32 accumulators are freed before backward.
-        ctx.save_for_backward(
-            None if grads.x is None else grads.x.view(_input.shape),
-            None if grads.w is None else grads.w.to(weight.dtype),
-            None if grads.b is None else grads.b.to(bias.dtype))
-        aux = (head.seq_logps[:P].clone(), head.seq_logps[P:].clone(), chosen_logits_mean, rejected_logits_mean,
-               nll.detach(), head.rew_c, head.rew_r)
-        if tok_stats is None:
-            tok_stats = torch.zeros(0, device=dev)
-        ctx.mark_non_differentiable(*aux, tok_stats)
-        return (loss, *aux, tok_stats)
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_aux_grads):
-        gx, gw, gb = ctx.saved_tensors
-        # The usual case, loss.backward() on this loss alone, skips a pass over the [V, H] gradient.
-        unit = bool(grad_loss == 1)
-        out = []
-        for g, need in zip((gx, gw, gb), ctx.needs_input_grad[:3]):
-            if not need or g is None:
-                out.append(None)
-            else:
-                out.append(g if unit else g * grad_loss.to(g.dtype))
-        return (*out, None, None, None, None, None, None, None, None, None, None)
-
-
 _OUTPUT_NAMES = ("loss", "chosen_logps", "rejected_logps", "chosen_logits_mean", "rejected_logits_mean", "nll_loss",
                  "chosen_rewards", "rejected_rewards")
-
-
-def _combine(sums, sc, sr, n_seq, ld_alpha):
-    c, r = sums[sc], sums[sr]
-    if ld_alpha is not None:
-        c = c + ld_alpha * sums[sc + n_seq]
-        r = r + ld_alpha * sums[sr + n_seq]
-    return c, r
 
 
 class FusedLinearPreferenceLoss(torch.nn.Module):
@@ -527,7 +141,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     workspace_budget (bytes), dw_accumulation ("fp32", the default: one dW GEMM per chunk added into an
     fp32 [V, H] accumulator; "weight": sum the per-chunk dW in the weight's dtype, as Liger does, faster
     for bf16 weights at one rounding per chunk; "ring": keep the chunks' dZ and hidden rows in a ring of
-    dw_ring_budget bytes and issue one dW GEMM per flush, see _DwRing), dw_ring_budget (bytes, "ring"
+    dw_ring_budget bytes and issue one dW GEMM per flush, see fused_pass.DwRing), dw_ring_budget (bytes, "ring"
     only; default workspace_budget + 4 V H, the workspace and fp32 accumulator the "fp32" schedule holds).
     Ring memory against speed, Llama-3-8B head (H=4096, V=128256) in bf16: a ring row costs (V + H) x 2
     = 258.5 KiB; N=16384 rows in one flush take 4.04 GiB where the fp32 schedule holds 2.46 GiB (512 MiB
@@ -544,7 +158,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     MPO: ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]); use_weighting (WPO weights from the policy's
     own token probabilities, computed in the fused pass, without gradient as in TRL); f_divergence_type
     and f_alpha_divergence_coef. The batch-level aot and aot_unpaired run the two-phase schedule of the
-    module docstring (up to 8NHV instead of 6NHV).
+    fused_pass docstring (up to 8NHV instead of 6NHV).
     The model's logit transform (SPEC section 3): logit_scale (Cohere's), then softcap (Gemma 2/3's
     final_logit_softcapping: z = c tanh(z / c)), then temperature; rdpo_fast.models.loading.logit_transform
     reads them from a model. They apply to the policy and to an in-pass reference alike.
@@ -572,7 +186,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             use_ref_model=use_ref_model, average_log_prob=average_log_prob, loss_type=loss_type,
             label_smoothing=label_smoothing, tau=discopop_tau if tau is None else tau, gamma=gamma,
             ld_alpha=ld_alpha, workspace_budget=workspace_budget, dw_accumulation=dw_accumulation,
-            dw_ring_budget=dw_ring_budget, loss_weights=loss_weights, use_weighting=use_weighting, f_divergence_type=f_divergence_type,
+            dw_ring_budget=dw_ring_budget, loss_weights=loss_weights, use_weighting=use_weighting,
+            f_divergence_type=f_divergence_type,
             f_alpha_divergence_coef=f_alpha_divergence_coef, softcap=softcap, temperature=temperature,
             logit_scale=logit_scale, autocast=autocast)
         self._extra = {"compiled": compiled, "chunk_size": chunk_size}
@@ -583,9 +198,13 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         self.cfg = _Config(**settings)  # raises on a bad value, leaving the old settings in place
         self._settings = settings
 
-    def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
-                *, ref_chosen_logps=None, ref_rejected_logps=None, soft_labels=None, num_pairs=None,
-                num_chosen_tokens=None, return_token_stats=False, host_counts=None):
+    def forward(self, lin_weight: torch.Tensor, _input: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None, ref_input: torch.Tensor | None = None,
+                ref_weight: torch.Tensor | None = None, ref_bias: torch.Tensor | None = None, *,
+                ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
+                soft_labels: torch.Tensor | None = None, num_pairs: int | None = None,
+                num_chosen_tokens: int | None = None, return_token_stats: bool = False,
+                host_counts: list[int] | None = None) -> tuple:
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
@@ -597,7 +216,9 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         and the row order, are otherwise read back from the device once). On CUDA the given counts and
         the label range are then checked on the device (torch._assert_async: a mismatch fails at the
         next sync, as a device-side error); where syncs cost nothing (CPU) they are checked exactly,
-        with a ValueError naming host_counts. Results are identical with and without them."""
+        with a ValueError naming host_counts. Results are identical with and without them. On CUDA
+        backward then makes no host sync either: it scales the gradients in place on the device, so a
+        second backward through the same call (retain_graph) raises a RuntimeError."""
         cfg = self.cfg
         compute = _compute_dtype(cfg, _input)
         _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
@@ -633,10 +254,11 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                                  ("ref_bias", ref_bias), ("ref_chosen_logps", ref_c), ("ref_rejected_logps", ref_r))
         # The GEMMs run in `compute` (the inputs' dtype unless autocast="follow"): autocast itself is off
         # inside, so it cannot recast the workspace.
+        opts = PassOptions(num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens, need_grad=need,
+                           host_counts=counts, compute_dtype=compute, token_stats=return_token_stats,
+                           sync_free=not sync)
         with torch.autocast(_input.device.type, enabled=False):
-            out = _FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg,
-                                           (num_pairs, num_chosen_tokens), need, counts, compute,
-                                           return_token_stats)
+            out = FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg, opts)
         if finite:
             _checks.check_finite(type(self).__name__, *zip(_OUTPUT_NAMES, out[:8]), result=True)
         aux = tuple(out[1:8])
@@ -715,9 +337,9 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             if ld is not None:
                 tail = ld_tail(target, cfg.ignore_index).reshape(-1)
                 seq_ids = seq_ids + tail.long() * 2 * P
-            _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
-                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
-                                       cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
+            _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
+                                      4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
+                                      cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
@@ -792,6 +414,7 @@ def _liger_attribute(name, key=None):
 for _name in LIGER_KEYWORDS:
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name, "tau" if _name == "discopop_tau" else None))
 for _name in ("gamma", "ld_alpha", "softcap", "temperature", "logit_scale", "autocast", "workspace_budget",
-              "dw_accumulation", "dw_ring_budget", "loss_weights", "use_weighting", "f_divergence_type", "f_alpha_divergence_coef"):
+              "dw_accumulation", "dw_ring_budget", "loss_weights", "use_weighting", "f_divergence_type",
+              "f_alpha_divergence_coef"):
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name))
 del _name

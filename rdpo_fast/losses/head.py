@@ -4,7 +4,8 @@ op `preference_loss` (SPEC sections 3 and 4).
 `preference_head` is the autograd-free step the fused linear losses call: it returns the per-pair
 losses, implicit rewards and the four derivatives of the summed loss, from the Triton kernel (compiled
 on CUDA, interpreted on CPU under TRITON_INTERPRET=1) or, on CPU otherwise, from the reference formulas
-differentiated by torch. `preference_loss` wraps it for users with autograd.
+differentiated by torch. `preference_loss` wraps it for users with autograd. `kto_head` is the same
+step for KTO's unpaired sequences (the kernel's KTO branch).
 
 `loss_type` may be a list with `loss_weights` (TRL's combination, e.g. MPO's sigmoid + bco_pair + sft):
 one head launch per member, summed. Batch-level members couple the pairs: aot / aot_unpaired through
@@ -13,14 +14,14 @@ the autograd op routes a non-uniform upstream gradient through the same coupling
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from . import table as lt
 from rdpo_fast.ops.backend import backend
-from rdpo_fast.oracle.preference import ref_preference_loss
+from rdpo_fast.oracle.preference import ref_kto_loss, ref_preference_loss
+
+from . import table as lt
 
 LOSS_TYPES = {name: i for i, name in enumerate(lt.LOSSES)}
 REFERENCE_FREE_LOSSES = frozenset(n for n, i in lt.LOSSES.items() if i.reference == "free")
@@ -52,9 +53,10 @@ class HeadSpec:
     reference: str
 
 
-def check_head_options(loss_type, *, beta=0.1, label_smoothing=0.0, gamma=0.0, tau=_DEFAULT_TAU, loss_weights=None,
-                       f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA,
-                       weighting=False) -> HeadSpec:
+def check_head_options(loss_type: str | list[str], *, beta: float = 0.1, label_smoothing: float = 0.0,
+                       gamma: float = 0.0, tau: float = _DEFAULT_TAU, loss_weights: list[float] | None = None,
+                       f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA,
+                       weighting: bool = False) -> HeadSpec:
     """The tensor-free part of validate_preference_args (the fused losses run it at construction)."""
     members = lt.normalise_losses(loss_type, loss_weights)
     beta = _real("beta", beta)
@@ -66,11 +68,15 @@ def check_head_options(loss_type, *, beta=0.1, label_smoothing=0.0, gamma=0.0, t
     return HeadSpec(members, fdiv, lt.reference_mode(members))
 
 
-def validate_preference_args(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                             ref_rejected_logps, *, loss_type="sigmoid", beta=0.1, label_smoothing=0.0,
-                             soft_labels=None, chosen_lengths=None, rejected_lengths=None, gamma=0.0,
-                             tau=_DEFAULT_TAU, loss_weights=None, weights=None, f_divergence_type="reverse_kl",
-                             f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA) -> HeadSpec:
+def validate_preference_args(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                             ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None, *,
+                             loss_type: str | list[str] = "sigmoid", beta: float = 0.1,
+                             label_smoothing: float = 0.0, soft_labels: torch.Tensor | None = None,
+                             chosen_lengths: torch.Tensor | None = None,
+                             rejected_lengths: torch.Tensor | None = None, gamma: float = 0.0,
+                             tau: float = _DEFAULT_TAU, loss_weights: list[float] | None = None,
+                             weights: torch.Tensor | None = None, f_divergence_type: str = "reverse_kl",
+                             f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA) -> HeadSpec:
     """Raise ValueError (TypeError for non-tensors) for any argument the loss cannot use as given;
     an option no member of the loss list reads is an error, never silently dropped."""
     spec = check_head_options(loss_type, beta=beta, label_smoothing=label_smoothing, gamma=gamma, tau=tau,
@@ -168,9 +174,15 @@ def _aot_perms(name, c, r, cref, rref):
     return torch.sort(a, stable=True).indices, torch.sort(b, stable=True).indices
 
 
+def _on_kernel(t):
+    """Whether the head runs the Triton kernel for these log-probs, else the float64 reference formulas
+    differentiated by autograd (the torch backend: CPU without the interpreter)."""
+    return backend(t) != "torch"
+
+
 def _members(c, r, cref, rref, spec, *, beta, label_smoothing, soft_labels, chosen_lengths, rejected_lengths,
              gamma, tau, weights, f_alpha_divergence_coef):
-    use_kernel = backend(c) != "torch"
+    use_kernel = _on_kernel(c)
     out = []
     for name, mw in spec.members:
         info = lt.LOSSES[name]
@@ -252,10 +264,14 @@ def _spec_from(loss_type, loss_weights, f_divergence_type, f_alpha_divergence_co
     return HeadSpec(members, fdiv, lt.reference_mode(members))
 
 
-def preference_head(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
-                    loss_type="sigmoid", beta=0.1, label_smoothing=0.0, soft_labels=None,
-                    chosen_lengths=None, rejected_lengths=None, gamma=0.0, tau=_DEFAULT_TAU, loss_weights=None,
-                    weights=None, f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA):
+def preference_head(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                    ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None, *,
+                    loss_type: str | list[str] = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
+                    soft_labels: torch.Tensor | None = None, chosen_lengths: torch.Tensor | None = None,
+                    rejected_lengths: torch.Tensor | None = None, gamma: float = 0.0, tau: float = _DEFAULT_TAU,
+                    loss_weights: list[float] | None = None, weights: torch.Tensor | None = None,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Per pair (losses, chosen_rewards, rejected_rewards, (dc, dr, dcref, drref)), all float32 [P],
     d* = d (sum of the losses) / d input_i (for per-pair losses, each pair's own derivative). No
     autograd graph and no validation (callers run validate_preference_args once): this runs per chunk
@@ -267,6 +283,24 @@ def preference_head(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
                        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, gamma=gamma, tau=tau,
                        weights=weights, f_alpha_divergence_coef=f_alpha_divergence_coef)
     return _combine(members)
+
+
+def kto_head(logps: torch.Tensor, ref_logps: torch.Tensor, kl: torch.Tensor, desirable: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KTO per sequence: (losses, rewards beta * rho, d loss / d logp), float32 [B]; kl: a [B] tensor,
+    desirable: bool [B]. Autograd-free, no validation (FusedLinearKTOLoss checks its inputs)."""
+    if _on_kernel(logps):
+        from rdpo_fast.kernels.preference_head import KTO, preference_head_fwd
+
+        losses, rew, _, dc, _, _, _ = preference_head_fwd(
+            logps, kl, ref_logps, None, desirable.float(), None, None, loss_id=KTO, beta=beta, eps=0.0,
+            gamma=0.0, tau=0.05)
+        return losses, rew, dc
+    with torch.inference_mode(False), torch.enable_grad():
+        x = logps.detach().double().requires_grad_(True)
+        losses, rew = ref_kto_loss(x, ref_logps.double(), desirable, beta=beta, kl=kl.double())
+        (g,) = torch.autograd.grad(losses.sum(), [x])
+    return losses.detach().float(), rew.detach().float(), g.float()
 
 
 def _upstream_grads(members, up):
@@ -309,10 +343,14 @@ class _PreferenceLossFn(torch.autograd.Function):
         return (*out, None)
 
 
-def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
-                    loss_type="sigmoid", beta=0.1, label_smoothing=0.0, soft_labels=None,
-                    chosen_lengths=None, rejected_lengths=None, gamma=0.0, tau=_DEFAULT_TAU, loss_weights=None,
-                    weights=None, f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA):
+def preference_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                    ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None, *,
+                    loss_type: str | list[str] = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
+                    soft_labels: torch.Tensor | None = None, chosen_lengths: torch.Tensor | None = None,
+                    rejected_lengths: torch.Tensor | None = None, gamma: float = 0.0, tau: float = _DEFAULT_TAU,
+                    loss_weights: list[float] | None = None, weights: torch.Tensor | None = None,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = lt.DEFAULT_F_ALPHA,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses [P] (float32, differentiable w.r.t. the four log-probs) and the implicit rewards
     (float32, detached, as in TRL). Average the losses yourself. See SPEC section 4 for each loss_type.
 

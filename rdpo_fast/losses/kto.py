@@ -3,86 +3,77 @@ unpaired sequences, each desirable or undesirable, loss 1 - sigmoid(beta (rho - 
 rho = log pi - log pi_ref (log pi alone without a reference), m = +1 / -1, kl the batch's KL baseline
 (TRL estimates it from mismatched prompt/completion pairs: kto_kl_baseline), averaged over sequences.
 
-The schedule is FusedLinearPreferenceLoss's, over whole sequences instead of whole pairs: the loss of a
-sequence depends on nothing else (kl is a constant), so each chunk's head gives its gradients at once,
-one pass, 6NHV. The per-sequence head is the preference head kernel's KTO branch.
+The schedule is FusedLinearPreferenceLoss's (fused_pass.ChunkPass), over whole sequences instead of
+whole pairs: the loss of a sequence depends on nothing else (kl is a constant), so each chunk's head
+gives its gradients at once, one pass, 6NHV. The per-sequence head is head.kto_head (the preference
+head kernel's KTO branch).
 """
 from __future__ import annotations
 
 import torch
 
 from rdpo_fast.ops import checks as _checks
-from rdpo_fast.ops.backend import backend
-from .fused import _chunk_grads, _chunk_stats, _chunks_of_pairs, _Grads, _SeqStats
-from rdpo_fast.ops.logprobs import _linear_stats, chunk_rows, sequence_logprobs
-from rdpo_fast.oracle.preference import ref_kto_loss
+from rdpo_fast.ops.logprobs import linear_stats, sequence_logprobs
+from rdpo_fast.ops.schedule import chunk_rows, chunks_of_pairs, kept_rows
+
+from .fused_pass import ChunkPass, Grads, GradsMadeInForward, SeqStats
+from .head import kto_head
 
 
-def kto_head(logps, ref_logps, kl, desirable, beta):
-    """Per sequence (losses, rewards beta * rho, d loss / d logp), float32 [B]; kl: a [B] tensor."""
-    if backend(logps) != "torch":
-        from rdpo_fast.kernels.preference_head import KTO, preference_head_fwd
+class _SequenceHead:
+    """KTO's head over a range of sequences, from their accumulated log-probs: writes their losses and
+    rewards, and each sequence's gradient, from which token_grads gives each row's (ChunkPass's head)."""
 
-        losses, rew, _, dc, _, _, _ = preference_head_fwd(
-            logps, kl, ref_logps, None, desirable.float(), None, None, loss_id=KTO, beta=beta, eps=0.0,
-            gamma=0.0, tau=0.05)
-        return losses, rew, dc
-    with torch.inference_mode(False), torch.enable_grad():
-        x = logps.detach().double().requires_grad_(True)
-        losses, rew = ref_kto_loss(x, ref_logps.double(), desirable, beta=beta, kl=kl.double())
-        (g,) = torch.autograd.grad(losses.sum(), [x])
-    return losses.detach().float(), rew.detach().float(), g.float()
+    def __init__(self, stats, seq, lens, ref_logps, kl, desirable, opts):
+        self.stats, self.seq, self.lens = stats, seq, lens
+        self.ref_logps, self.kl, self.desirable = ref_logps, kl, desirable
+        self.beta, self.average_log_prob = opts["beta"], opts["average_log_prob"]
+        B = lens.numel()
+        self.num = B if opts["num_sequences"] is None else opts["num_sequences"]
+        self.losses = torch.empty(B, device=lens.device, dtype=torch.float32)
+        self.rewards = torch.empty_like(self.losses)
+        self.g_seq = torch.zeros_like(self.losses)
+
+    def run(self, s0, s1):
+        lens = self.lens[s0:s1]
+        scale = 1.0 / lens if self.average_log_prob else torch.ones_like(lens)
+        logp = self.stats.logp[s0:s1] * scale
+        losses, rew, d = kto_head(logp, self.ref_logps[s0:s1], self.kl[s0:s1], self.desirable[s0:s1], self.beta)
+        self.losses[s0:s1], self.rewards[s0:s1] = losses, rew
+        self.g_seq[s0:s1] = d * scale / self.num
+
+    def token_grads(self, r0, r1):
+        return self.g_seq.index_select(0, self.seq[r0:r1])
 
 
-class _FusedKTOFn(torch.autograd.Function):
+class _FusedKTOFn(GradsMadeInForward):
     @staticmethod
     def forward(ctx, _input, weight, bias, target, ref_logps, kl, desirable, opts, need_grad, host_counts):
         B, T, H = _input.shape
         V = weight.shape[0]
-        dev = _input.device
         x2 = _input.reshape(-1, H)
-        keep = target != opts["ignore_index"]
-        rows = keep.reshape(-1).nonzero().squeeze(1)  # sequence by sequence already
+        # Kept rows in row-major order are sequence by sequence already, so chunks hold whole sequences;
+        # their number, known on the host, spares nonzero's sync.
+        rows = kept_rows(target, opts["ignore_index"], n_kept=sum(host_counts))
         seq = torch.div(rows, T, rounding_mode="floor")
         labels = target.reshape(-1).index_select(0, rows)
-        lens = keep.sum(1).float()
-        num = B if opts["num_sequences"] is None else opts["num_sequences"]
-        stats = _SeqStats(B, dev, with_sq=False)
-        grads = _Grads(x2, weight, need_grad, opts["dw_accumulation"])
-        losses = torch.empty(B, device=dev, dtype=torch.float32)
-        rewards = torch.empty_like(losses)
-        g_seq = torch.zeros_like(losses)
-        chunks = _chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
-        ws = torch.empty(max(r1 - r0 for _, _, r0, r1 in chunks), V, device=dev, dtype=_input.dtype)
-        for k, (s0, s1, r0, r1) in enumerate(chunks):
-            xc, z, lse = _chunk_stats(ws, x2, weight, bias, rows[r0:r1], labels[r0:r1], seq[r0:r1], stats)
-            scale = 1.0 / lens[s0:s1] if opts["average_log_prob"] else torch.ones_like(lens[s0:s1])
-            logp = stats.logp[s0:s1] * scale
-            l, rew, d = kto_head(logp, ref_logps[s0:s1], kl[s0:s1], desirable[s0:s1], opts["beta"])
-            losses[s0:s1], rewards[s0:s1] = l, rew
-            g_seq[s0:s1] = d * scale / num
-            if grads.any:
-                _chunk_grads(z, xc, labels[r0:r1], lse, g_seq.index_select(0, seq[r0:r1]), rows[r0:r1], weight,
-                             grads, first=k == 0)
+        lens = (target != opts["ignore_index"]).sum(1).float()
+        stats = SeqStats(B, _input.device, with_sq=False)
+        grads = Grads(x2, weight, need_grad, opts["dw_accumulation"])
+        chunks = chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
+        head = _SequenceHead(stats, seq, lens, ref_logps, kl, desirable, opts)
+        ChunkPass(x2, weight, bias, rows, labels, seq, chunks, stats, grads,
+                  transform=dict(temperature=1.0, softcap=None)).run(head)
+
         logps = stats.logp * (1.0 / lens if opts["average_log_prob"] else 1.0)
         d = desirable.float()
         u = 1.0 - d
-        out = (losses.sum() / num, (logps * d).sum(), (logps * u).sum(), (stats.logit * d).sum(),
-               (stats.logit * u).sum(), (rewards * d).sum(), (rewards * u).sum())
-        ctx.save_for_backward(
-            None if grads.x is None else grads.x.view(_input.shape),
-            None if grads.w is None else grads.w.to(weight.dtype),
-            None if grads.b is None else grads.b.to(bias.dtype))
+        out = (head.losses.sum() / head.num, (logps * d).sum(), (logps * u).sum(), (stats.logit * d).sum(),
+               (stats.logit * u).sum(), (head.rewards * d).sum(), (head.rewards * u).sum())
+        # forward read the token counts on the host already: backward may read the upstream gradient too.
+        GradsMadeInForward.keep_grads(ctx, grads, _input.shape, weight, bias, sync_free=False)
         ctx.mark_non_differentiable(*out[1:])
         return out
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_aux):
-        gx, gw, gb = ctx.saved_tensors
-        unit = bool(grad_loss == 1)
-        out = [None if (not need or g is None) else g if unit else g * grad_loss.to(g.dtype)
-               for g, need in zip((gx, gw, gb), ctx.needs_input_grad[:3])]
-        return (*out, None, None, None, None, None, None, None)
 
 
 class FusedLinearKTOLoss(torch.nn.Module):
@@ -118,8 +109,11 @@ class FusedLinearKTOLoss(torch.nn.Module):
         if self.dw_accumulation not in ("fp32", "weight"):
             raise ValueError(f"dw_accumulation must be 'fp32' or 'weight', got {self.dw_accumulation!r}")
 
-    def forward(self, _input, lin_weight, target, bias=None, preference_labels=None, ref_input=None,
-                ref_weight=None, ref_bias=None, kl=None, *, ref_logps=None, num_sequences=None):
+    def forward(self, _input: torch.Tensor, lin_weight: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None, preference_labels: torch.Tensor | None = None,
+                ref_input: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
+                ref_bias: torch.Tensor | None = None, kl: float | torch.Tensor | None = None, *,
+                ref_logps: torch.Tensor | None = None, num_sequences: int | None = None) -> tuple:
         self._check_settings()  # Liger reads its attributes at every call; so do we, validated
         ignore_index = int(self.ignore_index)
         if not isinstance(_input, torch.Tensor) or _input.dim() != 3 or _input.shape[0] == 0:
@@ -197,15 +191,17 @@ class FusedLinearKTOLoss(torch.nn.Module):
                              "reference must score the same token ids")
         with torch.no_grad():
             seq_ids = torch.arange(B, device=target.device).repeat_interleave(target.shape[1])
-            _, sums, _ = _linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
-                                       self.workspace_budget)
+            _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
+                                      self.workspace_budget)
             if self.average_log_prob:
                 sums = sums / (target != ignore_index).sum(1)
         return sums
 
 
-def kto_kl_baseline(kl_input, lin_weight, kl_target, bias=None, ref_kl_input=None, ref_weight=None, ref_bias=None,
-                    *, ref_kl_logps=None, ignore_index=-100):
+def kto_kl_baseline(kl_input: torch.Tensor, lin_weight: torch.Tensor, kl_target: torch.Tensor,
+                    bias: torch.Tensor | None = None, ref_kl_input: torch.Tensor | None = None,
+                    ref_weight: torch.Tensor | None = None, ref_bias: torch.Tensor | None = None, *,
+                    ref_kl_logps: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
     """TRL's KTO KL baseline from mismatched prompt/completion pairs: mean over them of
     log pi(y|x') - log pi_ref(y|x'), clamped at 0, without gradient, through the fused forward-only op.
     Under data parallelism, average it across processes before passing it as kl (TRL gathers it)."""

@@ -26,12 +26,13 @@ class FusedLinearORPOLoss(LigerDropIn):
                          compiled=compiled, chunk_size=chunk_size, workspace_budget=workspace_budget,
                          dw_accumulation=dw_accumulation))
 
-    def settings(self):
+    def settings(self) -> dict:
         return dict(loss_type="orpo", use_ref_model=False, ignore_index=self.ignore_index, beta=self.beta,
                     compute_nll_loss=self.compute_nll_loss, workspace_budget=self.workspace_budget,
                     dw_accumulation=self.dw_accumulation)
 
-    def forward(self, lin_weight, _input, target, bias=None, nll_target=None):
+    def forward(self, lin_weight: torch.Tensor, _input: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None, nll_target: torch.Tensor | None = None) -> tuple:
         inner = self._inner()
         check_nll_target(nll_target, target, self.ignore_index)
         loss, aux = inner(lin_weight, _input, target, bias)

@@ -3,6 +3,8 @@ beta (c/|y_w| - r/|y_l|) - gamma with label smoothing, plus alpha times the chos
 defaults (gamma 0.5, NLL on); on the fused head's 'simpo' loss type."""
 from __future__ import annotations
 
+import torch
+
 from .dropin import LigerDropIn, averaged
 
 
@@ -25,13 +27,14 @@ class FusedLinearSimPOLoss(LigerDropIn):
                          compute_nll_loss=compute_nll_loss, compiled=compiled, gamma=gamma, chunk_size=chunk_size,
                          workspace_budget=workspace_budget, dw_accumulation=dw_accumulation))
 
-    def settings(self):
+    def settings(self) -> dict:
         # The head divides the token sums by the lengths itself (average_log_prob stays off).
         return dict(loss_type="simpo", use_ref_model=False, ignore_index=self.ignore_index, beta=self.beta,
                     alpha=self.alpha, label_smoothing=self.label_smoothing, compute_nll_loss=self.compute_nll_loss,
                     gamma=self.gamma, workspace_budget=self.workspace_budget, dw_accumulation=self.dw_accumulation)
 
-    def forward(self, lin_weight, _input, target, bias=None):
+    def forward(self, lin_weight: torch.Tensor, _input: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None) -> tuple:
         loss, aux = self._inner()(lin_weight, _input, target, bias)
         B = target.shape[0] // 2
         chosen = averaged(aux[0], target, self.ignore_index, slice(0, B))

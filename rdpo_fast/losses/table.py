@@ -76,15 +76,18 @@ LOSSES = {
 F_DIVERGENCES = {"reverse_kl": 0, "forward_kl": 1, "js_divergence": 2, "alpha_divergence": 3}
 DEFAULT_F_ALPHA = 0.5
 DEFAULT_TAU = 0.05
+# A loss list: ((name, weight), ...).
+Members = tuple[tuple[str, float], ...]
 
 
-def real(name, value):
+def real(name: str, value) -> float:
+    """value as a float, or a ValueError naming it unless it is a finite real number (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     return float(value)
 
 
-def normalise_losses(loss_type, loss_weights=None):
+def normalise_losses(loss_type: str | list[str] | tuple[str, ...], loss_weights: list[float] | None = None) -> Members:
     """((name, weight), ...) from a loss_type name or list and TRL's loss_weights (None: all 1.0)."""
     if isinstance(loss_type, str):
         names = (loss_type,)
@@ -105,15 +108,17 @@ def normalise_losses(loss_type, loss_weights=None):
     return tuple(zip(names, weights))
 
 
-def readers(members, option):
+def readers(members: Members, option: str) -> list[str]:
+    """The members that read option."""
     return [n for n, _ in members if option in LOSSES[n].reads]
 
 
-def describe(members):
+def describe(members: Members) -> str:
+    """The list's name in messages: the loss name, or [a, b, ...]."""
     return members[0][0] if len(members) == 1 else "[" + ", ".join(n for n, _ in members) + "]"
 
 
-def reference_mode(members):
+def reference_mode(members: Members) -> str:
     """'required', 'free' or 'optional' for the whole list; a list mixing reference-free and
     reference-based members is refused (their implicit rewards do not share a definition)."""
     modes = {LOSSES[n].reference for n, _ in members}
@@ -124,7 +129,8 @@ def reference_mode(members):
     return "required" if "required" in modes else "free" if "free" in modes else "optional"
 
 
-def reward_kind(members, has_reference):
+def reward_kind(members: Members, has_reference: bool) -> str:
+    """The implicit rewards the list reports ('ratio', 'logp', ...), refused when its members differ."""
     kinds = {("ratio" if has_reference else "logp") if LOSSES[n].reference == "optional" else LOSSES[n].rewards
              for n, _ in members}
     if len(kinds) > 1:
@@ -133,8 +139,8 @@ def reward_kind(members, has_reference):
     return kinds.pop()
 
 
-def check_common_options(members, *, label_smoothing, gamma, tau, f_divergence_type, f_alpha_divergence_coef,
-                         weighting):
+def check_common_options(members: Members, *, label_smoothing: float, gamma: float, tau: float,
+                         f_divergence_type: str, f_alpha_divergence_coef: float, weighting: bool) -> int:
     """The scalar options against the list: each must be read by some member, within each reader's
     range. Returns the f-divergence id (0 when it reduces to reverse_kl)."""
     name = describe(members)

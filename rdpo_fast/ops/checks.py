@@ -12,18 +12,20 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 LOGITS_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
 
-def out_of_range(labels, V, ignore_index):
+def out_of_range(labels: torch.Tensor, V: int, ignore_index: int) -> torch.Tensor:
     """Device-side count of labels outside [0, V) that are not ignore_index (no host sync)."""
     return ((labels != ignore_index) & ((labels < 0) | (labels >= V))).sum()
 
 
-def raise_out_of_range(labels, V, ignore_index, name="labels"):
+def raise_out_of_range(labels: torch.Tensor, V: int, ignore_index: int, name: str = "labels") -> None:
+    """ValueError naming the first label outside [0, V) (one host read: only once one is known to exist)."""
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
     first = labels[bad].flatten()[0].item()
     raise ValueError(f"{name} holds {first}, outside [0, {V}) and not ignore_index={ignore_index}")
 
 
-def check_labels(labels, expected_shape, V, ignore_index, device, name="labels", check_range=True):
+def check_labels(labels: torch.Tensor, expected_shape: tuple[int, ...], V: int, ignore_index: int, device: torch.device,
+                 name: str = "labels", check_range: bool = True) -> None:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -40,7 +42,7 @@ def check_labels(labels, expected_shape, V, ignore_index, device, name="labels",
         raise_out_of_range(labels, V, ignore_index, name)
 
 
-def check_transform(temperature, softcap):
+def check_transform(temperature: float, softcap: float | None) -> None:
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if softcap is not None and not (isinstance(softcap, (int, float)) and math.isfinite(softcap)
@@ -48,7 +50,8 @@ def check_transform(temperature, softcap):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
 
 
-def check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap, check_range=True):
+def check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
+                        ignore_index: int, temperature: float, softcap: float | None, check_range: bool = True) -> None:
     for name, t in (("hidden", hidden), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -82,7 +85,8 @@ def check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature,
     check_transform(temperature, softcap)
 
 
-def check_logits_inputs(logits, labels, ignore_index, temperature, softcap):
+def check_logits_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, temperature: float,
+                        softcap: float | None) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() < 1 or logits.shape[-1] == 0 or logits.numel() == 0:
@@ -93,7 +97,7 @@ def check_logits_inputs(logits, labels, ignore_index, temperature, softcap):
     check_transform(temperature, softcap)
 
 
-def check_segment_ids(segment_ids, labels):
+def check_segment_ids(segment_ids: torch.Tensor, labels: torch.Tensor) -> None:
     if not isinstance(segment_ids, torch.Tensor):
         raise TypeError(f"segment_ids must be a torch.Tensor, got {type(segment_ids).__name__}")
     if segment_ids.is_floating_point() or segment_ids.dtype == torch.bool:
@@ -117,7 +121,7 @@ class NonFiniteError(ValueError):
     """A NaN or inf in an input or the result of an op, with check_finite on; names the tensor."""
 
 
-def check_finite_on(flag) -> bool:
+def check_finite_on(flag: bool | None) -> bool:
     if flag is not None:
         return bool(flag)
     return os.environ.get(CHECK_FINITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from .backend import backend
 from rdpo_fast.kernels.logprob_backward import logprob_backward
 from rdpo_fast.kernels.logprob_forward import logprob_forward
 from rdpo_fast.kernels.token_stats import token_stats as _token_stats_kernel
 from rdpo_fast.oracle.logprobs import transform_logits
+
+from .backend import backend
 
 
 def torch_workspace_factor(t: torch.Tensor) -> int:
@@ -26,8 +27,11 @@ def torch_workspace_factor(t: torch.Tensor) -> int:
     return t.element_size() + extra
 
 
-def forward_epilogue(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, seq_logit=None,
-                     temperature=1.0, softcap=None, log_sum_sq=None, seq_sq=None):
+def forward_epilogue(z: torch.Tensor, labels: torch.Tensor, *, row_idx: torch.Tensor | None = None,
+                     seq_ids: torch.Tensor | None = None, seq_logp: torch.Tensor | None = None,
+                     seq_logit: torch.Tensor | None = None, temperature: float = 1.0, softcap: float | None = None,
+                     log_sum_sq: torch.Tensor | None = None, seq_sq: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """log_sum_sq: optional [M] fp32 output of log sum_v p_v^2; seq_sq: optional [S] accumulator of it
     (needs seq_ids). Both on compacted rows only (row_idx=None)."""
     mode = backend(z)
@@ -55,8 +59,9 @@ def forward_epilogue(z, labels, *, row_idx=None, seq_ids=None, seq_logp=None, se
     return lse, logp
 
 
-def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temperature=1.0,
-                  softcap=None):
+def grad_epilogue(z: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, *,
+                  out: torch.Tensor | None = None, row_idx: torch.Tensor | None = None, v_offset: int = 0,
+                  temperature: float = 1.0, softcap: float | None = None) -> torch.Tensor:
     mode = backend(z)
     if mode != "torch":
         return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, v_offset=v_offset,
@@ -91,7 +96,8 @@ def grad_epilogue(z, labels, lse, g, *, out=None, row_idx=None, v_offset=0, temp
     return out
 
 
-def token_stats(z, labels, lse, *, temperature=1.0, softcap=None):
+def token_stats(z: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, *, temperature: float = 1.0,
+                softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(entropy [M], top1 [M] in {0., 1.}) of the first M = labels.numel() rows of z, lse known."""
     mode = backend(z)
     if mode != "torch":

@@ -11,53 +11,11 @@ nothing is saved.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import checks as _checks
-from .epilogue import backend, forward_epilogue, grad_epilogue, torch_workspace_factor
-
-DEFAULT_WORKSPACE_BYTES = 512 * 2**20
-
-
-def workspace_bytes() -> int:
-    """The logits workspace budget: RDPO_FAST_WORKSPACE_MB in the environment, else 512 MiB."""
-    mb = os.environ.get("RDPO_FAST_WORKSPACE_MB")
-    return DEFAULT_WORKSPACE_BYTES if mb is None else int(float(mb) * 2**20)
-
-
-def chunk_rows(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
-    """Rows of logits per chunk within the budget; a multiple of 128 when that large, so the GEMM's
-    row tiles are all full."""
-    budget = workspace_bytes() if budget is None else budget
-    rows = max(1, budget // (V * torch_workspace_factor(like)))
-    if rows > 256:
-        rows -= rows % 128
-    return min(n_rows, rows)
-
-
-def _logits_into(out, h, weight, bias):
-    if bias is None:
-        torch.mm(h, weight.t(), out=out)
-    else:
-        torch.addmm(bias, h, weight.t(), out=out)
-    return out
-
-
-def _accumulate_mm(acc32, a, b, first=False):
-    """acc32 += a @ b (acc32 = a @ b when first: acc32 may then hold garbage, it is not read) with an
-    fp32 accumulator whatever a and b's dtype."""
-    beta = 0.0 if first else 1.0
-    if a.dtype == torch.float32:
-        acc32.addmm_(a, b, beta=beta)
-    elif a.is_cuda:
-        # cuBLAS adds into the fp32 accumulator inside its epilogue: no rounding of partial sums.
-        torch.addmm(acc32, a, b, beta=beta, out_dtype=torch.float32, out=acc32)
-    elif first:
-        acc32.copy_(torch.mm(a, b))
-    else:
-        acc32 += torch.mm(a, b).float()
+from .epilogue import forward_epilogue, grad_epilogue
+from .schedule import accumulate_mm, chunk_rows, compact, kept_rows, logits_into, vocab_slice_cols, workspace_bytes
 
 
 class _Opts:
@@ -85,22 +43,14 @@ def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse)
     ws = torch.empty(C, V, device=dev, dtype=hc.dtype)
     for s in range(0, M, C):
         e = min(M, s + C)
-        z = _logits_into(ws[: e - s], hc[s:e], weight, bias)
-        l, p = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
-                                seq_logp=seq_logp, seq_logit=seq_logit,
-                                temperature=opts.temperature, softcap=opts.softcap)
-        logp[s:e] = p
+        z = logits_into(ws[: e - s], hc[s:e], weight, bias)
+        chunk_lse, chunk_logp = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
+                                                 seq_logp=seq_logp, seq_logit=seq_logit,
+                                                 temperature=opts.temperature, softcap=opts.softcap)
+        logp[s:e] = chunk_logp
         if keep_lse:
-            lse[s:e] = l
+            lse[s:e] = chunk_lse
     return logp, lse, seq_logp, seq_logit
-
-
-MIN_SLICE_COLS = 128
-
-
-def vocab_slice_cols(n_rows: int, V: int, like: torch.Tensor, budget: int | None) -> int:
-    budget = workspace_bytes() if budget is None else budget
-    return max(min(V, MIN_SLICE_COLS), min(V, budget // (max(n_rows, 1) * torch_workspace_factor(like))))
 
 
 def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
@@ -124,12 +74,12 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
     ws = torch.empty(M * cols, device=dev, dtype=hc.dtype)
     for v0 in range(0, V, cols):
         v1 = min(V, v0 + cols)
-        z = _logits_into(ws[: M * (v1 - v0)].view(M, v1 - v0), hc, weight[v0:v1],
+        z = logits_into(ws[: M * (v1 - v0)].view(M, v1 - v0), hc, weight[v0:v1],
                          None if bias is None else bias[v0:v1])
         dz = grad_epilogue(z, labels_c, lse, g, v_offset=v0, temperature=opts.temperature,
                            softcap=opts.softcap)
         if dh is not None:
-            _accumulate_mm(dh, dz, weight[v0:v1], first=v0 == 0)
+            accumulate_mm(dh, dz, weight[v0:v1], first=v0 == 0)
         if dW is not None:
             torch.mm(dz.t(), hc, out=dW[v0:v1])
         if db is not None:
@@ -137,23 +87,10 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
     return dh, dW, db
 
 
-def _compact(hidden, labels, ignore_index, n_kept=None):
-    """Kept-row indices into the flattened rows, and the kept rows' hidden states and labels. n_kept:
-    the number of kept rows when the caller knows it on the host; the rows then come from a stable
-    sort (no nonzero, which waits for the device to learn its output size)."""
-    h2 = hidden.reshape(-1, hidden.shape[-1])
-    lab = labels.reshape(-1)
-    if n_kept is None:
-        rows = (lab != ignore_index).nonzero().squeeze(1)
-    else:
-        rows = torch.sort((lab == ignore_index).to(torch.uint8), stable=True).indices[:n_kept]
-    return h2, rows, h2.index_select(0, rows), lab.index_select(0, rows)
-
-
 class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, num_seqs, opts):
-        h2, rows, hc, labels_c = _compact(hidden, labels, opts.ignore_index)
+        h2, rows, hc, labels_c = compact(hidden, labels, opts.ignore_index)
         seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
         logp_c, lse, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs,
                                                            opts, keep_lse=True)
@@ -186,10 +123,16 @@ def _needs_grad(*ts):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
-def _linear_stats(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, temperature, softcap,
-                  workspace_budget, n_kept=None):
-    """(per-token logp with labels' shape, per-sequence logp sums, per-sequence logit sums). n_kept: the
-    kept-row count if the caller knows it on the host (forward-only path: no host sync then)."""
+def linear_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
+                 seq_ids: torch.Tensor | None, num_seqs: int, ignore_index: int, temperature: float,
+                 softcap: float | None, workspace_budget: int | None, n_kept: int | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-token logp with labels' shape, per-sequence logp sums [num_seqs], per-sequence logit sums
+    [num_seqs]), all float32, from inputs the caller has checked. seq_ids: each flattened row's sequence
+    (None: no per-sequence sums). Differentiable (w.r.t. hidden, weight, bias, through the logp and its
+    sums) when grad mode is on and one of them requires grad; otherwise forward-only, keeping nothing
+    for backward (reference models, implicit-reward scoring). n_kept: the kept-row count if the caller
+    knows it on the host (the forward-only path then makes no host sync)."""
     opts = _Opts(ignore_index, temperature, softcap, workspace_budget)
     # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
     with torch.autocast(hidden.device.type, enabled=False):
@@ -200,7 +143,7 @@ def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_i
     if _needs_grad(hidden, weight, bias):
         return _LinearLogprobs.apply(hidden, weight, bias, labels, seq_ids, num_seqs, opts)
     # Forward only (reference models, implicit-reward scoring): keep no logsumexp, save nothing.
-    h2, rows, hc, labels_c = _compact(hidden, labels, ignore_index, n_kept)
+    h2, rows, hc, labels_c = compact(hidden, labels, ignore_index, n_kept)
     seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
     logp_c, _, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts,
                                                      keep_lse=False)
@@ -208,16 +151,18 @@ def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_i
     return logp.view(labels.shape), seq_logp, seq_logit
 
 
-def linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, temperature=1.0, softcap=None,
-                    workspace_budget=None, check_finite=None):
+def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                    bias: torch.Tensor | None = None, ignore_index: int = -100, temperature: float = 1.0,
+                    softcap: float | None = None, workspace_budget: int | None = None,
+                    check_finite: bool | None = None) -> torch.Tensor:
     """Per-token log p(label) from hidden [..., H] and the lm_head weight [V, H], never holding more than
     a workspace of logits. Returns float32 with labels' shape, 0.0 where labels == ignore_index.
     Differentiable w.r.t. hidden, weight and bias for any upstream gradient. check_finite (default:
     RDPO_FAST_CHECK_FINITE): raise on NaN/inf in hidden's kept rows, weight, bias or the result."""
     _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
     finite = _finite_inputs("linear_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
-    out = _linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
-                        workspace_budget)[0]
+    out = linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
+                       workspace_budget)[0]
     if finite:
         _checks.check_finite("linear_logprobs", ("result", out), result=True)
     return out
@@ -231,7 +176,7 @@ def _finite_inputs(op, flag, hidden, weight, bias, labels, ignore_index) -> bool
     return on
 
 
-def sequence_ids(labels, segment_ids):
+def sequence_ids(labels: torch.Tensor, segment_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     """Flattened per-token sequence ids and the number of sequences: a row of a padded [B, T] batch is a
     sequence; packed rows name theirs with segment_ids."""
     if segment_ids is None:
@@ -246,16 +191,19 @@ def sequence_ids(labels, segment_ids):
     return ids, int(ids.max().item()) + 1
 
 
-def sequence_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, segment_ids=None,
-                      temperature=1.0, softcap=None, workspace_budget=None, check_finite=None):
+def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                      bias: torch.Tensor | None = None, ignore_index: int = -100,
+                      segment_ids: torch.Tensor | None = None, temperature: float = 1.0,
+                      softcap: float | None = None, workspace_budget: int | None = None,
+                      check_finite: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of label log-probs and token counts: (sums [B] float32, counts [B] int64).
     Padded batches: hidden [B, T, H], labels [B, T]. Packed rows: segment_ids, one per token.
     check_finite: as linear_logprobs."""
     _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
     finite = _finite_inputs("sequence_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
     ids, b = sequence_ids(labels, segment_ids)
-    _, sums, _ = _linear_stats(hidden, weight, labels, bias, ids, b, ignore_index, temperature, softcap,
-                               workspace_budget)
+    _, sums, _ = linear_stats(hidden, weight, labels, bias, ids, b, ignore_index, temperature, softcap,
+                              workspace_budget)
     counts = torch.zeros(b, device=labels.device, dtype=torch.int64).index_add_(
         0, ids, (labels.reshape(-1) != ignore_index).long())
     if finite:
@@ -271,9 +219,8 @@ class _Logprobs(torch.autograd.Function):
         z = logits.reshape(-1, logits.shape[-1])
         if z.stride(-1) != 1:
             z = z.contiguous()
-        lab = labels.reshape(-1)
-        rows = (lab != opts.ignore_index).nonzero().squeeze(1)
-        labels_c = lab.index_select(0, rows)
+        rows = kept_rows(labels, opts.ignore_index)
+        labels_c = labels.reshape(-1).index_select(0, rows)
         lse, logp_c = forward_epilogue(z, labels_c, row_idx=rows, temperature=opts.temperature,
                                        softcap=opts.softcap)
         logp = torch.zeros(z.shape[0], device=z.device, dtype=torch.float32).index_copy_(0, rows, logp_c)
@@ -292,7 +239,8 @@ class _Logprobs(torch.autograd.Function):
         return dz.view(ctx.logits_shape), None, None
 
 
-def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None, check_finite=None):
+def logprobs(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100, temperature: float = 1.0,
+             softcap: float | None = None, check_finite: bool | None = None) -> torch.Tensor:
     """Per-token log p(label) from ready logits [..., V]: float32 with labels' shape, 0.0 where ignored.
     check_finite (default: RDPO_FAST_CHECK_FINITE): raise on NaN/inf in kept rows of logits or the result."""
     _checks.check_logits_inputs(logits, labels, ignore_index, temperature, softcap)
@@ -306,4 +254,4 @@ def logprobs(logits, labels, *, ignore_index=-100, temperature=1.0, softcap=None
     return out
 
 
-__all__ = ["linear_logprobs", "logprobs", "sequence_logprobs", "workspace_bytes"]
+__all__ = ["linear_logprobs", "linear_stats", "logprobs", "sequence_logprobs", "workspace_bytes"]

@@ -1,0 +1,514 @@
+"""The fused pass behind FusedLinearPreferenceLoss (and, over sequences instead of pairs,
+FusedLinearKTOLoss): the chunk schedule over a batch's kept rows and the autograd function around it.
+
+Schedule (SPEC section 6): prompt and pad rows are dropped, the kept rows are grouped pair by pair and
+cut into chunks of whole pairs that fit the logits workspace. Per chunk: one logits GEMM into the
+workspace; the fused epilogue (logsumexp, label log-prob, per-sequence sums of log-probs and logits,
+and for WPO of log sum p^2); the preference head on the chunk's pairs, which gives each sequence's
+gradient; the in-place dZ kernel; then the dX GEMM (final for these rows) and the dW GEMM, accumulated
+in fp32 across chunks (dw_accumulation="ring": the chunks' dZ stay in a ring and one dW GEMM per flush
+covers all of them, see DwRing). Gradients are made in forward and scaled by grad_output in backward:
+6NHV FLOPs.
+
+Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios) need every pair's
+log-probs before any gradient, so they run in two phases: the forward statistics of every chunk
+(keeping each row's logsumexp), the head on the whole batch, then each chunk's logits again for dZ, dX
+and dW. The last chunk's logits are still in the workspace and are not recomputed: 6NHV + 2NHV (k-1)/k
+for k chunks, 8NHV at most; 6NHV when the batch fits one chunk.
+
+Backward multiplies the gradients made in forward by the loss's upstream gradient. Where the call made
+no host sync (host_counts on a device where a sync waits), it does so in place on the device and
+without reading that gradient (ops.scale: a launch that returns at once when it is 1); otherwise it
+reads it once, skips the multiplication when it is 1, and allows a second backward (retain_graph).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rdpo_fast.ops.epilogue import forward_epilogue, grad_epilogue, token_stats
+from rdpo_fast.ops.scale import scale_
+from rdpo_fast.ops.schedule import accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, workspace_bytes
+
+from .head import preference_head
+
+
+def ld_tail(labels2d: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """LD-DPO: [2B, T] bool, True for completion tokens past the pair's shorter completion (the verbose
+    tail, weighted by ld_alpha). Those tokens are summed in sequence slot 2B + s instead of s."""
+    P = labels2d.shape[0] // 2
+    keep = (labels2d != ignore_index).long()
+    counts = keep.sum(1)
+    position = keep.cumsum(1) - 1  # rank of each kept token within its completion
+    public = torch.minimum(counts[:P], counts[P:]).repeat(2)
+    return position >= public[:, None]
+
+
+class SeqStats:
+    """Per-sequence accumulators the forward epilogue adds into (one slot per sequence, two with LD-DPO):
+    sums of label log-probs, of logits, and (WPO) of log sum p^2."""
+
+    def __init__(self, n_slots: int, device: torch.device, with_sq: bool):
+        self.logp = torch.zeros(n_slots, device=device, dtype=torch.float32)
+        self.logit = torch.zeros(n_slots, device=device, dtype=torch.float32)
+        self.sq = torch.zeros(n_slots, device=device, dtype=torch.float32) if with_sq else None
+
+    def folded(self, t: torch.Tensor, n_seq: int) -> torch.Tensor:
+        """Unweighted per-sequence totals (the LD tail slots folded back in)."""
+        return t[:n_seq] + t[n_seq:] if t.numel() > n_seq else t
+
+
+class Grads:
+    """The gradients made in forward: dX rows (final per chunk), dW (accumulated over chunks), d bias."""
+
+    def __init__(self, x2: torch.Tensor, weight: torch.Tensor, need_grad: tuple[bool, bool, bool],
+                 dw_accumulation: str, w_dtype: torch.dtype | None = None):
+        V, H = weight.shape
+        dev = x2.device
+        self.x = torch.zeros_like(x2) if need_grad[0] else None
+        # dW sums one GEMM per chunk: in fp32 by default, or (dw_accumulation="weight") in the weight's
+        # own dtype, which halves the traffic of re-reading and re-writing dW once per chunk. The ring
+        # schedule picks its own dtype (w_dtype, see DwRing).
+        if w_dtype is None:
+            w_dtype = torch.float32 if dw_accumulation == "fp32" else weight.dtype
+        self.w = torch.empty(V, H, device=dev, dtype=w_dtype) if need_grad[1] else None
+        self.b = torch.zeros(V, device=dev, dtype=torch.float32) if need_grad[2] else None
+        self.any = any(need_grad)
+
+
+class DwRing:
+    """dw_accumulation="ring": the chunks' dZ (in the GEMM dtype) and their gathered hidden rows stay in
+    a ring; dW is one GEMM per flush over every row the ring holds, dW (+)= dZ_ring^T @ x_ring, so the
+    GEMM itself sums the rows in fp32 and the [V, H] gradient is touched once per flush instead of once
+    per chunk. The ring's logit rows are the chunks' logits workspace as well: each chunk's logits GEMM
+    writes straight into its slot, the dZ kernel overwrites them in place, and the slot is kept.
+
+    Memory (budget: dw_ring_budget bytes, default the workspace budget plus the 4 V H bytes of the fp32
+    accumulator, which is what the fp32 schedule holds itself): a ring row costs (V + H) x the GEMM
+    dtype's size. When every kept row of the batch fits, there is one flush, which writes dW directly in
+    the weight's dtype (one rounding; no fp32 [V, H] buffer, no cast). Otherwise the fp32 accumulator is
+    needed across flushes and is counted in the budget: the ring gets the rest, at least one chunk.
+    Slots are whole chunks, filled in processing order; a chunk that does not fit flushes the ring first.
+
+    The plan is made on the host from the chunk sizes (host ints): no device sync."""
+
+    def __init__(self, sizes: list[int], V: int, H: int, gemm_dtype: torch.dtype, weight_dtype: torch.dtype,
+                 budget: int, dev: torch.device):
+        es = torch.empty((), dtype=gemm_dtype).element_size()
+        row_bytes = (V + H) * es
+        total = sum(sizes)
+        if total * row_bytes <= budget:
+            cap = total
+        else:
+            cap = max(max(sizes), (budget - 4 * V * H) // row_bytes)
+        self.offsets, self.flush_after = [], []
+        fill = 0
+        for n in sizes:
+            if fill + n > cap:
+                self.flush_after[-1] = True
+                fill = 0
+            self.offsets.append(fill)
+            self.flush_after.append(False)
+            fill += n
+        self.flush_after[-1] = True
+        self.flushes = sum(self.flush_after)
+        self.sizes = list(sizes)
+        self.rows = max(o + n for o, n in zip(self.offsets, sizes))
+        self.z = torch.empty(self.rows, V, device=dev, dtype=gemm_dtype)
+        self.x = torch.empty(self.rows, H, device=dev, dtype=gemm_dtype)
+        # One flush: dW in the weight's dtype straight from the GEMM (fp32 master weights under
+        # autocast="follow" get the GEMM's fp32 result, not a rounded copy); several: fp32 accumulator.
+        single_ok = weight_dtype in (gemm_dtype, torch.float32)
+        self.w_dtype = weight_dtype if self.flushes == 1 and single_ok else torch.float32
+        self._fill = 0
+        self._first = True
+
+    def slot(self, i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit rows, hidden rows) of the i-th chunk in processing order, n rows."""
+        o = self.offsets[i]
+        return self.z[o: o + n], self.x[o: o + n]
+
+    def done(self, i: int, n: int, grads: Grads) -> None:
+        """The i-th chunk's dZ is in its slot: flush if the plan says so."""
+        self._fill = self.offsets[i] + n
+        if self.flush_after[i] and grads.w is not None:
+            a, b = self.z[: self._fill].t(), self.x[: self._fill]
+            if grads.w.dtype == a.dtype:
+                grads.w.addmm_(a, b, beta=0.0 if self._first else 1.0)
+            else:
+                accumulate_mm(grads.w, a, b, first=self._first)
+            self._first = False
+
+
+def gradient_order(n_chunks: int, two_phase: bool) -> list[int]:
+    """The order the gradient pass visits the chunks. The two-phase schedule starts with the last chunk,
+    whose logits the statistics pass left in the workspace."""
+    last = n_chunks - 1
+    return [last] + list(range(last)) if two_phase else list(range(n_chunks))
+
+
+class ChunkHead(Protocol):
+    """What ChunkPass runs between a chunk's statistics and its gradients."""
+
+    def run(self, first: int, end: int) -> None:
+        """The loss of pairs (or sequences) first:end from the statistics, and their sequences'
+        gradients."""
+
+    def token_grads(self, r0: int, r1: int) -> torch.Tensor:
+        """The upstream gradient of kept rows r0:r1 (fp32)."""
+
+
+class ChunkPass:
+    """The chunk loop over a batch's kept rows (rows: their flat indices into x2, grouped so that chunks
+    hold whole pairs, or KTO's whole sequences): per chunk the logits GEMM into the workspace (a ring
+    slot with DwRing), the forward epilogue adding into the per-sequence statistics (slots: each row's
+    accumulator slot), and, given the rows' upstream gradients, dZ in place and the dX, dW, d bias GEMMs.
+
+    A head (ChunkHead) runs between the two halves: per chunk (run one pass), or once on the whole batch
+    (two_phase, for batch-level losses; the gradients then visit the chunks in gradient_order, which a
+    DwRing must be planned with). top1_rows: the rows whose label-is-argmax counts in TRL's token
+    accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed into token_sums."""
+
+    def __init__(self, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
+                 labels: torch.Tensor, slots: torch.Tensor, chunks: list[tuple[int, int, int, int]],
+                 stats: SeqStats, grads: Grads, *, transform: dict, two_phase: bool = False,
+                 ring: DwRing | None = None, top1_rows: torch.Tensor | None = None):
+        self.x2, self.weight, self.bias = x2, weight, bias
+        self.rows, self.labels, self.slots = rows, labels, slots
+        self.chunks, self.stats, self.grads, self.tf = chunks, stats, grads, transform
+        self.two_phase = two_phase
+        self.order = gradient_order(len(chunks), two_phase)
+        self.ring = ring
+        if ring is not None:
+            # The ring's first slot is the statistics pass's workspace: order[0] lands there.
+            self.ws, self.xs = ring.z, ring.x
+        else:
+            n = max(r1 - r0 for _, _, r0, r1 in chunks)
+            self.ws, self.xs = torch.empty(n, weight.shape[0], device=x2.device, dtype=weight.dtype), None
+        self.top1_rows = top1_rows
+        self.token_sums = None if top1_rows is None else torch.zeros(2, device=x2.device, dtype=torch.float32)
+
+    def run(self, head: ChunkHead) -> None:
+        """The whole pass: statistics, the head, the gradients."""
+        if self.two_phase:
+            self._two_phases(head)
+        else:
+            self._one_pass(head)
+
+    def _one_pass(self, head):
+        # Per-pair losses: each chunk's head needs only its own pairs, so one pass does it all (6NHV).
+        for k, (p0, p1, r0, r1) in enumerate(self.chunks):
+            xc, z, lse = self.chunk_stats(k, None if self.ring is None else self.ring.slot(k, r1 - r0))
+            head.run(p0, p1)
+            if self.grads.any:
+                self.chunk_grads(k, k, xc, z, lse, head.token_grads(r0, r1))
+
+    def _two_phases(self, head):
+        # Batch-level losses: every chunk's statistics, the head on the whole batch, then the gradients in
+        # self.order: the last chunk first, whose logits (xc, z below) are still in the workspace and
+        # are not recomputed.
+        lses = []
+        for k in range(len(self.chunks)):
+            xc, z, lse = self.chunk_stats(k)
+            lses.append(lse)
+        head.run(self.chunks[0][0], self.chunks[-1][1])
+        if not self.grads.any:
+            return
+        for i, k in enumerate(self.order):
+            _, _, r0, r1 = self.chunks[k]
+            if i > 0:
+                z_out, x_out = (self.ws, None) if self.ring is None else self.ring.slot(i, r1 - r0)
+                xc, z = self._logits(r0, r1, z_out, x_out)
+            self.chunk_grads(i, k, xc, z, lses[k], head.token_grads(r0, r1))
+
+    def chunk_stats(self, k: int, slot: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chunk k's logits into the workspace (or the given ring slot) and its forward epilogue, adding
+        into the statistics. Returns (the chunk's hidden rows, its logits, its rows' logsumexp)."""
+        _, _, r0, r1 = self.chunks[k]
+        z_out, x_out = (self.ws, self.xs) if slot is None else slot
+        xc, z = self._logits(r0, r1, z_out, x_out)
+        labels, st = self.labels[r0:r1], self.stats
+        lse, _ = forward_epilogue(z, labels, seq_ids=self.slots[r0:r1], seq_logp=st.logp, seq_logit=st.logit,
+                                  seq_sq=st.sq, **self.tf)
+        if self.token_sums is not None:
+            entropy, top1 = token_stats(z, labels, lse, **self.tf)
+            self.token_sums[0] += entropy.sum()
+            self.token_sums[1] += (top1 * self.top1_rows[r0:r1]).sum()
+        return xc, z, lse
+
+    def chunk_grads(self, i: int, k: int, xc: torch.Tensor, z: torch.Tensor, lse: torch.Tensor,
+                    g_tok: torch.Tensor) -> None:
+        """dZ of chunk k in place from its logits and its rows' upstream gradients g_tok, then dX, dW, d
+        bias. i: the chunk's place in the gradient order (the first writes dW with beta=0, so there is no
+        zero-fill pass over [V, H]); with a ring, dW waits for the ring's flush."""
+        _, _, r0, r1 = self.chunks[k]
+        grads, weight = self.grads, self.weight
+        dz = grad_epilogue(z, self.labels[r0:r1], lse, g_tok, **self.tf)
+        if grads.x is not None:
+            grads.x.index_copy_(0, self.rows[r0:r1], torch.mm(dz, weight).to(grads.x.dtype))
+        if grads.w is not None and self.ring is None:
+            if grads.w.dtype == torch.float32:
+                accumulate_mm(grads.w, dz.t(), xc, first=i == 0)
+            else:
+                grads.w.addmm_(dz.t().to(grads.w.dtype), xc.to(grads.w.dtype), beta=0.0 if i == 0 else 1.0)
+        if grads.b is not None:
+            grads.b += dz.sum(0, dtype=torch.float32)
+        if self.ring is not None:
+            self.ring.done(i, r1 - r0, grads)
+
+    def _logits(self, r0, r1, z_out, x_out):
+        """Rows r0:r1's hidden states in the GEMM dtype (the weight's), gathered into x_out (a ring slot)
+        or a fresh tensor (x_out None), and their logits in z_out."""
+        rows = self.rows[r0:r1]
+        if x_out is not None:
+            xc = x_out[: r1 - r0]
+            if self.x2.dtype == x_out.dtype:
+                torch.index_select(self.x2, 0, rows, out=xc)
+            else:
+                xc.copy_(self.x2.index_select(0, rows))
+        else:
+            xc = self.x2.index_select(0, rows)
+            if xc.dtype != self.weight.dtype:  # autocast="follow": the GEMMs run in the autocast dtype
+                xc = xc.to(self.weight.dtype)
+        return xc, logits_into(z_out[: r1 - r0], xc, self.weight, self.bias)
+
+
+class GradsMadeInForward(torch.autograd.Function):
+    """Base of the fused losses' autograd functions. Their forward makes the gradients of its scalar loss
+    (the first output; the others are not differentiable) w.r.t. inputs 0-2, (hidden, weight, bias),
+    and keeps them with keep_grads; backward scales them by the loss's upstream gradient."""
+
+    @staticmethod
+    def keep_grads(ctx, grads: Grads, x_shape: torch.Size, weight: torch.Tensor, bias: torch.Tensor | None,
+                   sync_free: bool) -> None:
+        """Keeps the gradients in the parameters' dtypes (the fp32 accumulators are freed before
+        backward). sync_free: the call made no host sync, and backward must not make one either."""
+        ctx.save_for_backward(
+            None if grads.x is None else grads.x.view(x_shape),
+            None if grads.w is None else grads.w.to(weight.dtype),
+            None if grads.b is None else grads.b.to(bias.dtype))
+        ctx.sync_free = sync_free
+        ctx.scaled_in_place = False
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_aux_grads):
+        if ctx.sync_free and ctx.scaled_in_place:
+            raise RuntimeError(
+                "a second backward through the same call of a fused loss given host_counts: without a host "
+                "sync, its first backward scaled the gradients made in forward in place by the upstream "
+                "gradient, so they cannot be scaled again exactly. Call the loss again for another "
+                "backward, or leave host_counts out: backward then reads the upstream gradient on the host "
+                "and keeps the gradients, and retain_graph works")
+        gx, gw, gb = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        out = [None if not n or g is None else g for g, n in zip((gx, gw, gb), need[:3])]
+        if ctx.sync_free:
+            # On the device: a launch that returns at once when grad_loss is 1, no read of it here.
+            out = [None if g is None else scale_(g, grad_loss) for g in out]
+            ctx.scaled_in_place = True
+        elif not bool(grad_loss == 1):  # the usual loss.backward() skips a pass over the [V, H] gradient
+            out = [None if g is None else g * grad_loss.to(g.dtype) for g in out]
+        return (*out, *[None] * (len(need) - 3))
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """The per-call settings of one FusedPreferenceFn call (the loss's own settings are its config).
+    num_pairs / num_chosen_tokens: the whole batch's counts (None: this call's). host_counts: the
+    completion tokens of each row of target. compute_dtype: the GEMMs' dtype (None: the inputs').
+    token_stats: also sum TRL's entropy and token accuracy. sync_free: the call made no host sync."""
+    num_pairs: int | None
+    num_chosen_tokens: int | None
+    need_grad: tuple[bool, bool, bool]
+    host_counts: list[int]
+    compute_dtype: torch.dtype | None
+    token_stats: bool
+    sync_free: bool
+
+
+@dataclass
+class _PairRows:
+    """The kept rows of a [2B, T] batch grouped pair by pair (chosen rows, then the matching rejected
+    rows): flat row indices, labels, sequence index, accumulator slot (with LD-DPO, tail tokens use slot
+    2B + s), and each sequence's token count (device)."""
+    rows: torch.Tensor
+    labels: torch.Tensor
+    seq: torch.Tensor
+    slots: torch.Tensor
+    n_slots: int
+    counts: torch.Tensor
+
+    @classmethod
+    def of(cls, target, ignore_index, ld_alpha, n_kept):
+        """n_kept: the number of kept rows, known on the host, so the rows come from one sort of unique
+        keys instead of nonzero (a host sync)."""
+        n_seq, T = target.shape
+        P = n_seq // 2
+        dev = target.device
+        keep = target != ignore_index
+        s = torch.arange(n_seq, device=dev)[:, None]
+        # Sort key (pair, chosen/rejected, position); ignored rows after every kept one.
+        key = (s % P) * (2 * T) + torch.div(s, P, rounding_mode="floor") * T + torch.arange(T, device=dev)
+        key = torch.where(keep, key, key + n_seq * T)
+        rows = torch.sort(key.reshape(-1)).indices[:n_kept]
+        seq = torch.div(rows, T, rounding_mode="floor")
+        labels = target.reshape(-1).index_select(0, rows)
+        slots, n_slots = seq, n_seq
+        if ld_alpha is not None:
+            tail = ld_tail(target, ignore_index).reshape(-1).index_select(0, rows)
+            slots, n_slots = seq + tail.long() * n_seq, 2 * n_seq
+        return cls(rows, labels, seq, slots, n_slots, keep.sum(1))
+
+
+def _ld_weighted(sums, sc, sr, n_seq, ld_alpha):
+    """Chosen and rejected sequence sums, LD-DPO's tail slots added with weight ld_alpha."""
+    c, r = sums[sc], sums[sr]
+    if ld_alpha is not None:
+        c = c + ld_alpha * sums[sc + n_seq]
+        r = r + ld_alpha * sums[sr + n_seq]
+    return c, r
+
+
+class _PairHead:
+    """The preference head over a range of pairs, from the accumulated sequence statistics (and, for WPO,
+    the pairs' weights from them): writes the pairs' losses, rewards and log-probs, and each sequence's
+    gradient into g_seq, from which token_grads gives each row's."""
+
+    def __init__(self, cfg, stats, pairs, ref_c, ref_r, soft, P, num_pairs, num_chosen_tokens):
+        dev = pairs.counts.device
+        self.cfg, self.stats, self.lens, self.P, self.num_pairs = cfg, stats, pairs.counts.float(), P, num_pairs
+        self.pairs, self.ref_c, self.ref_r, self.soft = pairs, ref_c, ref_r, soft
+        self.losses = torch.zeros(P, device=dev, dtype=torch.float32)
+        self.rew_c = torch.empty_like(self.losses)
+        self.rew_r = torch.empty_like(self.losses)
+        self.seq_logps = torch.empty(2 * P, device=dev, dtype=torch.float32)
+        self.g_seq = torch.zeros(2 * P, device=dev, dtype=torch.float32)
+        # The chosen-token NLL's per-token gradient: alpha (compute_nll_loss) plus sft's loss weight, over
+        # the chosen tokens.
+        self.nll_weight = (cfg.alpha if cfg.compute_nll_loss else 0.0) + cfg.sft_weight
+        self.nll_coef = self.nll_weight / max(num_chosen_tokens, 1)
+
+    def run(self, p0, p1):
+        cfg, P, lens = self.cfg, self.P, self.lens
+        sc = torch.arange(p0, p1, device=lens.device)  # the chosen sequences; rejected are P + sc
+        sr = sc + P
+        c_sum, r_sum = _ld_weighted(self.stats.logp, sc, sr, 2 * P, cfg.ld_alpha)
+        scale_c = 1.0 / lens[sc] if cfg.average_log_prob else torch.ones_like(c_sum)
+        scale_r = 1.0 / lens[sr] if cfg.average_log_prob else torch.ones_like(r_sum)
+        c, r = c_sum * scale_c, r_sum * scale_r
+        self.seq_logps[sc], self.seq_logps[sr] = c, r
+        refc = None if self.ref_c is None else self.ref_c[p0:p1].float()
+        refr = None if self.ref_r is None else self.ref_r[p0:p1].float()
+        weights = None
+        if cfg.use_weighting:
+            # TRL's WPO weight of a sequence: exp(mean over its tokens of log p(label) - log sum p^2),
+            # from the raw (not LD-weighted) per-token values; constants, no gradient. Pair: the product.
+            st, n = self.stats, 2 * P
+            aligned = st.folded(st.logp, n) - st.folded(st.sq, n)
+            weights = torch.exp(aligned[sc] / lens[sc]) * torch.exp(aligned[sr] / lens[sr])
+        if not cfg.head_members:  # sft alone: only its NLL term (added by the caller) and the rewards
+            self.rew_c[p0:p1] = cfg.beta * (c if refc is None else c - refc)
+            self.rew_r[p0:p1] = cfg.beta * (r if refr is None else r - refr)
+            return
+        opts = cfg.head_options(None if self.soft is None else self.soft[p0:p1].float(), lens[sc], lens[sr],
+                                weights)
+        losses, rc, rr, (dc, dr, _, _) = preference_head(c, r, refc, refr, **opts)
+        self.losses[p0:p1], self.rew_c[p0:p1], self.rew_r[p0:p1] = losses, rc, rr
+        self.g_seq[sc] = dc * scale_c / self.num_pairs
+        self.g_seq[sr] = dr * scale_r / self.num_pairs
+
+    def token_grads(self, r0, r1):
+        """Upstream gradient of rows r0:r1: their sequence's (LD tail tokens weigh ld_alpha), minus the
+        NLL term's on chosen tokens."""
+        cfg, P = self.cfg, self.P
+        seq, slot = self.pairs.seq[r0:r1], self.pairs.slots[r0:r1]
+        g_tok = self.g_seq.index_select(0, seq)
+        if cfg.ld_alpha is not None:
+            g_tok = torch.where(slot >= 2 * P, g_tok * cfg.ld_alpha, g_tok)
+        if self.nll_coef:
+            g_tok = g_tok - (seq < P).float() * self.nll_coef
+        return g_tok
+
+
+class FusedPreferenceFn(GradsMadeInForward):
+    """FusedLinearPreferenceLoss's autograd op: (loss, chosen_logps, rejected_logps, chosen_logits_mean,
+    rejected_logits_mean, nll_loss, chosen_rewards, rejected_rewards, token sums) from checked inputs,
+    the loss's validated config (cfg) and the call's PassOptions."""
+
+    @staticmethod
+    def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, opts: PassOptions):
+        n_seq, T, H = _input.shape
+        P = n_seq // 2
+        x2 = _input.reshape(-1, H)
+        w_c, b_c = _in_compute_dtype(weight, bias, _input.dtype if opts.compute_dtype is None else opts.compute_dtype)
+        pairs = _PairRows.of(target, cfg.ignore_index, cfg.ld_alpha, sum(opts.host_counts))
+        num_pairs = P if opts.num_pairs is None else opts.num_pairs
+        num_chosen_tokens = sum(opts.host_counts[:P]) if opts.num_chosen_tokens is None else opts.num_chosen_tokens
+
+        chunk_pass = _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts)
+        head = _PairHead(cfg, chunk_pass.stats, pairs, ref_c, ref_r, soft, P, num_pairs, num_chosen_tokens)
+        chunk_pass.run(head)
+
+        loss, aux = _outputs(cfg, chunk_pass.stats, head, pairs.counts, n_seq, weight.shape[0], num_pairs,
+                             num_chosen_tokens)
+        GradsMadeInForward.keep_grads(ctx, chunk_pass.grads, _input.shape, weight, bias, opts.sync_free)
+        token_sums = chunk_pass.token_sums
+        if token_sums is None:
+            token_sums = torch.zeros(0, device=_input.device)
+        ctx.mark_non_differentiable(*aux, token_sums)
+        return (loss, *aux, token_sums)
+
+
+def _in_compute_dtype(weight, bias, compute_dtype):
+    """The weight and bias in the GEMMs' dtype: the inputs' own, or an enclosing autocast's
+    (autocast="follow"). Cast once; dW is still accumulated in fp32 and handed back in the weight's own
+    dtype."""
+    w_c = weight if weight.dtype == compute_dtype else weight.to(compute_dtype)
+    b_c = bias if bias is None or bias.dtype == compute_dtype else bias.to(compute_dtype)
+    return w_c, b_c
+
+
+def _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts):
+    """The chunk pass over the pairs: chunks of whole pairs within the workspace budget (a single pair
+    longer than that gets its own chunk), the dW ring when asked for, the gradient buffers."""
+    V, H = weight.shape
+    host_counts = opts.host_counts
+    P = len(host_counts) // 2
+    per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
+    chunks = chunks_of_pairs(per_pair, chunk_rows(pairs.rows.numel(), V, w_c, cfg.workspace_budget))
+    ring = None
+    if cfg.dw_accumulation == "ring" and opts.need_grad[1]:
+        budget = cfg.dw_ring_budget
+        if budget is None:
+            budget = (workspace_bytes() if cfg.workspace_budget is None else cfg.workspace_budget) + 4 * V * H
+        # Slots in the order the gradient pass fills them.
+        sizes = [chunks[k][3] - chunks[k][2] for k in gradient_order(len(chunks), cfg.batch_level)]
+        ring = DwRing(sizes, V, H, w_c.dtype, weight.dtype, budget, x2.device)
+    grads = Grads(x2, weight, opts.need_grad, cfg.dw_accumulation, None if ring is None else ring.w_dtype)
+    stats = SeqStats(pairs.n_slots, x2.device, with_sq=cfg.use_weighting)
+    # TRL's entropy and token-accuracy metrics, from the same logits: sums over tokens (accuracy over
+    # the chosen ones).
+    top1_rows = pairs.seq < P if opts.token_stats else None
+    return ChunkPass(x2, w_c, b_c, pairs.rows, pairs.labels, pairs.slots, chunks, stats, grads,
+                     transform=cfg.transform, two_phase=cfg.batch_level, ring=ring, top1_rows=top1_rows)
+
+
+def _outputs(cfg, stats, head, counts, n_seq, V, num_pairs, num_chosen_tokens):
+    """The loss and Liger's aux outputs from the statistics and the head's results."""
+    P = n_seq // 2
+    dev = counts.device
+    raw = stats.folded(stats.logp, n_seq)
+    lsum = stats.folded(stats.logit, n_seq)
+    nll_on = cfg.compute_nll_loss or cfg.sft_weight != 0
+    nll = -raw[:P].sum() / max(num_chosen_tokens, 1) if nll_on else torch.zeros((), device=dev)
+    chosen_tokens = counts[:P].sum().clamp_min(1)
+    rejected_tokens = counts[P:].sum().clamp_min(1)
+    chosen_logits_mean = lsum[:P].sum() / (chosen_tokens * V)
+    rejected_logits_mean = lsum[P:].sum() / (rejected_tokens * V)
+    loss = head.losses.sum() / num_pairs + head.nll_weight * nll
+    aux = (head.seq_logps[:P].clone(), head.seq_logps[P:].clone(), chosen_logits_mean, rejected_logits_mean,
+           nll.detach(), head.rew_c, head.rew_r)
+    return loss, aux
