@@ -5,8 +5,8 @@ What it is for: to rank the remaining speed ideas before GPU minutes are spent o
 schedule of the fused DPO forward+backward with reference log-probs given it lists every kernel a step
 launches, with its FLOPs and HBM bytes, and the host syncs, then turns them into time on a device:
 
-    GEMM           max(FLOPs / (peak x gemm_eff), bytes / bandwidth) + acc_penalty x (fp32/bf16 accumulator
-                   bytes read and written in the GEMM's epilogue) / bandwidth
+    GEMM           max(FLOPs / (peak x gemm_eff), bytes / bandwidth) + acc_penalty x (bytes an accumulating
+                   epilogue moves beyond a plain bf16 store: C re-read, wider fp32 store) / bandwidth
     streaming      bytes / (bandwidth x the kernel kind's achieved fraction)
     small kernel   tiny_kernel_s each (O(pairs) bookkeeping, launch-bound)
     GPU idle       kernel_gap_s per kernel, plus, per host sync, its latency and the host time to queue
@@ -93,7 +93,7 @@ class Device:
     peak_flops: float      # dense bf16 tensor-core FLOP/s, datasheet
     hbm_bw: float          # HBM bytes/s, datasheet
     gemm_eff: float        # fraction of peak_flops cuBLAS reaches on these large bf16 GEMMs
-    acc_penalty: float     # share of an accumulator's read+write time the GEMM does not hide
+    acc_penalty: float     # share of an accumulating GEMM's extra epilogue traffic it does not hide
     copy_eff: float        # fraction of hbm_bw a vectorised copy / cast / fill reaches
     fwd_epi_eff: float     # ... the forward epilogue (one read of the logits)
     bwd_epi_eff: float     # ... the dZ kernel (one read and one write of the logits)
@@ -135,9 +135,10 @@ TINY_KERNEL_S = 2.0e-6
 
 @dataclass(frozen=True)
 class Op:
-    """One kind of kernel in a step. calls: per step; flops, read, write, acc: per call. acc: bytes of
-    an accumulating output the GEMM's epilogue reads and writes, its store included (write is then 0):
-    acc_penalty was fitted on exactly this count."""
+    """One kind of kernel in a step. calls: per step; the rest per call. read/write: HBM bytes moved
+    (c_read: the part of read that is an accumulating GEMM re-reading its output). acc: the bytes an
+    accumulating GEMM's epilogue moves beyond a plain store of its output in the GEMM dtype (the C
+    re-read, and the wider fp32 store): what acc_penalty, fitted on exactly this count, charges."""
     name: str
     part: str              # component it is reported under (PARTS)
     calls: int
@@ -145,6 +146,7 @@ class Op:
     read: float = 0.0
     write: float = 0.0
     acc: float = 0.0
+    c_read: float = 0.0
     kind: str = "copy"     # gemm | copy | fwd_epi | bwd_epi | strided | rows | tiny
     scope: str = "step"    # chunk | flush | step: how the calls scale (for launches per chunk)
     gemm_rel: float = 1.0  # a custom GEMM's efficiency relative to cuBLAS's (1.0: cuBLAS itself)
@@ -185,15 +187,15 @@ class Step:
 def traffic(step: Step) -> dict:
     """HBM bytes per step by pass. GEMM operand reads are listed apart: at these shapes the GEMMs are
     compute-bound and their operand traffic is hidden under the math (the roofline max() in op_time)."""
-    t = {"logits write": 0.0, "epilogue reads": 0.0, "dZ / S writes": 0.0, "dW accumulator read+write": 0.0,
-         "dW plain write": 0.0, "casts, fills, scalings": 0.0, "row gathers/scatters": 0.0,
+    t = {"logits write": 0.0, "epilogue reads": 0.0, "dZ / S writes": 0.0, "dW writes": 0.0,
+         "dW accumulator re-reads": 0.0, "casts, fills, scalings": 0.0, "row gathers/scatters": 0.0,
          "GEMM operand reads": 0.0}
     for o in step.ops:
         if o.kind == "gemm":
-            t["GEMM operand reads"] += o.calls * o.read
-            t["dW accumulator read+write"] += o.calls * o.acc
+            t["GEMM operand reads"] += o.calls * (o.read - o.c_read)
+            t["dW accumulator re-reads"] += o.calls * o.c_read
             if o.part == "gemm dW":
-                t["dW plain write"] += o.calls * o.write
+                t["dW writes"] += o.calls * o.write
             elif o.name.startswith("logits"):
                 t["logits write"] += o.calls * o.write
         elif o.part in ("epilogue stats", "epilogue dZ"):
@@ -435,14 +437,19 @@ def fused_step(pb: Problem, sc: Schedule) -> Step:
     dw_rel = sc.custom_gemm_rel if sc.epilogue == "scaled-exp" else 1.0
     flushes = 0
     planned = 0
+    def dw_gemm(name, K, out_elt, reads_c, scope):
+        # A plain GEMM stores VH x e; an accumulating one may re-read C and store it wider.
+        c_read = VH * out_elt if reads_c else 0
+        add(name, "gemm dW", 1, "gemm", scope=scope, flops=2.0 * K * H * V, read=K * V * e + K * H * e + c_read,
+            write=VH * out_elt, c_read=c_read, acc=c_read + VH * (out_elt - e), gemm_rel=dw_rel)
+
     if sc.dw in ("fp32", "weight"):
         acc_elt = 4 if sc.dw == "fp32" else e
         planned = max(sizes) * V * e + VH * acc_elt
-        first_acc = VH * acc_elt * (2 if code.dw_zero_fill else 1)  # beta=0 first write, or RMW of zeros
         for i, n in enumerate(sizes):
-            acc = first_acc if i == 0 else 2 * VH * acc_elt
-            add(f"dW GEMM K={n} (+)= into {'fp32' if acc_elt == 4 else 'bf16'} [V, H]", "gemm dW", 1, "gemm",
-                flops=2.0 * n * H * V, read=n * V * e + n * H * e, write=0.0, acc=acc, gemm_rel=dw_rel)
+            # The first chunk writes dW (beta=0) unless the accumulator was zero-filled first.
+            dw_gemm(f"dW GEMM K={n} (+)= into {'fp32' if acc_elt == 4 else 'bf16'} [V, H]", n, acc_elt,
+                    i > 0 or code.dw_zero_fill, "chunk")
         if code.dw_zero_fill:
             add("zero-fill dW accumulator", "elementwise", 1, "copy", scope="step", write=VH * acc_elt)
         if acc_elt == 4:
@@ -455,12 +462,9 @@ def fused_step(pb: Problem, sc: Schedule) -> Step:
         planned = plan.rows * (V + H) * e + (0 if plan.dw_in_weight_dtype else VH * 4)
         for i, K in enumerate(plan.flush_rows(sizes)):
             if plan.dw_in_weight_dtype:  # one flush: a plain GEMM writing dW in bf16
-                add(f"dW GEMM K={K} (ring flush) -> bf16", "gemm dW", 1, "gemm", scope="flush",
-                    flops=2.0 * K * H * V, read=K * V * e + K * H * e, write=VH * e, gemm_rel=dw_rel)
+                dw_gemm(f"dW GEMM K={K} (ring flush) -> bf16", K, e, False, "flush")
             else:
-                acc = VH * 4 if i == 0 else 2 * VH * 4
-                add(f"dW GEMM K={K} (ring flush) (+)= fp32", "gemm dW", 1, "gemm", scope="flush",
-                    flops=2.0 * K * H * V, read=K * V * e + K * H * e, acc=acc, gemm_rel=dw_rel)
+                dw_gemm(f"dW GEMM K={K} (ring flush) (+)= fp32", K, 4, i > 0, "flush")
         if not plan.dw_in_weight_dtype:
             add("cast dW fp32 -> weight dtype", "elementwise", 1, "copy", scope="step", read=VH * 4, write=VH * e)
         notes.append(f"ring budget {budget / MiB:.0f} MiB: {plan.rows} rows, {plan.flushes} flush(es)")
@@ -606,9 +610,10 @@ def h100(profile: Path = PROFILE, tune: Path = TUNE_RUN) -> Device:
     n, H, V, e = 2 * pb.T, pb.head.H, pb.head.V, pb.elt
     t_plain = prof["gemm logits+dX"] / prof["gemm logits+dX calls"] * 1e-3
     gemm_eff = 2.0 * n * H * V / (t_plain * H100_PEAK)
-    # The fp32 dW addmm of the profiled code read and wrote a zero-filled accumulator in every chunk.
+    # The fp32 dW addmm of the profiled code read and wrote a zero-filled accumulator in every chunk:
+    # 4VH re-read + 4VH stored, 6VH beyond a plain bf16 store.
     t_badd = prof["gemm dW"] / prof["gemm dW calls"] * 1e-3
-    acc_penalty = (t_badd - t_plain) * H100_BW / (2 * 4 * V * H)
+    acc_penalty = (t_badd - t_plain) * H100_BW / (6 * V * H)
     rows_tb = lambda rs, key: statistics.median(r[key] for r in rs) * 1e12  # noqa: E731
     fwd_bw = rows_tb(tun["configs"], "fwd_TBps")
     bwd_bw = rows_tb(tun["configs"], "bwd_TBps")
@@ -624,7 +629,7 @@ def h100(profile: Path = PROFILE, tune: Path = TUNE_RUN) -> Device:
         "gemm_eff": f"fitted: profile's plain cuBLAS GEMMs (logits, dX), {t_plain * 1e3:.3f} ms per 2048-row "
                     f"chunk GEMM = {2 * n * H * V / t_plain / 1e12:.0f} TFLOP/s",
         "acc_penalty": f"fitted: profile's fp32 dW addmm {t_badd * 1e3:.3f} ms vs {t_plain * 1e3:.3f} ms plain, "
-                       f"over the 8VH bytes of accumulator read+write per chunk",
+                       f"over its 6VH bytes beyond a plain bf16 store (4VH re-read, 2VH wider store)",
         "copy_eff": f"tune file: device-to-device copy {tun['copy_TBps']:.2f} TB/s",
         "fwd_epi_eff": f"tune file: forward epilogue, median over {len(tun['configs'])} configs "
                        f"{fwd_bw / 1e12:.2f} TB/s",
@@ -868,7 +873,7 @@ def _print_report(rep: dict) -> None:
               f"{u['predicted_ms']:.2f} ms at that run's GEMM speed: {u['residual_ms']:+.2f} ms unexplained "
               "(measure it first: kernel sum vs span in a trace)")
     keys = list(rep["schedules"][0]["hbm_gb"])
-    short = ["logits wr", "epi rd", "dZ/S wr", "dW acc", "dW wr", "cast/fill", "rows", "GEMM rd*"]
+    short = ["logits wr", "epi rd", "dZ/S wr", "dW wr", "dW re-rd", "cast/fill", "rows", "GEMM rd*"]
     print("  HBM GB per step by pass (* operand reads, hidden under the GEMMs' math):")
     print(f"  {'schedule':44s} " + " ".join(f"{h:>9s}" for h in short))
     for r in rep["schedules"]:
