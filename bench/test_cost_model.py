@@ -178,17 +178,18 @@ def test_one_pass_drops_one_read_of_the_logits():
 
 def test_chunk_and_ring_plans_match_rdpo_fast():
     torch = pytest.importorskip("torch")
-    from rdpo_fast.fused_loss import _chunks_of_pairs, _DwRing
+    from rdpo_fast.losses.fused_pass import DwRing
+    from rdpo_fast.ops.schedule import chunks_of_pairs
 
     for rows_per_pair, cap in (([4, 6, 2, 8, 3], 8), ([10, 1, 1], 4), ([2] * 8, 2048), ([5], 3)):
         got = cm.chunks_of_pairs(rows_per_pair, cap)
-        want = [r1 - r0 for _, _, r0, r1 in _chunks_of_pairs(rows_per_pair, cap)]
+        want = [r1 - r0 for _, _, r0, r1 in chunks_of_pairs(rows_per_pair, cap)]
         assert got == want
     V, H = 16, 4
     for sizes in ([3, 5, 2, 4], [6, 6, 6], [1]):
         for budget in (10, 200, 4 * V * H + 2 * (V + H) * 2 * 5, 10**6):
             for wdt in (torch.bfloat16, torch.float32):
-                ring = _DwRing(sizes, V, H, torch.bfloat16, wdt, budget, torch.device("cpu"))
+                ring = DwRing(sizes, V, H, torch.bfloat16, wdt, budget, torch.device("cpu"))
                 w_elt = torch.empty((), dtype=wdt).element_size()
                 plan = cm.ring_plan(sizes, V, H, 2, budget, weight_elt=w_elt)
                 assert list(plan.offsets) == ring.offsets and list(plan.flush_after) == ring.flush_after
