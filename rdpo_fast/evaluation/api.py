@@ -75,7 +75,7 @@ def evaluate_against(start_model: ModelSpec, final_model: ModelSpec, *, prompts:
                      log: Callable[[str], object] = print) -> dict:
     """Judge final_model's answers against start_model's on held-out prompts; returns summarize(report).
 
-    start_model, final_model: a model name or path (local Hugging Face directory, .gguf, 'smollm2-135m')
+    start_model, final_model: a model name or path (local Hugging Face directory, .gguf, the embedded default's name, models.sources.DEFAULT_MODEL)
         or an already loaded (model, tokenizer) pair.
     prompts: shipped task names ('all', 'safety', 'general', 'multilingual', comma-separated) or a prompt
         file (JSONL, or AlpacaEval JSON). num_prompts: the first N of each task (or of the file).

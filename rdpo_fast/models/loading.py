@@ -158,7 +158,6 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-_base = base_model  # the name training.loop still reads; drop it once the loop calls base_model
 
 
 def decoder(model: torch.nn.Module) -> torch.nn.Module:

@@ -218,7 +218,7 @@ def add_score_arguments(p):
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward or generate call (default 8)")
     p.add_argument("--seed", type=int, default=0)
     j = p.add_argument_group("judge")
-    j.add_argument("--judge-model", default=None, help="judge model (local HF directory, .gguf or 'smollm2-135m')")
+    j.add_argument("--judge-model", default=None, help=f"judge model (local HF directory, .gguf or {DEFAULT_MODEL!r})")
     j.add_argument("--judge-mode", choices=("pairwise", "pointwise", "generate"), default="pairwise",
                    help="pairwise (default): soft label = the judge's P(chosen better) from its label probabilities "
                         "in both orders; pointwise: expected rubric scores from its score-token probabilities; "
