@@ -346,6 +346,7 @@ class CodeState:
     prologue_ops: int         # host ops from the first prologue sync to the first logits GEMM
     tiny_fixed: int           # small kernels per step outside the chunk loop
     tiny_per_chunk: int       # small kernels per chunk (pair head bookkeeping, g per token)
+    device_grad_scale: bool = False  # with host_counts, backward scales on the device (no sync, no pass at 1)
 
 
 # Before fa3c493 (the profile): checks and counts read back in five places (check_labels' any(), the
@@ -360,8 +361,11 @@ LOSS_SUITE = replace(PROFILED, name="loss suite (fa3c493/e536979)", dw_zero_fill
 SWEEP = replace(LOSS_SUITE, name="sweep (841a23c)", grad_scale_muls=False, backward_sync=True, round128=True)
 # Today's main (73e8c28): rows from one sort (no nonzero), one .tolist() for counts and label range
 # (none with host_counts), _SeqStats/_PairHead bookkeeping.
-HEAD_CODE = replace(SWEEP, name="main (73e8c28)", prologue_syncs=1, prologue_ops=40, tiny_fixed=50,
-                    tiny_per_chunk=24)
+MAIN_73E8C28 = replace(SWEEP, name="main (73e8c28)", prologue_syncs=1, prologue_ops=40, tiny_fixed=50,
+                       tiny_per_chunk=24)
+# Issue 21: a host_counts call's backward scales dX and dW in place by grad_loss on the device
+# (kernels/grad_scale.py, no write when it is 1): no sync and no [V, H] pass.
+HEAD_CODE = replace(MAIN_73E8C28, name="main (issue 21)", device_grad_scale=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,7 +380,6 @@ class Schedule:
     epilogue: str = "two-pass"       # two-pass | one-pass | scaled-exp
     lse_in_gemm: bool = False        # persistent GEMM computing the logsumexp partials in its epilogue
     host_counts: bool = False        # the collator's counts given: no prologue sync
-    no_backward_sync: bool = False   # grad_loss == 1 not read back (see ideas: costs a [V, H] pass)
     workspace: int = WORKSPACE_BYTES
     custom_gemm_rel: float = 1.0     # custom GEMMs' efficiency relative to cuBLAS
     code: CodeState = HEAD_CODE
@@ -478,17 +481,17 @@ def fused_step(pb: Problem, sc: Schedule) -> Step:
         # g * grad_loss with a 0-dim device tensor: the non-vectorised TensorIterator path.
         add("backward: dW * grad_loss", "elementwise", 1, "strided", scope="step", read=VH * e, write=VH * e)
         add("backward: dX * grad_loss", "elementwise", 1, "strided", scope="step", read=N * H * e, write=N * H * e)
-    elif sc.no_backward_sync:
-        add("backward: dW * grad_loss (no sync to skip it)", "elementwise", 1, "copy", scope="step",
-            read=VH * e, write=VH * e)
-        add("backward: dX * grad_loss", "elementwise", 1, "copy", scope="step", read=N * H * e, write=N * H * e)
+    device_scale = sc.host_counts and code.device_grad_scale
+    if device_scale:
+        add("backward: grad_scale kernels (return at once when grad_loss == 1)", "small kernels", 2, "tiny",
+            scope="step")
 
     syncs = []
     n_pro = 0 if sc.host_counts else code.prologue_syncs
     for i in range(n_pro):
         # The first drain leaves the GPU waiting for the whole prologue; later ones only add latency.
         syncs.append(Sync("prologue read-back", code.prologue_ops if i == 0 else 0))
-    if code.backward_sync and not sc.no_backward_sync:
+    if code.backward_sync and not device_scale:
         # Drains the queue at the end of the step: the host then queues the rest of the step and, in the
         # benchmark, the next step's prologue before the GPU has a long kernel again.
         syncs.append(Sync("backward bool(grad_loss == 1)", 5 + (code.prologue_ops if n_pro == 0 else 0)))
@@ -754,9 +757,7 @@ def ideas(pb: Problem, dev: Device, custom_rel: float = 1.0) -> list:
          f"buffers {fused_step(pb, replace(base_s, dw='ring', ring_budget=one_flush)).planned_bytes / MiB:.0f} MiB "
          f"vs fp32's {fused_step(pb, base_s).planned_bytes / MiB:.0f} MiB"),
         ("one-pass epilogue", replace(base_s, epilogue="one-pass"), None),
-        ("host_counts (prologue sync gone; backward sync stays)", replace(base_s, host_counts=True), None),
-        ("no host syncs at all (host_counts + no grad_loss read-back)",
-         replace(base_s, host_counts=True, no_backward_sync=True), "the skipped [V, H] scaling pass returns"),
+        ("host_counts (no host sync in the step: prologue and backward)", replace(base_s, host_counts=True), None),
         ("scaled-exponent epilogue (custom GEMMs)", replace(base_s, epilogue="scaled-exp", custom_gemm_rel=custom_rel),
          "needs all three GEMMs custom"),
         ("persistent GEMM with lse epilogue (forward)", replace(base_s, lse_in_gemm=True, custom_gemm_rel=custom_rel),
