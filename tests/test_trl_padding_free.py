@@ -4,8 +4,8 @@ fused loss reads them through its segment ids. Three trainer.train() steps of th
 the padded step's losses, gradient norms and metrics, and TRL's own: with a ref_model in-pass,
 a precomputed reference (with LD-DPO), PEFT adapters off, gradient accumulation and evaluation, eager
 attention, pad_to_multiple_of. The model really receives one packed row. On CPU, transformers (5.25) keeps
-attention within each packed sequence for sdpa and eager through the mask it builds from position_ids
-(checked here on the hidden states), but only without a cache: with use_cache on it does not.
+attention within each packed sequence for sdpa, eager (and flex) through the mask it builds from
+position_ids (checked here on the hidden states), but only without a cache: with use_cache on it does not.
 What padding_free cannot be combined with is refused by name."""
 import pytest
 import torch
@@ -27,11 +27,12 @@ def tiny_llama(attn):
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
 def test_transformers_keeps_attention_within_packed_sequences(attn):
     """The CPU attentions padding-free relies on: a packed row with position_ids restarting per sequence
     and no attention_mask gives each sequence the hidden states of its own padded row (the mask comes
-    from masking_utils.find_packed_sequence_indices). With a cache (use_cache on, the config's default)
+    from masking_utils.find_packed_sequence_indices). flex_attention is checked forward only: on CPU it
+    has no backward. With a cache (use_cache on, the config's default)
     transformers skips that mask and the sequences see each other: the fused forward turns it off."""
     model = tiny_llama(attn)
     lengths = [5, 9, 1, 7, 3, 9]
