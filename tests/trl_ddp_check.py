@@ -1,8 +1,8 @@
 """Run under `torchrun --standalone --nproc_per_node 2` by tests/test_trl_distributed.py (gloo on CPU):
-three steps of trl.DPOTrainer and of FusedDPOTrainer (padded, and padding_free=True) under DDP (accelerate picks up torchrun), each rank
-on its own shard of the batches; rank 0 writes both log histories (metrics gathered across ranks) and
-the final weights' checksum to --out as JSON. (On CPU accelerate runs MULTI_CPU DDP only: its FSDP
-needs GPUs, so FSDP2 through the Trainer is not exercised here.)"""
+three steps of trl.DPOTrainer and of FusedDPOTrainer (padded, and padding_free=True) under DDP (accelerate
+picks up torchrun), each rank on its own shard of the batches; rank 0 writes the log histories (metrics
+gathered across ranks) and the final weights' checksum to --out as JSON. (On CPU accelerate runs MULTI_CPU
+DDP only: its FSDP needs GPUs, so FSDP2 through the Trainer is not exercised here.)"""
 from __future__ import annotations
 
 import argparse

@@ -204,7 +204,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_logps")
         if not isinstance(ref_input, torch.Tensor) or ref_input.shape[:-1] != target.shape:
             layout = "[B, T, H]" if segment_ids is None else "one packed row"
-            raise ValueError(f"ref_input must be laid out like _input ({layout}), got {getattr(ref_input, 'shape', None)}")
+            raise ValueError(f"ref_input must be laid out like _input ({layout}), got "
+                             f"{getattr(ref_input, 'shape', None)}")
         _checks.check_linear_inputs(ref_input, ref_weight, target, ref_bias, ignore_index, 1.0, None,
                                     check_range=False)
         if ref_weight.shape[0] != V:
