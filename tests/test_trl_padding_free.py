@@ -77,6 +77,35 @@ def test_collator_packs_trls_batch_without_padding():
                                "completion_mask": torch.ones(2, 3, dtype=torch.long)}, 0)
 
 
+def test_packed_targets_never_cross_a_sequence_boundary():
+    """Position t predicts token t + 1 within its sequence only: where the next sequence starts with a
+    completion token (an empty prompt), the last token of the previous one must not score it. The packed
+    targets are the padded ones, sequence by sequence, with the same segment ids."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from rdpo_fast.integrations.trl.padding_free import loss_layout, sequence_starts
+
+    examples = [{"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]},
+                {"prompt_ids": [], "chosen_ids": [6, 7, 8], "rejected_ids": [9, 10]}]
+    padded = DataCollatorForPreference(pad_token_id=0)(examples)
+    packed = pack_preference_batch(padded, pad_token_id=0)
+    targets = []
+    for batch in (padded, packed):
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        hidden = torch.zeros(*labels.shape, 1)
+        targets.append(loss_layout(hidden, labels, batch)[1:])
+    (pad_target, _), (row_target, layout) = targets
+    seg = layout["segment_ids"][0]
+    for s in range(4):
+        want = pad_target[s][pad_target[s] != -100].tolist()
+        got = row_target[0][(seg == s) & (row_target[0] != -100)].tolist()
+        assert got == want, (s, got, want)
+    assert row_target[0].tolist() == [-100, 3, 4, -100, 7, 8, -100, -100, 5, -100, 10]
+    # The empty prompts FusedDPOTrainer refuses for length-normalised losses are found in both layouts.
+    for batch in (padded, packed):
+        assert sequence_starts(batch, batch["completion_mask"]).tolist() == [0, 1, 0, 1]
+
+
 def packed_calls(model):
     """Records the shape of input_ids and the keys of every forward of the model's decoder."""
     calls = []
