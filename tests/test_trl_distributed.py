@@ -1,6 +1,6 @@
-"""FusedDPOTrainer under DDP (torchrun, 2 processes, gloo on CPU) logs the same losses, gradient norms
-and gathered metrics as trl.DPOTrainer under DDP, with gradient accumulation, and ends at the same
-weights: TRL's normalisation over micro-batches and ranks is kept."""
+"""FusedDPOTrainer under DDP (torchrun, 2 processes, gloo on CPU), padded and padding_free=True, logs the
+same losses, gradient norms and gathered metrics as trl.DPOTrainer under DDP, with gradient accumulation,
+and ends at the same weights: TRL's normalisation over micro-batches and ranks is kept."""
 import json
 import os
 import subprocess
@@ -30,5 +30,6 @@ def test_ddp_same_as_trl(tiny, tmp_path):
     r = json.load(open(out))
     assert r["trl"]["world"] == r["rdpo_fast"]["world"] == 2
     assert r["rdpo_fast"]["distributed_type"] == "DistributedType.MULTI_CPU"
-    assert_same_logs(r["rdpo_fast"]["logs"], r["trl"]["logs"], tiny)
-    assert r["rdpo_fast"]["checksum"] == pytest.approx(r["trl"]["checksum"], rel=1e-6)
+    for ours in ("rdpo_fast", "rdpo_fast_padding_free"):
+        assert_same_logs(r[ours]["logs"], r["trl"]["logs"], tiny)
+        assert r[ours]["checksum"] == pytest.approx(r["trl"]["checksum"], rel=1e-6)

@@ -1,8 +1,8 @@
 """Run under `torchrun --standalone --nproc_per_node 2` by tests/test_trl_distributed.py (gloo on CPU):
-three steps of trl.DPOTrainer and of FusedDPOTrainer under DDP (accelerate picks up torchrun), each rank
-on its own shard of the batches; rank 0 writes both log histories (metrics gathered across ranks) and
-the final weights' checksum to --out as JSON. (On CPU accelerate runs MULTI_CPU DDP only: its FSDP
-needs GPUs, so FSDP2 through the Trainer is not exercised here.)"""
+three steps of trl.DPOTrainer and of FusedDPOTrainer (padded, and padding_free=True) under DDP (accelerate
+picks up torchrun), each rank on its own shard of the batches; rank 0 writes the log histories (metrics
+gathered across ranks) and the final weights' checksum to --out as JSON. (On CPU accelerate runs MULTI_CPU
+DDP only: its FSDP needs GPUs, so FSDP2 through the Trainer is not exercised here.)"""
 from __future__ import annotations
 
 import argparse
@@ -33,11 +33,13 @@ def main():
     tok = AutoTokenizer.from_pretrained(a.policy)
     ds = Dataset.from_list(json.load(open(a.data)))
     result = {}
-    for name, cls in (("trl", DPOTrainer), ("rdpo_fast", FusedDPOTrainer)):
+    runs = (("trl", DPOTrainer, {}), ("rdpo_fast", FusedDPOTrainer, {}),
+            ("rdpo_fast_padding_free", FusedDPOTrainer, {"padding_free": True}))
+    for name, cls, extra in runs:
         args = DPOConfig(output_dir=f"/tmp/rdpo-ddp-{os.getpid()}", per_device_train_batch_size=1,
                          gradient_accumulation_steps=2, max_steps=3, learning_rate=1e-3, logging_steps=1, bf16=False,
                          report_to=[], save_strategy="no", gradient_checkpointing=False, max_length=80, seed=0,
-                         disable_tqdm=True, ddp_backend="gloo", use_cpu=True)
+                         disable_tqdm=True, ddp_backend="gloo", use_cpu=True, **extra)
         trainer = cls(model=a.policy, ref_model=AutoModelForCausalLM.from_pretrained(a.other), args=args,
                       train_dataset=ds, processing_class=tok)
         trainer.train()

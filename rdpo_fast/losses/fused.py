@@ -8,6 +8,10 @@ each call's inputs, the reference log-probs (given, or from an in-pass reference
 and the host-side token counts. The pass itself, its chunk schedule and its cost in FLOPs are in
 fused_pass.py.
 
+Layouts: padded, _input [2B, T, H] with chosen rows first; or packed (padding-free), one row [1, N, H]
+whose tokens segment_ids assigns to the 2B sequences (chosen 0..B-1, rejected B..2B-1). The pass groups
+a packed row's kept rows into the padded layout's order, so the two give the same results.
+
 Normalisation, exact under gradient accumulation: the loss is
     sum over pairs of the per-pair loss / num_pairs
         + (alpha [compute_nll_loss] + w_sft [loss_type 'sft']) * (sum of chosen-token NLL) / num_chosen_tokens
@@ -25,7 +29,7 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats
 
 from . import table as lt
-from .fused_pass import FusedPreferenceFn, PassOptions, ld_tail
+from .fused_pass import FusedPreferenceFn, PassOptions, ld_tail, packed_ld_tail
 from .head import check_head_options
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
@@ -204,7 +208,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
                 soft_labels: torch.Tensor | None = None, num_pairs: int | None = None,
                 num_chosen_tokens: int | None = None, return_token_stats: bool = False,
-                host_counts: list[int] | None = None) -> tuple:
+                host_counts: list[int] | None = None, segment_ids: torch.Tensor | None = None) -> tuple:
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
@@ -218,17 +222,27 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         next sync, as a device-side error); where syncs cost nothing (CPU) they are checked exactly,
         with a ValueError naming host_counts. Results are identical with and without them. On CUDA
         backward then makes no host sync either: it scales the gradients in place on the device, so a
-        second backward through the same call (retain_graph) raises a RuntimeError."""
+        second backward through the same call (retain_graph) raises a RuntimeError.
+        segment_ids: packed (padding-free) input instead of the padded layout. _input is one row [1, N, H]
+        (or [N, H]), target [1, N] (or [N]), and segment_ids, with target's shape, the sequence of each
+        token: chosen sequences 0..B-1, rejected B..2B-1, pair i = (i, B + i). A sequence's tokens are
+        ranked in row order (they need not be contiguous); the ids of tokens whose target is
+        ignore_index are not read (padding may carry any id, -1 included). B comes from host_counts (its
+        2B entries, one per sequence) when given, else from the largest id of a completion token (one
+        host read). ref_input, when given, is packed like _input. Results equal the padded layout's
+        (the kept rows are grouped into the same order); gradients reach the packed rows."""
         cfg = self.cfg
         compute = _compute_dtype(cfg, _input)
-        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
-        n_seq = _input.shape[0]
-        P = n_seq // 2
+        packed = segment_ids is not None
+        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute, packed=packed)
         V = lin_weight.shape[0]
         sync = host_counts is None or _syncs_free(_input.device)
-        counts = self._counts(target, V, host_counts, sync)
+        segments = _Segments(segment_ids, target, cfg.ignore_index, host_counts, sync) if packed else None
+        n_seq = segments.n_seq if packed else _input.shape[0]
+        P = n_seq // 2
+        counts = self._counts(target, V, host_counts, sync, segments)
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts))
+                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts), segments=segments)
         if soft_labels is not None:
             if not cfg.reads_soft_labels:
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not "
@@ -256,7 +270,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         # inside, so it cannot recast the workspace.
         opts = PassOptions(num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens, need_grad=need,
                            host_counts=counts, compute_dtype=compute, token_stats=return_token_stats,
-                           sync_free=not sync)
+                           sync_free=not sync, segment_ids=segments.ids if packed else None)
         with torch.autocast(_input.device.type, enabled=False):
             out = FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg, opts)
         if finite:
@@ -268,17 +282,21 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
                              "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
 
-    def _counts(self, target, V, host_counts, sync):
-        """Completion tokens per row of target (host ints), the labels' range checked."""
+    def _counts(self, target, V, host_counts, sync, segments=None):
+        """Completion tokens per sequence (a row of target, or a packed row's segment; host ints), the
+        labels' range checked."""
         cfg = self.cfg
-        n_seq = target.shape[0]
-        dev_counts = (target != cfg.ignore_index).sum(1)
+        if segments is None:
+            n_seq, unit = target.shape[0], "row"
+            dev_counts = (target != cfg.ignore_index).sum(1)
+        else:
+            n_seq, unit, dev_counts = segments.n_seq, "sequence", segments.counts
         bad = _checks.out_of_range(target, V, cfg.ignore_index)
         if host_counts is not None:
             if not isinstance(host_counts, (list, tuple)) or len(host_counts) != n_seq or not all(
                     isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in host_counts):
                 raise ValueError(f"host_counts must be a list of {n_seq} ints >= 0 (the completion tokens of each "
-                                 f"row of target), got {host_counts!r}")
+                                 f"{unit} of target), got {host_counts!r}")
             counts = list(host_counts)
         if sync:
             # One host transfer for every count the schedule and the checks need.
@@ -287,7 +305,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 _checks.raise_out_of_range(target, V, cfg.ignore_index, "target")
             if host_counts is not None and host[:n_seq] != counts:
                 first = next(i for i, (a, b) in enumerate(zip(counts, host)) if a != b)
-                raise ValueError(f"host_counts[{first}] = {counts[first]} but row {first} of target has "
+                raise ValueError(f"host_counts[{first}] = {counts[first]} but {unit} {first} of target has "
                                  f"{host[first]} completion tokens")
             counts = host[:n_seq]
         else:
@@ -300,7 +318,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         return counts
 
     def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
-                   compute=None, n_kept=None):
+                   compute=None, n_kept=None, segments=None):
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -324,7 +342,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         if ref_input is None or ref_weight is None:
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_chosen_logps and "
                              "ref_rejected_logps")
-        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute)
+        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute,
+                     packed=segments is not None)
         if ref_weight.shape[0] != V:
             raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: "
                              "the reference must score the same token ids")
@@ -332,10 +351,14 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             if compute is not None:
                 ref_input, ref_weight = ref_input.to(compute), ref_weight.to(compute)
                 ref_bias = None if ref_bias is None else ref_bias.to(compute)
-            seq_ids = torch.arange(2 * P, device=target.device).repeat_interleave(target.shape[1])
             ld = cfg.ld_alpha
+            if segments is None:
+                seq_ids = torch.arange(2 * P, device=target.device).repeat_interleave(target.shape[1])
+                tail = None if ld is None else ld_tail(target, cfg.ignore_index).reshape(-1)
+            else:
+                seq_ids = segments.ids
+                tail = None if ld is None else packed_ld_tail(target, seq_ids, 2 * P, cfg.ignore_index, n_kept)
             if ld is not None:
-                tail = ld_tail(target, cfg.ignore_index).reshape(-1)
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
@@ -343,7 +366,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
-                sums = sums / (target != cfg.ignore_index).sum(1).clamp_min(1)
+                lens = (target != cfg.ignore_index).sum(1) if segments is None else segments.counts
+                sums = sums / lens.clamp_min(1)
         return sums[:P], sums[P:]
 
 
@@ -371,14 +395,17 @@ def _compute_dtype(cfg, _input):
     return None
 
 
-def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None):
-    if not isinstance(_input, torch.Tensor) or _input.dim() != 3:
-        raise ValueError(f"{prefix}_input must be [2B, T, H] (chosen rows first, then rejected), got "
+def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None, packed=False):
+    arg = "ref_input" if prefix else "_input"
+    if packed:
+        _checks.check_packed_row(_input, target, arg)
+    elif not isinstance(_input, torch.Tensor) or _input.dim() != 3:
+        raise ValueError(f"{arg} must be [2B, T, H] (chosen rows first, then rejected), got "
                          f"{getattr(_input, 'shape', type(_input).__name__)}")
-    if _input.shape[0] == 0 or _input.shape[0] % 2:
-        raise ValueError(f"{prefix}_input has {_input.shape[0]} rows: chosen/rejected pairs need an even, "
+    elif _input.shape[0] == 0 or _input.shape[0] % 2:
+        raise ValueError(f"{arg} has {_input.shape[0]} rows: chosen/rejected pairs need an even, "
                          "non-zero number (chosen rows first, then rejected)")
-    if not isinstance(target, torch.Tensor) or target.dim() != 2:
+    elif not isinstance(target, torch.Tensor) or target.dim() != 2:
         raise ValueError(f"target must be [2B, T], got {getattr(target, 'shape', type(target).__name__)}")
     if compute is not None:
         # Each input is cast to the autocast dtype: check their own dtypes, then the rest on
@@ -388,6 +415,18 @@ def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None):
                 raise ValueError(f"{prefix}{name} dtype {t.dtype} is not supported (float32, bfloat16, float16)")
         _input, weight, bias = (_as_dtype(t, compute) for t in (_input, weight, bias))
     _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False)
+
+
+class _Segments:
+    """A packed row's sequences: ids ([N] int64, checked, see ops.checks.packed_segments), n_seq (2B) and
+    counts (completion tokens per sequence, on the device)."""
+
+    def __init__(self, segment_ids, target, ignore_index, host_counts, sync):
+        given = len(host_counts) if isinstance(host_counts, (list, tuple)) else None  # _counts checks them
+        self.ids, self.n_seq = _checks.packed_segments(segment_ids, target, ignore_index, given, paired=True,
+                                                       sync=sync)
+        keep = (target.reshape(-1) != ignore_index).long()
+        self.counts = torch.zeros(self.n_seq, device=keep.device, dtype=torch.int64).index_add_(0, self.ids, keep)
 
 
 def _as_dtype(t, dtype):

@@ -2,7 +2,8 @@
 FusedLinearKTOLoss): the chunk schedule over a batch's kept rows and the autograd function around it.
 
 Schedule (SPEC section 6): prompt and pad rows are dropped, the kept rows are grouped pair by pair and
-cut into chunks of whole pairs that fit the logits workspace. Per chunk: one logits GEMM into the
+cut into chunks of whole pairs that fit the logits workspace (a packed row's kept rows are grouped the
+same way, by their segment ids, into the same order as the padded layout's). Per chunk: one logits GEMM into the
 workspace; the fused epilogue (logsumexp, label log-prob, per-sequence sums of log-probs and logits,
 and for WPO of log sum p^2); the preference head on the chunk's pairs, which gives each sequence's
 gradient; the in-place dZ kernel; then the dX GEMM (final for these rows) and the dW GEMM, accumulated
@@ -44,6 +45,32 @@ def ld_tail(labels2d: torch.Tensor, ignore_index: int) -> torch.Tensor:
     position = keep.cumsum(1) - 1  # rank of each kept token within its completion
     public = torch.minimum(counts[:P], counts[P:]).repeat(2)
     return position >= public[:, None]
+
+
+def packed_ld_tail(labels: torch.Tensor, segment_ids: torch.Tensor, n_seq: int, ignore_index: int,
+                   n_kept: int) -> torch.Tensor:
+    """ld_tail for a packed row: [N] bool, True for the completion tokens past the pair's shorter completion,
+    each sequence's tokens ranked in row order (a sequence need not be contiguous). segment_ids: [N] int64,
+    every entry in [0, n_seq); n_kept: the number of completion tokens."""
+    lab, seg = labels.reshape(-1), segment_ids.reshape(-1)
+    rows = grouped_rows(lab, seg, n_seq, ignore_index, n_kept)  # completion tokens, sequence by sequence
+    s = seg.index_select(0, rows)
+    counts = torch.zeros(n_seq, device=lab.device, dtype=torch.int64).index_add_(0, s, torch.ones_like(s))
+    rank = torch.arange(n_kept, device=lab.device) - (counts.cumsum(0) - counts).index_select(0, s)
+    P = n_seq // 2
+    public = torch.minimum(counts[:P], counts[P:]).repeat(2).index_select(0, s)
+    return torch.zeros(lab.numel(), device=lab.device, dtype=torch.bool).index_copy_(0, rows, rank >= public)
+
+
+def grouped_rows(labels: torch.Tensor, group: torch.Tensor, n_groups: int, ignore_index: int,
+                 n_kept: int) -> torch.Tensor:
+    """A packed row's kept rows (flat indices) ordered by group ([N] int64 in [0, n_groups)), each group's
+    in row order: one sort of unique keys, as the padded layout's (no nonzero, no host sync)."""
+    lab = labels.reshape(-1)
+    N = lab.numel()
+    key = group * N + torch.arange(N, device=lab.device)
+    key = torch.where(lab != ignore_index, key, key + n_groups * N)  # ignored rows after every kept one
+    return torch.sort(key).indices[:n_kept]
 
 
 class SeqStats:
@@ -327,6 +354,9 @@ class PassOptions:
     compute_dtype: torch.dtype | None
     token_stats: bool
     sync_free: bool
+    # Packed input ([1, N] rows): each token's sequence, [N] int64 in [0, 2B) (ignored tokens' ids made
+    # valid by the caller); None for the padded [2B, T] layout.
+    segment_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -342,9 +372,11 @@ class _PairRows:
     counts: torch.Tensor
 
     @classmethod
-    def of(cls, target, ignore_index, ld_alpha, n_kept):
+    def of(cls, target, ignore_index, ld_alpha, n_kept, segment_ids=None, n_seq=None):
         """n_kept: the number of kept rows, known on the host, so the rows come from one sort of unique
-        keys instead of nonzero (a host sync)."""
+        keys instead of nonzero (a host sync). segment_ids, n_seq: a packed row's (see PassOptions)."""
+        if segment_ids is not None:
+            return cls._packed(target, segment_ids, n_seq, ignore_index, ld_alpha, n_kept)
         n_seq, T = target.shape
         P = n_seq // 2
         dev = target.device
@@ -361,6 +393,24 @@ class _PairRows:
             tail = ld_tail(target, ignore_index).reshape(-1).index_select(0, rows)
             slots, n_slots = seq + tail.long() * n_seq, 2 * n_seq
         return cls(rows, labels, seq, slots, n_slots, keep.sum(1))
+
+    @classmethod
+    def _packed(cls, target, segment_ids, n_seq, ignore_index, ld_alpha, n_kept):
+        """The same grouping for a packed row: the sort key is (pair, chosen/rejected, place in the row),
+        so the kept rows come out in exactly the padded layout's order (and make the same chunks)."""
+        lab = target.reshape(-1)
+        P, s = n_seq // 2, segment_ids
+        keep = lab != ignore_index
+        pair_side = torch.remainder(s, P) * 2 + torch.div(s, P, rounding_mode="floor")
+        rows = grouped_rows(lab, pair_side, n_seq, ignore_index, n_kept)
+        seq = s.index_select(0, rows)
+        labels = lab.index_select(0, rows)
+        slots, n_slots = seq, n_seq
+        if ld_alpha is not None:
+            tail = packed_ld_tail(lab, s, n_seq, ignore_index, n_kept).index_select(0, rows)
+            slots, n_slots = seq + tail.long() * n_seq, 2 * n_seq
+        counts = torch.zeros(n_seq, device=lab.device, dtype=torch.int64).index_add_(0, s, keep.long())
+        return cls(rows, labels, seq, slots, n_slots, counts)
 
 
 def _ld_weighted(sums, sc, sr, n_seq, ld_alpha):
@@ -440,11 +490,12 @@ class FusedPreferenceFn(GradsMadeInForward):
 
     @staticmethod
     def forward(ctx, _input, weight, bias, target, ref_c, ref_r, soft, cfg, opts: PassOptions):
-        n_seq, T, H = _input.shape
+        # [2B, T, H] padded, or one packed row [1, N, H] / [N, H] with opts.segment_ids.
+        n_seq, H = len(opts.host_counts), _input.shape[-1]
         P = n_seq // 2
         x2 = _input.reshape(-1, H)
         w_c, b_c = _in_compute_dtype(weight, bias, _input.dtype if opts.compute_dtype is None else opts.compute_dtype)
-        pairs = _PairRows.of(target, cfg.ignore_index, cfg.ld_alpha, sum(opts.host_counts))
+        pairs = _PairRows.of(target, cfg.ignore_index, cfg.ld_alpha, sum(opts.host_counts), opts.segment_ids, n_seq)
         num_pairs = P if opts.num_pairs is None else opts.num_pairs
         num_chosen_tokens = sum(opts.host_counts[:P]) if opts.num_chosen_tokens is None else opts.num_chosen_tokens
 

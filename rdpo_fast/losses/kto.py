@@ -16,7 +16,7 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats, sequence_logprobs
 from rdpo_fast.ops.schedule import chunk_rows, chunks_of_pairs, kept_rows
 
-from .fused_pass import ChunkPass, Grads, GradsMadeInForward, SeqStats
+from .fused_pass import ChunkPass, Grads, GradsMadeInForward, SeqStats, grouped_rows
 from .head import kto_head
 
 
@@ -48,16 +48,22 @@ class _SequenceHead:
 
 class _FusedKTOFn(GradsMadeInForward):
     @staticmethod
-    def forward(ctx, _input, weight, bias, target, ref_logps, kl, desirable, opts, need_grad, host_counts):
-        B, T, H = _input.shape
+    def forward(ctx, _input, weight, bias, target, ref_logps, kl, desirable, opts, need_grad, host_counts,
+                segment_ids=None):
+        B, H = len(host_counts), _input.shape[-1]
         V = weight.shape[0]
         x2 = _input.reshape(-1, H)
-        # Kept rows in row-major order are sequence by sequence already, so chunks hold whole sequences;
-        # their number, known on the host, spares nonzero's sync.
-        rows = kept_rows(target, opts["ignore_index"], n_kept=sum(host_counts))
-        seq = torch.div(rows, T, rounding_mode="floor")
+        if segment_ids is None:
+            # Kept rows in row-major order are sequence by sequence already, so chunks hold whole
+            # sequences; their number, known on the host, spares nonzero's sync.
+            rows = kept_rows(target, opts["ignore_index"], n_kept=sum(host_counts))
+            seq = torch.div(rows, target.shape[1], rounding_mode="floor")
+            lens = (target != opts["ignore_index"]).sum(1).float()
+        else:  # a packed row: its kept rows grouped sequence by sequence
+            rows = grouped_rows(target, segment_ids, B, opts["ignore_index"], sum(host_counts))
+            seq = segment_ids.index_select(0, rows)
+            lens = torch.tensor(host_counts, device=_input.device, dtype=torch.float32)
         labels = target.reshape(-1).index_select(0, rows)
-        lens = (target != opts["ignore_index"]).sum(1).float()
         stats = SeqStats(B, _input.device, with_sq=False)
         grads = Grads(x2, weight, need_grad, opts["dw_accumulation"])
         chunks = chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
@@ -85,7 +91,10 @@ class FusedLinearKTOLoss(torch.nn.Module):
     completion tokens (Liger sums every padded position, which a pass that skips prompt rows cannot).
     Extra: ref_logps= (precomputed reference log-probs instead of ref_input/ref_weight), num_sequences=
     (the whole batch's count when this call is one micro-batch of it), workspace_budget,
-    dw_accumulation. kl: None, a number, or a tensor with one value or one per sequence; no gradient.
+    dw_accumulation, segment_ids= (packed input: _input one row [1, N, H] or [N, H], target [1, N] or
+    [N], segment_ids with target's shape naming each token's sequence in [0, B); only completion tokens'
+    ids are read; B is the largest of them + 1; ref_input packed alike; results equal the padded
+    layout's). kl: None, a number, or a tensor with one value or one per sequence; no gradient.
     `compiled`, `chunk_size`: accepted, no effect."""
 
     def __init__(self, ignore_index: int = -100, beta: float = 0.1, compiled: bool = True, use_ref_model: bool = False,
@@ -113,15 +122,25 @@ class FusedLinearKTOLoss(torch.nn.Module):
                 bias: torch.Tensor | None = None, preference_labels: torch.Tensor | None = None,
                 ref_input: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
                 ref_bias: torch.Tensor | None = None, kl: float | torch.Tensor | None = None, *,
-                ref_logps: torch.Tensor | None = None, num_sequences: int | None = None) -> tuple:
+                ref_logps: torch.Tensor | None = None, num_sequences: int | None = None,
+                segment_ids: torch.Tensor | None = None) -> tuple:
         self._check_settings()  # Liger reads its attributes at every call; so do we, validated
         ignore_index = int(self.ignore_index)
-        if not isinstance(_input, torch.Tensor) or _input.dim() != 3 or _input.shape[0] == 0:
+        if segment_ids is not None:
+            _checks.check_packed_row(_input, target)
+        elif not isinstance(_input, torch.Tensor) or _input.dim() != 3 or _input.shape[0] == 0:
             raise ValueError(f"_input must be [B, T, H] with B > 0, got {getattr(_input, 'shape', type(_input))}")
-        if not isinstance(target, torch.Tensor) or target.dim() != 2:
+        elif not isinstance(target, torch.Tensor) or target.dim() != 2:
             raise ValueError(f"target must be [B, T], got {getattr(target, 'shape', type(target).__name__)}")
         _checks.check_linear_inputs(_input, lin_weight, target, bias, ignore_index, 1.0, None, check_range=False)
-        B, V = _input.shape[0], lin_weight.shape[0]
+        V = lin_weight.shape[0]
+        keep = target != ignore_index
+        if segment_ids is None:
+            B, dev_counts = _input.shape[0], keep.sum(1)
+        else:
+            segment_ids, B = _checks.packed_segments(segment_ids, target, ignore_index, paired=False)
+            dev_counts = torch.zeros(B, device=target.device, dtype=torch.int64).index_add_(
+                0, segment_ids, keep.reshape(-1).long())
         if preference_labels is None:
             raise ValueError("preference_labels is required: a bool tensor [B], True for desirable sequences")
         if (not isinstance(preference_labels, torch.Tensor) or preference_labels.dtype != torch.bool
@@ -129,8 +148,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
             raise ValueError(f"preference_labels must be a bool tensor of shape [{B}] (True: desirable)")
         if preference_labels.device != _input.device:
             raise ValueError(f"preference_labels is on {preference_labels.device} but _input is on {_input.device}")
-        host = torch.cat([(target != ignore_index).sum(1),
-                          _checks.out_of_range(target, V, ignore_index).view(1)]).tolist()
+        host = torch.cat([dev_counts, _checks.out_of_range(target, V, ignore_index).view(1)]).tolist()
         counts, n_bad = host[:B], host[B]
         if n_bad:
             _checks.raise_out_of_range(target, V, ignore_index, "target")
@@ -139,7 +157,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
                              f"ignore_index={ignore_index}); its log-prob is undefined")
         if num_sequences is not None and (not isinstance(num_sequences, int) or num_sequences <= 0):
             raise ValueError(f"num_sequences must be a positive int (the whole batch's count), got {num_sequences!r}")
-        ref = self._reference(ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index)
+        ref = self._reference(ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index, segment_ids,
+                              dev_counts)
         kl_vec = self._kl(kl, B, _input.device)
         need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
         need = tuple(torch.is_grad_enabled() and n for n in need)
@@ -148,7 +167,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
                     dw_accumulation=self.dw_accumulation)
         with torch.autocast(_input.device.type, enabled=False):
             out = _FusedKTOFn.apply(_input, lin_weight, bias, target, ref, kl_vec, preference_labels, opts, need,
-                                    counts)
+                                    counts, segment_ids)
         return out[0], tuple(out[1:])
 
     @staticmethod
@@ -166,7 +185,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
             raise ValueError("kl must be finite")
         return kl.expand(B).contiguous()
 
-    def _reference(self, ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index):
+    def _reference(self, ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index, segment_ids=None,
+                   counts=None):
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         if not self.use_ref_model:
             if in_pass or ref_logps is not None:
@@ -182,19 +202,24 @@ class FusedLinearKTOLoss(torch.nn.Module):
             return ref_logps.detach().float()
         if ref_input is None or ref_weight is None:
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_logps")
-        if not isinstance(ref_input, torch.Tensor) or ref_input.shape[:2] != target.shape:
-            raise ValueError(f"ref_input must be [B, T, H] like _input, got {getattr(ref_input, 'shape', None)}")
+        if not isinstance(ref_input, torch.Tensor) or ref_input.shape[:-1] != target.shape:
+            layout = "[B, T, H]" if segment_ids is None else "one packed row"
+            raise ValueError(f"ref_input must be laid out like _input ({layout}), got "
+                             f"{getattr(ref_input, 'shape', None)}")
         _checks.check_linear_inputs(ref_input, ref_weight, target, ref_bias, ignore_index, 1.0, None,
                                     check_range=False)
         if ref_weight.shape[0] != V:
             raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: the "
                              "reference must score the same token ids")
         with torch.no_grad():
-            seq_ids = torch.arange(B, device=target.device).repeat_interleave(target.shape[1])
+            if segment_ids is None:
+                seq_ids = torch.arange(B, device=target.device).repeat_interleave(target.shape[1])
+            else:
+                seq_ids = segment_ids
             _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
                                       self.workspace_budget)
             if self.average_log_prob:
-                sums = sums / (target != ignore_index).sum(1)
+                sums = sums / counts
         return sums
 
 

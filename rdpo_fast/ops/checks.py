@@ -98,17 +98,65 @@ def check_logits_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index
 
 
 def check_segment_ids(segment_ids: torch.Tensor, labels: torch.Tensor) -> None:
-    if not isinstance(segment_ids, torch.Tensor):
-        raise TypeError(f"segment_ids must be a torch.Tensor, got {type(segment_ids).__name__}")
-    if segment_ids.is_floating_point() or segment_ids.dtype == torch.bool:
-        raise ValueError(f"segment_ids must be an integer tensor, got dtype {segment_ids.dtype}")
-    if segment_ids.numel() != labels.numel():
-        raise ValueError(f"segment_ids has {segment_ids.numel()} entries but labels has {labels.numel()}; "
-                         "packed rows need one segment id per token")
-    if segment_ids.device != labels.device:
-        raise ValueError(f"segment_ids is on {segment_ids.device} but labels is on {labels.device}")
+    _check_segment_tensor(segment_ids, labels, "labels")
     if bool((segment_ids < 0).any()):
         raise ValueError("segment_ids must be >= 0")
+
+
+def _check_segment_tensor(segment_ids, labels, name):
+    if not isinstance(segment_ids, torch.Tensor):
+        raise TypeError(f"segment_ids must be a torch.Tensor, got {type(segment_ids).__name__}")
+    if segment_ids.is_floating_point() or segment_ids.is_complex() or segment_ids.dtype == torch.bool:
+        raise ValueError(f"segment_ids must be an integer tensor, got dtype {segment_ids.dtype}")
+    if segment_ids.numel() != labels.numel():
+        raise ValueError(f"segment_ids has {segment_ids.numel()} entries but {name} has {labels.numel()}; "
+                         "packed rows need one segment id per token")
+    if segment_ids.device != labels.device:
+        raise ValueError(f"segment_ids is on {segment_ids.device} but {name} is on {labels.device}")
+
+
+def check_packed_row(_input: torch.Tensor, target: torch.Tensor, name: str = "_input") -> None:
+    """A fused loss's packed input (`name`: _input or ref_input): one row, [1, N, H] or [N, H], and target
+    with its leading shape."""
+    shape = getattr(_input, "shape", None)
+    if not isinstance(_input, torch.Tensor) or _input.dim() not in (2, 3) or (_input.dim() == 3 and shape[0] != 1):
+        raise ValueError(f"with segment_ids, {name} must be one packed row [1, N, H] (or [N, H]), got "
+                         f"{tuple(shape) if shape is not None else type(_input).__name__}")
+    if not isinstance(target, torch.Tensor) or tuple(target.shape) != tuple(shape[:-1]):
+        raise ValueError(f"with segment_ids, target must have {name}'s leading shape {tuple(shape[:-1])} "
+                         f"(one label per packed token), got {getattr(target, 'shape', type(target).__name__)}")
+
+
+def packed_segments(segment_ids: torch.Tensor, target: torch.Tensor, ignore_index: int, n_seq: int | None = None,
+                    *, paired: bool, sync: bool = True) -> tuple[torch.Tensor, int]:
+    """The fused losses' packed (padding-free) layout: segment_ids names the sequence of each token of
+    target (paired: chosen 0..B-1, then rejected B..2B-1). Only completion tokens' ids are read (prompt and
+    padding may carry any id, -1 included); they must lie in [0, n_seq), n_seq given (the caller's
+    host_counts) or, when None, the largest of them + 1 (one host read). Returns (ids [N] int64 with
+    every entry a valid index: ignored tokens' set to 0, n_seq). sync=False queues the range check on the
+    device (torch._assert_async) instead of reading it back."""
+    _check_segment_tensor(segment_ids, target, "target")
+    if tuple(segment_ids.shape) != tuple(target.shape):
+        raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)} but target has {tuple(target.shape)}: "
+                         "one sequence id per packed token")
+    keep = target.reshape(-1) != ignore_index
+    seg = segment_ids.reshape(-1).long()
+    if n_seq is None:
+        n_seq = int(torch.where(keep, seg, -1).max()) + 1 if seg.numel() else 0
+    what = "chosen/rejected pairs need an even, non-zero number" if paired else "there must be at least one"
+    if n_seq == 0 or (paired and n_seq % 2):
+        raise ValueError(f"segment_ids name {n_seq} sequences (the largest id of a completion token + 1, or the "
+                         f"number of host_counts): {what}")
+    bad = keep & ((seg < 0) | (seg >= n_seq))
+    layout = " (2B sequences: chosen 0..B-1, then rejected B..2B-1)" if paired else ""
+    msg = f"segment_ids of completion tokens must lie in [0, {n_seq}){layout}"
+    if not sync:
+        torch._assert_async(~bad.any(), msg)
+    elif bool(bad.any()):
+        raise ValueError(f"{msg}; got {int(seg[bad][0])}")
+    # Out-of-range ids (possible only while a queued check has not fired) are clamped, so that no kernel
+    # reads out of bounds before it does.
+    return torch.where(keep, seg, 0).clamp(0, n_seq - 1), n_seq
 
 
 # ---------------------------------------------------------------------------------------- finiteness

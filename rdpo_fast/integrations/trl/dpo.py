@@ -53,8 +53,17 @@ DPOConfig settings (TRL 1.16), each honoured or refused by name at construction:
                      "ref" adapter when the policy came with one); prompt-learning PEFT refused
     sync_ref_model, ref_model_mixup_alpha, ref_model_sync_steps
                      honoured (TRL's callback updates the reference model we score with)
-    max_length, truncation_mode, pad_to_multiple_of, padding_free
-                     TRL's collator builds the batch (padding_free falls back to padding, as TRL 1.16 does)
+    max_length, truncation_mode, pad_to_multiple_of
+                     TRL's collator builds the batch
+    padding_free     honoured (TRL 1.16 turns it off for DPO): TRL's collator's batch is packed into one row,
+                     no padding, position_ids restarting per sequence, flash-attention's cu_seq_lens (see
+                     padding_free.py); the policy, every reference path (the precompute pass included) and
+                     the fused loss (through its segment ids) run packed, with the padded step's losses,
+                     gradients and metrics. pad_to_multiple_of then pads the packed row, as TRL's SFT does.
+                     Refused with it: a custom data_collator, compute_metrics (its logits would be one
+                     packed row), accelerator_config split_batches / dispatch_batches (they split batches
+                     along dim 0), and an attention implementation other than eager, sdpa, flex_attention
+                     or a flash attention (the ones that keep each packed sequence to itself)
     disable_dropout, activation_offloading, gradient_checkpointing, model_init_kwargs, dataset_num_proc,
     trust_remote_code, precompute_ref_batch_size
                      honoured (TRL's own code)
@@ -96,6 +105,7 @@ from rdpo_fast.losses import table as lt
 from rdpo_fast.losses.fused import LENGTH_NORMALISED, FusedLinearPreferenceLoss
 from rdpo_fast.models import loading as modeling
 
+from .padding_free import MASKED_ATTENTION, PackedPreferenceCollator, loss_layout, real_tokens, sequence_starts
 from .patching import UnsupportedSetting, install_fused_forward, refuse, unwrap
 from rdpo_fast.losses.metrics import pair_values, token_means
 
@@ -168,17 +178,49 @@ def check_training_args(args: Any) -> None:
                 "yourself outside the trainer if you need to")
 
 
+def check_padding_free(args: Any, data_collator: Any = None, compute_metrics: Any = None) -> None:
+    """What padding_free=True cannot be combined with, refused by name."""
+    if not getattr(args, "padding_free", False):
+        return
+    if data_collator is not None:
+        _refuse("data_collator", type(data_collator).__name__, "with padding_free=True the trainer packs TRL's "
+                "own collator's batches (as TRL's SFTTrainer, it takes no custom collator then)")
+    if compute_metrics is not None:
+        _refuse("compute_metrics", getattr(compute_metrics, "__name__", type(compute_metrics).__name__),
+                "with padding_free=True the logits it would receive are one packed row, not TRL's [2B, T] "
+                "layout of chosen then rejected rows")
+    acc = getattr(args, "accelerator_config", None)
+    for name in ("split_batches", "dispatch_batches"):
+        if getattr(acc, name, None):
+            _refuse(f"accelerator_config.{name}", True, "it splits batches along their first dimension across "
+                    "processes, and a padding-free batch is a single packed row")
+
+
+def check_packed_attention(model: Any, role: str) -> None:
+    """padding_free=True needs an attention that keeps each packed sequence to itself."""
+    from transformers.utils.generic import is_flash_attention_requested
+
+    config = unwrap(model).config.get_text_config()
+    impl = config._attn_implementation
+    if impl in MASKED_ATTENTION or is_flash_attention_requested(config):
+        return
+    _refuse(f"attn_implementation ({role})", impl, "with padding_free=True attention must stay within each packed "
+            f"sequence: {', '.join(MASKED_ATTENTION)} (transformers' packed-sequence mask from position_ids) or "
+            "a flash attention (its varlen kernel)")
+
+
 # ---------------------------------------------------------------------------------------- scoring
-def _score_sequences(module, hidden, labels, weight, bias, ld_alpha):
+def _score_sequences(module, hidden, labels, weight, bias, ld_alpha, inputs):
     """(chosen, rejected) sums of the next-token log-probs of `labels` (hidden states and labels
-    unshifted) under the module's logit transform (with ld_alpha, LD-DPO's weighting), forward only.
-    Scored by the fused loss itself, reference-free and under no_grad, so a reference pass over the
-    policy's own weights gives bit for bit the policy's sums (the first step's rewards are then exactly
-    0, as in TRL)."""
+    unshifted, padded or packed as `inputs` says) under the module's logit transform (with ld_alpha,
+    LD-DPO's weighting), forward only. Scored by the fused loss itself, reference-free and under no_grad,
+    so a reference pass over the policy's own weights gives bit for bit the policy's sums (the first
+    step's rewards are then exactly 0, as in TRL)."""
     scorer = FusedLinearPreferenceLoss(loss_type="sigmoid", beta=1.0, use_ref_model=False, ld_alpha=ld_alpha,
                                        autocast="follow", **modeling.logit_transform(module).kernel_args())
+    x, target, layout = loss_layout(hidden, labels, inputs)
     with torch.no_grad():
-        _, aux = scorer(weight, hidden[:, :-1], labels[:, 1:], bias)
+        _, aux = scorer(weight, x, target, bias, **layout)
     return aux[0], aux[1]
 
 
@@ -188,16 +230,31 @@ class FusedDPOTrainer(DPOTrainer):
     honoured and refused). Same constructor as DPOTrainer."""
 
     def __init__(self, *args, **kwargs):
-        given = kwargs.get("args", args[2] if len(args) > 2 else None)
-        if given is not None:
+        def given(name, position):
+            return kwargs.get(name, args[position] if len(args) > position else None)
+
+        config = given("args", 2)
+        if config is not None:
             # Settings first, so a refused one fails before any dataset is tokenised or reference scored.
-            loss_options(given)
-            check_training_args(given)
+            loss_options(config)
+            check_training_args(config)
+            check_padding_free(config, given("data_collator", 3), given("compute_metrics", 7))
         if Version(trl.__version__) != Version(TESTED_TRL_VERSION):
             warnings.warn(f"rdpo_fast's TRL integration is tested with TRL {TESTED_TRL_VERSION}; you have "
                           f"{trl.__version__}", stacklevel=2)
         self._rdpo_model_checked = False
-        super().__init__(*args, **kwargs)
+        self._rdpo_padding_free = bool(config is not None and config.padding_free)
+        # TRL 1.16 would warn that padding_free is disabled and fall back to padding: the packing is ours
+        # (_rdpo_pack_batches), so TRL sees it off while it builds its padded collator.
+        if self._rdpo_padding_free:
+            config.padding_free = False
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self._rdpo_padding_free:
+                config.padding_free = True
+        self.padding_free = self._rdpo_padding_free
+        self._rdpo_pack_batches()
         self._rdpo_check_model()
         self._rdpo_loss = FusedLinearPreferenceLoss(**loss_options(self.args),
                                                     **modeling.logit_transform(unwrap(self.model)).kernel_args())
@@ -216,7 +273,19 @@ class FusedDPOTrainer(DPOTrainer):
         if peft_cfg and any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
             raise UnsupportedSetting("FusedDPOTrainer: prompt-learning PEFT (virtual tokens) is not "
                                      "supported; use LoRA-style adapters")
+        if self._rdpo_padding_free:
+            check_packed_attention(self.model, "model")
+            if self.ref_model is not None:
+                check_packed_attention(self.ref_model, "ref_model")
         self._rdpo_model_checked = True
+
+    def _rdpo_pack_batches(self):
+        """padding_free=True: TRL's collator's batches packed into one row each. Installed before TRL's
+        precompute pass (which runs inside DPOTrainer.__init__) and again after __init__ (idempotent)."""
+        collator = self.data_collator
+        if self._rdpo_padding_free and not isinstance(collator, PackedPreferenceCollator):
+            self.data_collator = PackedPreferenceCollator(collator, collator.pad_token_id,
+                                                          self.args.pad_to_multiple_of)
 
     # -- the reference ------------------------------------------------------------------------------
     def _rdpo_score(self, model, model_kwargs, labels):
@@ -224,7 +293,7 @@ class FusedDPOTrainer(DPOTrainer):
         install_fused_forward(model)
 
         def score(module, hidden, labels, weight, bias):
-            return _score_sequences(module, hidden, labels, weight, bias, self.ld_alpha)
+            return _score_sequences(module, hidden, labels, weight, bias, self.ld_alpha, model_kwargs)
 
         with torch.no_grad():
             return model(**model_kwargs, labels=labels, rdpo_fused=score)
@@ -255,6 +324,7 @@ class FusedDPOTrainer(DPOTrainer):
         # TRL's own head, or with another ld_alpha, would be reused silently. Key ours apart.
         from datasets.fingerprint import Hasher
 
+        self._rdpo_pack_batches()  # the reference runs packed too
         model_hash = self._precompute_model_hash
         self._precompute_model_hash = Hasher.hash((model_hash, "rdpo_fast.FusedDPOTrainer", self.ld_alpha))
         try:
@@ -283,7 +353,7 @@ class FusedDPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         normalising = [n for n, _ in self._rdpo_loss.cfg.members if n in LENGTH_NORMALISED]
-        if normalising and bool(completion_mask[:, 0].any()):
+        if normalising and bool(sequence_starts(inputs, completion_mask).any()):
             # TRL counts a completion that starts at position 0 one token longer than the tokens it scores.
             raise ValueError("FusedDPOTrainer: an example has an empty prompt; with loss_type "
                              f"{normalising[0]!r} TRL's length would count a token no model scores")
@@ -291,8 +361,9 @@ class FusedDPOTrainer(DPOTrainer):
         loss_fn = self._rdpo_loss
 
         def fused(module, hidden, labels, weight, bias):
-            return loss_fn(weight, hidden[:, :-1], labels[:, 1:], bias, ref_chosen_logps=ref_chosen,
-                           ref_rejected_logps=ref_rejected, return_token_stats=True)
+            x, target, layout = loss_layout(hidden, labels, inputs)
+            return loss_fn(weight, x, target, bias, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
+                           return_token_stats=True, **layout)
 
         install_fused_forward(model)
         loss, aux, stats = model(**model_kwargs, labels=labels, rdpo_fused=fused)
@@ -319,7 +390,8 @@ class FusedDPOTrainer(DPOTrainer):
         total = acc.gather_for_metrics(n_tok).sum()
         m["entropy"].append((entropy_sum / total).item() if total > 0 else 0.0)
         if mode == "train":
-            self._total_train_tokens += acc.gather_for_metrics(inputs["attention_mask"].sum()).sum().item() \
+            n_seq = 2 * aux[0].numel()
+            self._total_train_tokens += acc.gather_for_metrics(real_tokens(inputs, n_seq)).sum().item() \
                 // self._tp_size
         m["num_tokens"] = [self._total_train_tokens]
         for (key, mean), count in zip(token_means(aux).items(), (n_chosen, n_rejected)):
