@@ -14,10 +14,16 @@ Normalisation, exact under gradient accumulation: the loss is
 where num_pairs and num_chosen_tokens default to this batch's own counts. To split a batch into k
 micro-batches, pass the whole batch's counts to every call: the k losses (and gradients) then sum to
 the whole batch's exactly (aot's sorting excepted: it ranks within each call).
+
+Parallel calls (SPEC section 9; forward's process_group, vocab_start, sequence_parallel_group): a
+vocabulary-sharded lm_head (tensor parallelism) gives every rank the whole batch's loss, log-probs and
+d _input, and the gradient of its own weight slice; sequence-sharded inputs (context parallelism) give
+every rank the whole batch's loss (counted once) and its own tokens' gradients. See forward.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,8 +31,12 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats
 
 from . import table as lt
-from .fused_pass import FusedPreferenceFn, PassOptions, ld_tail
+from .fused_pass import FusedPreferenceFn, PassOptions, check_nonempty, ld_tail, parallel_call, parallel_layout
 from .head import check_head_options
+
+if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
+    from torch.distributed import ProcessGroup
+
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
                   "average_log_prob", "chunk_size", "loss_type", "label_smoothing", "discopop_tau")
@@ -204,7 +214,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
                 soft_labels: torch.Tensor | None = None, num_pairs: int | None = None,
                 num_chosen_tokens: int | None = None, return_token_stats: bool = False,
-                host_counts: list[int] | None = None) -> tuple:
+                host_counts: list[int] | None = None, process_group: ProcessGroup | None = None,
+                vocab_start: int | None = None, sequence_parallel_group: ProcessGroup | None = None) -> tuple:
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
@@ -218,17 +229,60 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         next sync, as a device-side error); where syncs cost nothing (CPU) they are checked exactly,
         with a ValueError naming host_counts. Results are identical with and without them. On CUDA
         backward then makes no host sync either: it scales the gradients in place on the device, so a
-        second backward through the same call (retain_graph) raises a RuntimeError."""
+        second backward through the same call (retain_graph) raises a RuntimeError.
+
+        Vocabulary-parallel (tensor-parallel lm_head): lin_weight (and bias) a DTensor sharded Shard(0)
+        over one mesh dimension, or this rank's plain slice with process_group= and vocab_start= (its
+        first token id); _input and target the same on every rank of that group (plain, or Replicate
+        DTensors); target's labels in [0, whole V). ref_weight may be sharded likewise (a plain one
+        with the same process_group and vocab_start) or whole. Every rank returns the whole batch's
+        loss and metrics; backward gives each rank the whole d _input and the gradient of its own
+        weight slice (a Shard(0) DTensor for a DTensor weight). Each chunk makes one all-gather of
+        3 floats a row (4 with use_weighting); d _input one all-reduce of its kept rows (fp32) per
+        call. return_token_stats is refused there (TRL's token accuracy needs each token's argmax
+        over the whole vocabulary, which the per-chunk statistics do not carry).
+        sequence_parallel_group: each rank of the group holds some tokens of every sequence (_input
+        [2B, T_r, H], target [2B, T_r]: the same 2B rows, this rank's T_r positions; prompt and pad
+        positions ignore_index as usual; a rank may hold no completion token of a row). The per-
+        sequence sums are summed over the group before the head, so every rank returns the whole
+        batch's loss and metrics, equal to one process's over the whole sequences; the loss counts
+        once. When every rank calls backward, each rank's d _input is exactly that of its own tokens,
+        and its weight gradient is its own tokens' part: the data-parallel reduction over the
+        sequence-parallel ranks must SUM them (with an averaging reduction such as DDP's, scale the
+        loss by the number of sequence-parallel ranks). ld_alpha is refused there (LD-DPO's tail
+        needs each token's position in its whole completion). Both compose (a TP x SP mesh). Every
+        rank of both groups must make the call alike; host_counts (this rank's own counts) then do
+        not make it sync-free: the ranks' counts are gathered to plan the same chunks everywhere."""
         cfg = self.cfg
+        (_input, lin_weight, target, bias, ref_input, ref_weight, ref_bias), (vocab, ref_vocab, sp) = parallel_call(
+            _input, lin_weight, target, bias, ref_input, ref_weight, ref_bias, process_group=process_group,
+            vocab_start=vocab_start, sequence_parallel_group=sequence_parallel_group)
+        if vocab is not None and return_token_stats:
+            raise ValueError("return_token_stats=True with a vocabulary-sharded lin_weight: TRL's token accuracy needs "
+                             "each token's argmax over the whole vocabulary (ties to the lowest id), which the "
+                             "per-chunk combination of the ranks' (logsumexp, label logit, logit sum) does not "
+                             "carry; leave it False, or compute the metrics with a whole lm_head")
+        if sp is not None and cfg.ld_alpha is not None:
+            raise ValueError("ld_alpha with sequence_parallel_group: LD-DPO weights the tokens past the pair's "
+                             "shorter completion, which needs each token's position in its whole completion; a "
+                             "sequence-parallel rank holds only some of them (context-parallel layouts are not "
+                             "contiguous). Run LD-DPO with whole sequences per rank")
         compute = _compute_dtype(cfg, _input)
-        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute)
+        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute, vocab=vocab)
         n_seq = _input.shape[0]
         P = n_seq // 2
-        V = lin_weight.shape[0]
-        sync = host_counts is None or _syncs_free(_input.device)
-        counts = self._counts(target, V, host_counts, sync)
+        V = lin_weight.shape[0] if vocab is None else vocab.vocab_size
+        # A parallel call reads small gathered tensors on the host anyway (its chunk plan must agree
+        # with its peers'), so it checks host_counts exactly.
+        sync = host_counts is None or _syncs_free(_input.device) or vocab is not None or sp is not None
+        counts = self._counts(target, V, host_counts, sync, whole=sp is None)
+        layout = parallel_layout(vocab, sp, counts, target.device)
+        seq_counts = counts if layout is None else layout.counts(counts)
+        if sp is not None:
+            check_nonempty(seq_counts, cfg.ignore_index)
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts))
+                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts), ref_vocab=ref_vocab,
+                                       sequence_group=sp, seq_counts=seq_counts)
         if soft_labels is not None:
             if not cfg.reads_soft_labels:
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not "
@@ -256,7 +310,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         # inside, so it cannot recast the workspace.
         opts = PassOptions(num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens, need_grad=need,
                            host_counts=counts, compute_dtype=compute, token_stats=return_token_stats,
-                           sync_free=not sync)
+                           sync_free=not sync, parallel=layout)
         with torch.autocast(_input.device.type, enabled=False):
             out = FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg, opts)
         if finite:
@@ -266,10 +320,11 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             return out[0], aux
         stats = out[8]
         return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
-                             "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
+                             "num_tokens": sum(seq_counts), "num_chosen_tokens": sum(seq_counts[:P])}
 
-    def _counts(self, target, V, host_counts, sync):
-        """Completion tokens per row of target (host ints), the labels' range checked."""
+    def _counts(self, target, V, host_counts, sync, whole=True):
+        """Completion tokens per row of target (host ints), the labels' range checked. whole: the rows are
+        whole sequences, each of which needs a completion token (a sequence-parallel rank's need not)."""
         cfg = self.cfg
         n_seq = target.shape[0]
         dev_counts = (target != cfg.ignore_index).sum(1)
@@ -294,13 +349,14 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             want = torch.tensor(counts, dtype=dev_counts.dtype).to(target.device, non_blocking=True)
             _require((bad == 0) & (dev_counts == want).all(), "target holds labels outside [0, V) that are not "
                      "ignore_index, or host_counts differ from target's completion-token counts", sync=False)
-        if 0 in counts:
-            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
-                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        if whole:
+            check_nonempty(counts, cfg.ignore_index)
         return counts
 
     def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
-                   compute=None, n_kept=None):
+                   compute=None, n_kept=None, ref_vocab=None, sequence_group=None, seq_counts=None):
+        """The reference log-probs [P], [P]: given, or from the in-pass reference (forward only; ref_vocab:
+        ref_weight's VocabShard; sequence_group: sums over it; seq_counts: whole sequences' counts)."""
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -324,9 +380,10 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         if ref_input is None or ref_weight is None:
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_chosen_logps and "
                              "ref_rejected_logps")
-        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute)
-        if ref_weight.shape[0] != V:
-            raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: "
+        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute, vocab=ref_vocab)
+        ref_V = ref_weight.shape[0] if ref_vocab is None else ref_vocab.vocab_size
+        if ref_V != V:
+            raise ValueError(f"ref_weight has a vocabulary of {ref_V}, lin_weight of {V}: "
                              "the reference must score the same token ids")
         with torch.no_grad():
             if compute is not None:
@@ -339,11 +396,14 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
-                                      cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
+                                      cfg.softcap, cfg.workspace_budget, n_kept=n_kept, vocab_shard=ref_vocab,
+                                      sequence_parallel_group=sequence_group)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
-                sums = sums / (target != cfg.ignore_index).sum(1).clamp_min(1)
+                lens = (target != cfg.ignore_index).sum(1) if sequence_group is None else torch.tensor(
+                    seq_counts, device=target.device)
+                sums = sums / lens.clamp_min(1)
         return sums[:P], sums[P:]
 
 
@@ -371,7 +431,8 @@ def _compute_dtype(cfg, _input):
     return None
 
 
-def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None):
+def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None, vocab=None):
+    """vocab: weight's VocabShard when it is one rank's slice (which may be empty), else None."""
     if not isinstance(_input, torch.Tensor) or _input.dim() != 3:
         raise ValueError(f"{prefix}_input must be [2B, T, H] (chosen rows first, then rejected), got "
                          f"{getattr(_input, 'shape', type(_input).__name__)}")
@@ -387,7 +448,8 @@ def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None):
             if isinstance(t, torch.Tensor) and t.dtype not in _checks.FLOAT_DTYPES:
                 raise ValueError(f"{prefix}{name} dtype {t.dtype} is not supported (float32, bfloat16, float16)")
         _input, weight, bias = (_as_dtype(t, compute) for t in (_input, weight, bias))
-    _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False)
+    _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False,
+                                vocab_size=None if vocab is None else vocab.vocab_size)
 
 
 def _as_dtype(t, dtype):
