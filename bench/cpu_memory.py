@@ -18,7 +18,7 @@ import sys
 from bench.cases import CPU_SHAPES, DPO_CASES, LOGPROB_CASES
 
 
-def _status_mib(field):
+def status_mib(field):
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -26,7 +26,7 @@ def _status_mib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak():
+def reset_peak():
     """Reset the kernel's resident-set high-water mark (VmHWM) to the current resident set, so the peak
     read after the run belongs to the run alone, not to imports or warm-up before it."""
     with open("/proc/self/clear_refs", "w") as f:
@@ -43,10 +43,10 @@ def _child(name, shape):
     small["n" if "n" in small else "t"] = 8
     run_case(name, make_inputs(name, small))  # warm code paths and the allocator
     inp = make_inputs(name, shape)
-    _reset_peak()
-    base = _status_mib("VmRSS")
+    reset_peak()
+    base = status_mib("VmRSS")
     run_case(name, inp)
-    print(json.dumps({"case": name, "peak_mib": _status_mib("VmHWM") - base, "backend": backend(inp["hidden"])}))
+    print(json.dumps({"case": name, "peak_mib": status_mib("VmHWM") - base, "backend": backend(inp["hidden"])}))
 
 
 def measure(name, shape, env=None):

@@ -18,10 +18,16 @@ Normalisation, exact under gradient accumulation: the loss is
 where num_pairs and num_chosen_tokens default to this batch's own counts. To split a batch into k
 micro-batches, pass the whole batch's counts to every call: the k losses (and gradients) then sum to
 the whole batch's exactly (aot's sorting excepted: it ranks within each call).
+
+Parallel calls (SPEC section 9; forward's process_group, vocab_start, sequence_parallel_group): a
+vocabulary-sharded lm_head (tensor parallelism) gives every rank the whole batch's loss, log-probs and
+d _input, and the gradient of its own weight slice; sequence-sharded inputs (context parallelism) give
+every rank the whole batch's loss (counted once) and its own tokens' gradients. See forward.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,8 +35,13 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats
 
 from . import table as lt
-from .fused_pass import FusedPreferenceFn, PassOptions, ld_tail, packed_ld_tail
+from .fused_pass import (FusedPreferenceFn, PassOptions, check_nonempty, ld_tail, packed_ld_tail, parallel_call,
+                         parallel_layout)
 from .head import check_head_options
+
+if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
+    from torch.distributed import ProcessGroup
+
 
 LIGER_KEYWORDS = ("ignore_index", "beta", "alpha", "compute_nll_loss", "compiled", "use_ref_model",
                   "average_log_prob", "chunk_size", "loss_type", "label_smoothing", "discopop_tau")
@@ -208,7 +219,9 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
                 soft_labels: torch.Tensor | None = None, num_pairs: int | None = None,
                 num_chosen_tokens: int | None = None, return_token_stats: bool = False,
-                host_counts: list[int] | None = None, segment_ids: torch.Tensor | None = None) -> tuple:
+                host_counts: list[int] | None = None, segment_ids: torch.Tensor | None = None,
+                process_group: ProcessGroup | None = None, vocab_start: int | None = None,
+                sequence_parallel_group: ProcessGroup | None = None) -> tuple:
         """Returns (loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
         nll_loss, chosen_rewards, rejected_rewards)). num_pairs / num_chosen_tokens: the whole batch's
         counts when this call is one micro-batch of it (see the module docstring).
@@ -230,19 +243,66 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         ignore_index are not read (padding may carry any id, -1 included). B comes from host_counts (its
         2B entries, one per sequence) when given, else from the largest id of a completion token (one
         host read). ref_input, when given, is packed like _input. Results equal the padded layout's
-        (the kept rows are grouped into the same order); gradients reach the packed rows."""
+        (the kept rows are grouped into the same order); gradients reach the packed rows.
+
+        Vocabulary-parallel (tensor-parallel lm_head): lin_weight (and bias) a DTensor sharded Shard(0)
+        over one mesh dimension, or this rank's plain slice with process_group= and vocab_start= (its
+        first token id); _input and target the same on every rank of that group (plain, or Replicate
+        DTensors); target's labels in [0, whole V). ref_weight may be sharded likewise (a plain one
+        with the same process_group and vocab_start) or whole. Every rank returns the whole batch's
+        loss and metrics; backward gives each rank the whole d _input and the gradient of its own
+        weight slice (a Shard(0) DTensor for a DTensor weight). Each chunk makes one all-gather of
+        3 floats a row (4 with use_weighting); d _input one all-reduce of its kept rows (fp32) per
+        call. return_token_stats is refused there (TRL's token accuracy needs each token's argmax
+        over the whole vocabulary, which the per-chunk statistics do not carry).
+        sequence_parallel_group: each rank of the group holds some tokens of every sequence (_input
+        [2B, T_r, H], target [2B, T_r]: the same 2B rows, this rank's T_r positions; prompt and pad
+        positions ignore_index as usual; a rank may hold no completion token of a row). The per-
+        sequence sums are summed over the group before the head, so every rank returns the whole
+        batch's loss and metrics, equal to one process's over the whole sequences; the loss counts
+        once. When every rank calls backward, each rank's d _input is exactly that of its own tokens,
+        and its weight gradient is its own tokens' part: the data-parallel reduction over the
+        sequence-parallel ranks must SUM them (with an averaging reduction such as DDP's, scale the
+        loss by the number of sequence-parallel ranks). ld_alpha is refused there (LD-DPO's tail
+        needs each token's position in its whole completion). Both compose (a TP x SP mesh). Every
+        rank of both groups must make the call alike; host_counts (this rank's own counts) then do
+        not make it sync-free: the ranks' counts are gathered to plan the same chunks everywhere. A packed row
+        (segment_ids) is not taken by a parallel call yet."""
         cfg = self.cfg
+        (_input, lin_weight, target, bias, ref_input, ref_weight, ref_bias), (vocab, ref_vocab, sp) = parallel_call(
+            _input, lin_weight, target, bias, ref_input, ref_weight, ref_bias, process_group=process_group,
+            vocab_start=vocab_start, sequence_parallel_group=sequence_parallel_group)
+        if vocab is not None and return_token_stats:
+            raise ValueError("return_token_stats=True with a vocabulary-sharded lin_weight: TRL's token accuracy needs "
+                             "each token's argmax over the whole vocabulary (ties to the lowest id), which the "
+                             "per-chunk combination of the ranks' (logsumexp, label logit, logit sum) does not "
+                             "carry; leave it False, or compute the metrics with a whole lm_head")
+        if sp is not None and cfg.ld_alpha is not None:
+            raise ValueError("ld_alpha with sequence_parallel_group: LD-DPO weights the tokens past the pair's "
+                             "shorter completion, which needs each token's position in its whole completion; a "
+                             "sequence-parallel rank holds only some of them (context-parallel layouts are not "
+                             "contiguous). Run LD-DPO with whole sequences per rank")
         compute = _compute_dtype(cfg, _input)
         packed = segment_ids is not None
-        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute, packed=packed)
-        V = lin_weight.shape[0]
-        sync = host_counts is None or _syncs_free(_input.device)
+        if packed and (vocab is not None or sp is not None):
+            raise ValueError("segment_ids (a packed row) with process_group or sequence_parallel_group: a packed row in "
+                             "a parallel call is not supported yet; pass the padded [2B, T, H] layout there")
+        _check_batch(_input, lin_weight, target, bias, cfg, compute=compute, vocab=vocab, packed=packed)
+        V = lin_weight.shape[0] if vocab is None else vocab.vocab_size
+        # A parallel call reads small gathered tensors on the host anyway (its chunk plan must agree
+        # with its peers'), so it checks host_counts exactly.
+        sync = host_counts is None or _syncs_free(_input.device) or vocab is not None or sp is not None
         segments = _Segments(segment_ids, target, cfg.ignore_index, host_counts, sync) if packed else None
         n_seq = segments.n_seq if packed else _input.shape[0]
         P = n_seq // 2
-        counts = self._counts(target, V, host_counts, sync, segments)
+        counts = self._counts(target, V, host_counts, sync, whole=sp is None, segments=segments)
+        layout = parallel_layout(vocab, sp, counts, target.device)
+        seq_counts = counts if layout is None else layout.counts(counts)
+        if sp is not None:
+            check_nonempty(seq_counts, cfg.ignore_index)
         ref_c, ref_r = self._reference(ref_input, ref_weight, ref_bias, target, ref_chosen_logps,
-                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts), segments=segments)
+                                       ref_rejected_logps, P, V, compute, n_kept=sum(counts), ref_vocab=ref_vocab,
+                                       sequence_group=sp, seq_counts=seq_counts, segments=segments)
         if soft_labels is not None:
             if not cfg.reads_soft_labels:
                 raise ValueError(f"soft_labels are read by loss_type 'rdpo' (or 'sigmoid'), not "
@@ -270,7 +330,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         # inside, so it cannot recast the workspace.
         opts = PassOptions(num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens, need_grad=need,
                            host_counts=counts, compute_dtype=compute, token_stats=return_token_stats,
-                           sync_free=not sync, segment_ids=segments.ids if packed else None)
+                           sync_free=not sync, segment_ids=segments.ids if packed else None, parallel=layout)
         with torch.autocast(_input.device.type, enabled=False):
             out = FusedPreferenceFn.apply(_input, lin_weight, bias, target, ref_c, ref_r, soft_labels, cfg, opts)
         if finite:
@@ -280,11 +340,12 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             return out[0], aux
         stats = out[8]
         return out[0], aux, {"entropy_sum": stats[0], "chosen_top1": stats[1],
-                             "num_tokens": sum(counts), "num_chosen_tokens": sum(counts[:P])}
+                             "num_tokens": sum(seq_counts), "num_chosen_tokens": sum(seq_counts[:P])}
 
-    def _counts(self, target, V, host_counts, sync, segments=None):
+    def _counts(self, target, V, host_counts, sync, whole=True, segments=None):
         """Completion tokens per sequence (a row of target, or a packed row's segment; host ints), the
-        labels' range checked."""
+        labels' range checked. whole: the rows are whole sequences, each of which needs a completion token
+        (a sequence-parallel rank's need not)."""
         cfg = self.cfg
         if segments is None:
             n_seq, unit = target.shape[0], "row"
@@ -312,13 +373,15 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             want = torch.tensor(counts, dtype=dev_counts.dtype).to(target.device, non_blocking=True)
             _require((bad == 0) & (dev_counts == want).all(), "target holds labels outside [0, V) that are not "
                      "ignore_index, or host_counts differ from target's completion-token counts", sync=False)
-        if 0 in counts:
-            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
-                             f"are ignore_index={cfg.ignore_index}); its log-prob is undefined")
+        if whole:
+            check_nonempty(counts, cfg.ignore_index)
         return counts
 
     def _reference(self, ref_input, ref_weight, ref_bias, target, ref_chosen_logps, ref_rejected_logps, P, V,
-                   compute=None, n_kept=None, segments=None):
+                   compute=None, n_kept=None, ref_vocab=None, sequence_group=None, seq_counts=None, segments=None):
+        """The reference log-probs [P], [P]: given, or from the in-pass reference (forward only; ref_vocab:
+        ref_weight's VocabShard; sequence_group: sums over it; seq_counts: whole sequences' counts;
+        segments: a packed row's sequences)."""
         cfg = self.cfg
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         given = ref_chosen_logps is not None or ref_rejected_logps is not None
@@ -342,10 +405,11 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         if ref_input is None or ref_weight is None:
             raise ValueError("use_ref_model=True needs ref_input and ref_weight, or ref_chosen_logps and "
                              "ref_rejected_logps")
-        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute,
+        _check_batch(ref_input, ref_weight, target, ref_bias, cfg, prefix="ref_", compute=compute, vocab=ref_vocab,
                      packed=segments is not None)
-        if ref_weight.shape[0] != V:
-            raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: "
+        ref_V = ref_weight.shape[0] if ref_vocab is None else ref_vocab.vocab_size
+        if ref_V != V:
+            raise ValueError(f"ref_weight has a vocabulary of {ref_V}, lin_weight of {V}: "
                              "the reference must score the same token ids")
         with torch.no_grad():
             if compute is not None:
@@ -362,11 +426,17 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 seq_ids = seq_ids + tail.long() * 2 * P
             _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids,
                                       4 * P if ld is not None else 2 * P, cfg.ignore_index, cfg.temperature,
-                                      cfg.softcap, cfg.workspace_budget, n_kept=n_kept)
+                                      cfg.softcap, cfg.workspace_budget, n_kept=n_kept, vocab_shard=ref_vocab,
+                                      sequence_parallel_group=sequence_group)
             if ld is not None:
                 sums = sums[: 2 * P] + ld * sums[2 * P:]
             if cfg.average_log_prob:
-                lens = (target != cfg.ignore_index).sum(1) if segments is None else segments.counts
+                if segments is not None:
+                    lens = segments.counts
+                elif sequence_group is not None:
+                    lens = torch.tensor(seq_counts, device=target.device)
+                else:
+                    lens = (target != cfg.ignore_index).sum(1)
                 sums = sums / lens.clamp_min(1)
         return sums[:P], sums[P:]
 
@@ -395,7 +465,9 @@ def _compute_dtype(cfg, _input):
     return None
 
 
-def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None, packed=False):
+def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None, vocab=None, packed=False):
+    """vocab: weight's VocabShard when it is one rank's slice (which may be empty), else None. packed: _input is
+    one packed row (segment_ids)."""
     arg = "ref_input" if prefix else "_input"
     if packed:
         _checks.check_packed_row(_input, target, arg)
@@ -414,7 +486,8 @@ def _check_batch(_input, weight, target, bias, cfg, prefix="", compute=None, pac
             if isinstance(t, torch.Tensor) and t.dtype not in _checks.FLOAT_DTYPES:
                 raise ValueError(f"{prefix}{name} dtype {t.dtype} is not supported (float32, bfloat16, float16)")
         _input, weight, bias = (_as_dtype(t, compute) for t in (_input, weight, bias))
-    _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False)
+    _checks.check_linear_inputs(_input, weight, target, bias, cfg.ignore_index, 1.0, None, check_range=False,
+                                vocab_size=None if vocab is None else vocab.vocab_size)
 
 
 class _Segments:

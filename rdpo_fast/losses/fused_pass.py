@@ -21,19 +21,31 @@ Backward multiplies the gradients made in forward by the loss's upstream gradien
 no host sync (host_counts on a device where a sync waits), it does so in place on the device and
 without reading that gradient (ops.scale: a launch that returns at once when it is 1); otherwise it
 reads it once, skips the multiplication when it is 1, and allows a second backward (retain_graph).
+
+Parallel calls (PassParallel; the collectives and their maths are rdpo_fast.ops.parallel's): over a
+vocabulary-sharded weight every chunk's forward epilogue makes one all-gather of O(rows) floats that
+gives the whole vocabulary's logsumexp and log-probs on every rank, dZ and dW stay on the local slice,
+and dX, kept in fp32 for the kept rows, is summed over the group by one all-reduce after the last
+chunk. Over sequence-parallel ranks each rank holds some tokens of every sequence: the chunks are cut at
+the same pairs on every rank (planned from every rank's counts), and before a chunk's head its pairs'
+sums are summed over the group, so the head sees whole sequences and every rank computes the same loss.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from rdpo_fast.ops import parallel
 from rdpo_fast.ops.epilogue import forward_epilogue, grad_epilogue, token_stats
 from rdpo_fast.ops.scale import scale_
 from rdpo_fast.ops.schedule import accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, workspace_bytes
 
 from .head import preference_head
+
+if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
+    from torch.distributed import ProcessGroup
 
 
 def ld_tail(labels2d: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -86,15 +98,28 @@ class SeqStats:
         """Unweighted per-sequence totals (the LD tail slots folded back in)."""
         return t[:n_seq] + t[n_seq:] if t.numel() > n_seq else t
 
+    def sum_over(self, group, slots: torch.Tensor) -> None:
+        """The given slots of every accumulator summed over a sequence-parallel group (one all-gather)."""
+        accs = [t for t in (self.logp, self.logit, self.sq) if t is not None]
+        total = parallel.group_sum(torch.stack([t.index_select(0, slots) for t in accs]), group)
+        for t, v in zip(accs, total):
+            t.index_copy_(0, slots, v)
+
 
 class Grads:
     """The gradients made in forward: dX rows (final per chunk), dW (accumulated over chunks), d bias."""
 
     def __init__(self, x2: torch.Tensor, weight: torch.Tensor, need_grad: tuple[bool, bool, bool],
-                 dw_accumulation: str, w_dtype: torch.dtype | None = None):
+                 dw_accumulation: str, w_dtype: torch.dtype | None = None, vocab: parallel.VocabShard | None = None,
+                 n_rows: int = 0):
         V, H = weight.shape
         dev = x2.device
         self.x = torch.zeros_like(x2) if need_grad[0] else None
+        # Over a vocabulary shard each chunk's dX is this slice's part, summed over the ranks at the end:
+        # kept in fp32 for the n_rows kept rows (in pass order) until then, so the sum is rounded once.
+        self.vocab = vocab
+        self.x_part = (torch.empty(n_rows, H, device=dev, dtype=torch.float32)
+                       if vocab is not None and need_grad[0] else None)
         # dW sums one GEMM per chunk: in fp32 by default, or (dw_accumulation="weight") in the weight's
         # own dtype, which halves the traffic of re-reading and re-writing dW once per chunk. The ring
         # schedule picks its own dtype (w_dtype, see DwRing).
@@ -103,6 +128,14 @@ class Grads:
         self.w = torch.empty(V, H, device=dev, dtype=w_dtype) if need_grad[1] else None
         self.b = torch.zeros(V, device=dev, dtype=torch.float32) if need_grad[2] else None
         self.any = any(need_grad)
+
+    def finish(self, rows: torch.Tensor) -> None:
+        """After the last chunk: a vocabulary shard's dX summed over its group (one all-reduce) into
+        the kept rows (rows: their flat indices, in pass order)."""
+        if self.x_part is not None:
+            self.vocab.sum_(self.x_part)
+            self.x.index_copy_(0, rows, self.x_part.to(self.x.dtype))
+            self.x_part = None
 
 
 class DwRing:
@@ -196,12 +229,16 @@ class ChunkPass:
     A head (ChunkHead) runs between the two halves: per chunk (run one pass), or once on the whole batch
     (two_phase, for batch-level losses; the gradients then visit the chunks in gradient_order, which a
     DwRing must be planned with). top1_rows: the rows whose label-is-argmax counts in TRL's token
-    accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed into token_sums."""
+    accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed into token_sums.
+    vocab: weight and bias are this rank's vocabulary slice (the epilogue then combines the ranks'
+    statistics, and dZ is the slice's). sync(first, end): called before the head runs on pairs (or
+    sequences) first:end, to sum their statistics over a sequence-parallel group."""
 
     def __init__(self, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
                  labels: torch.Tensor, slots: torch.Tensor, chunks: list[tuple[int, int, int, int]],
                  stats: SeqStats, grads: Grads, *, transform: dict, two_phase: bool = False,
-                 ring: DwRing | None = None, top1_rows: torch.Tensor | None = None):
+                 ring: DwRing | None = None, top1_rows: torch.Tensor | None = None,
+                 vocab: parallel.VocabShard | None = None, sync=None):
         self.x2, self.weight, self.bias = x2, weight, bias
         self.rows, self.labels, self.slots = rows, labels, slots
         self.chunks, self.stats, self.grads, self.tf = chunks, stats, grads, transform
@@ -216,6 +253,14 @@ class ChunkPass:
             self.ws, self.xs = torch.empty(n, weight.shape[0], device=x2.device, dtype=weight.dtype), None
         self.top1_rows = top1_rows
         self.token_sums = None if top1_rows is None else torch.zeros(2, device=x2.device, dtype=torch.float32)
+        self.epilogue = forward_epilogue if vocab is None else vocab.forward_epilogue
+        self.v_offset = 0 if vocab is None else vocab.vocab_start
+        self.sync = sync
+
+    def _head(self, head: ChunkHead, first: int, end: int) -> None:
+        if self.sync is not None:
+            self.sync(first, end)
+        head.run(first, end)
 
     def run(self, head: ChunkHead) -> None:
         """The whole pass: statistics, the head, the gradients."""
@@ -228,7 +273,7 @@ class ChunkPass:
         # Per-pair losses: each chunk's head needs only its own pairs, so one pass does it all (6NHV).
         for k, (p0, p1, r0, r1) in enumerate(self.chunks):
             xc, z, lse = self.chunk_stats(k, None if self.ring is None else self.ring.slot(k, r1 - r0))
-            head.run(p0, p1)
+            self._head(head, p0, p1)
             if self.grads.any:
                 self.chunk_grads(k, k, xc, z, lse, head.token_grads(r0, r1))
 
@@ -240,7 +285,7 @@ class ChunkPass:
         for k in range(len(self.chunks)):
             xc, z, lse = self.chunk_stats(k)
             lses.append(lse)
-        head.run(self.chunks[0][0], self.chunks[-1][1])
+        self._head(head, self.chunks[0][0], self.chunks[-1][1])
         if not self.grads.any:
             return
         for i, k in enumerate(self.order):
@@ -258,8 +303,8 @@ class ChunkPass:
         z_out, x_out = (self.ws, self.xs) if slot is None else slot
         xc, z = self._logits(r0, r1, z_out, x_out)
         labels, st = self.labels[r0:r1], self.stats
-        lse, _ = forward_epilogue(z, labels, seq_ids=self.slots[r0:r1], seq_logp=st.logp, seq_logit=st.logit,
-                                  seq_sq=st.sq, **self.tf)
+        lse, _ = self.epilogue(z, labels, seq_ids=self.slots[r0:r1], seq_logp=st.logp, seq_logit=st.logit,
+                               seq_sq=st.sq, **self.tf)
         if self.token_sums is not None:
             entropy, top1 = token_stats(z, labels, lse, **self.tf)
             self.token_sums[0] += entropy.sum()
@@ -273,8 +318,10 @@ class ChunkPass:
         zero-fill pass over [V, H]); with a ring, dW waits for the ring's flush."""
         _, _, r0, r1 = self.chunks[k]
         grads, weight = self.grads, self.weight
-        dz = grad_epilogue(z, self.labels[r0:r1], lse, g_tok, **self.tf)
-        if grads.x is not None:
+        dz = grad_epilogue(z, self.labels[r0:r1], lse, g_tok, v_offset=self.v_offset, **self.tf)
+        if grads.x_part is not None:
+            accumulate_mm(grads.x_part[r0:r1], dz, weight, first=True)
+        elif grads.x is not None:
             grads.x.index_copy_(0, self.rows[r0:r1], torch.mm(dz, weight).to(grads.x.dtype))
         if grads.w is not None and self.ring is None:
             if grads.w.dtype == torch.float32:
@@ -346,7 +393,8 @@ class PassOptions:
     """The per-call settings of one FusedPreferenceFn call (the loss's own settings are its config).
     num_pairs / num_chosen_tokens: the whole batch's counts (None: this call's). host_counts: the
     completion tokens of each row of target. compute_dtype: the GEMMs' dtype (None: the inputs').
-    token_stats: also sum TRL's entropy and token accuracy. sync_free: the call made no host sync."""
+    token_stats: also sum TRL's entropy and token accuracy. sync_free: the call made no host sync.
+    parallel: the call's vocabulary shard and sequence-parallel group (None: a single process)."""
     num_pairs: int | None
     num_chosen_tokens: int | None
     need_grad: tuple[bool, bool, bool]
@@ -357,6 +405,84 @@ class PassOptions:
     # Packed input ([1, N] rows): each token's sequence, [N] int64 in [0, 2B) (ignored tokens' ids made
     # valid by the caller); None for the padded [2B, T] layout.
     segment_ids: torch.Tensor | None = None
+    parallel: PassParallel | None = None
+
+
+@dataclass(frozen=True)
+class PassParallel:
+    """The parallel layout of one fused-loss call. vocab: the weight's VocabShard (None: whole weight).
+    sequence: the sequence-parallel group (None: each rank holds whole sequences), with rank_counts,
+    every rank's completion tokens per row of target (host ints, in the group's rank order)."""
+    vocab: parallel.VocabShard | None = None
+    sequence: object = None
+    rank_counts: list[list[int]] | None = None
+
+    def counts(self, local: list[int]) -> list[int]:
+        """Each sequence's completion tokens over the whole group (local: this rank's)."""
+        if self.sequence is None:
+            return local
+        return [sum(c) for c in zip(*self.rank_counts)]
+
+    def plan_units(self, local: list[int], units) -> list[int]:
+        """The rows per unit (pair, or KTO sequence) that chunk plans are made from: units(counts) of
+        this rank's counts, or under sequence parallelism their largest over the ranks, so that every
+        rank cuts its chunks at the same units (its collectives must match its peers')."""
+        if self.sequence is None:
+            return units(local)
+        return [max(u) for u in zip(*(units(c) for c in self.rank_counts))]
+
+    def sync(self, stats: SeqStats, slots_of):
+        """ChunkPass's sync for a sequence-parallel group (None without one): before the head of units
+        first:end, their accumulator slots (slots_of(first, end)) are summed over the group."""
+        if self.sequence is None:
+            return None
+        return lambda first, end: stats.sum_over(self.sequence, slots_of(first, end))
+
+
+def parallel_call(_input, weight, target, bias, ref_input=None, ref_weight=None, ref_bias=None, *,
+                  process_group: ProcessGroup | None = None, vocab_start: int | None = None,
+                  sequence_parallel_group: ProcessGroup | None = None) -> tuple[tuple, tuple]:
+    """A fused loss's call as this rank sees it: ((_input, weight, target, bias, ref_input, ref_weight,
+    ref_bias) as local tensors, (weight's VocabShard or None, ref_weight's, the sequence-parallel group
+    or None)); the keywords as FusedLinearPreferenceLoss.forward documents them. A plain ref_weight is
+    sharded like a plain weight (the same process_group and vocab_start), or whole without them."""
+    _input = parallel.local_replica(_input, "_input")
+    target = parallel.local_replica(target, "target")
+    ref_input = parallel.local_replica(ref_input, "ref_input")
+    shard = dict(process_group=process_group, vocab_start=vocab_start, labels=target)
+    weight, bias, vocab = parallel.vocab_shard(weight, bias, name="lin_weight", **shard)
+    ref_vocab = None
+    if ref_weight is not None:
+        ref_weight, ref_bias, ref_vocab = parallel.vocab_shard(ref_weight, ref_bias, name="ref_weight", **shard)
+    return ((_input, weight, target, bias, ref_input, ref_weight, ref_bias),
+            (vocab, ref_vocab, parallel.sequence_group(sequence_parallel_group)))
+
+
+def parallel_layout(vocab: parallel.VocabShard | None, sequence, counts: list[int],
+                    device: torch.device) -> PassParallel | None:
+    """The PassParallel of a call (None for a single process); under sequence parallelism every rank's
+    counts are gathered (one small all-gather)."""
+    if vocab is None and sequence is None:
+        return None
+    rank_counts = None if sequence is None else parallel.gather_ints(counts, sequence, device)
+    return PassParallel(vocab, sequence, rank_counts)
+
+
+def check_nonempty(counts: list[int], ignore_index: int) -> None:
+    """Every sequence needs a completion token: its log-prob is undefined otherwise."""
+    if 0 in counts:
+        raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets "
+                         f"are ignore_index={ignore_index}); its log-prob is undefined")
+
+
+def aligned_chunks(local_units: list[int], plan_units: list[int], max_rows: int) -> list[tuple[int, int, int, int]]:
+    """chunks_of_pairs cut by plan_units (identical on every rank) with each chunk's row range in this
+    rank's own local_units: every rank's chunk k then holds the same pairs, a rank possibly none of
+    their rows."""
+    ends = [0]
+    for n in local_units:
+        ends.append(ends[-1] + n)
+    return [(p0, p1, ends[p0], ends[p1]) for p0, p1, _, _ in chunks_of_pairs(plan_units, max_rows)]
 
 
 @dataclass
@@ -496,17 +622,24 @@ class FusedPreferenceFn(GradsMadeInForward):
         x2 = _input.reshape(-1, H)
         w_c, b_c = _in_compute_dtype(weight, bias, _input.dtype if opts.compute_dtype is None else opts.compute_dtype)
         pairs = _PairRows.of(target, cfg.ignore_index, cfg.ld_alpha, sum(opts.host_counts), opts.segment_ids, n_seq)
+        par = opts.parallel or PassParallel()
+        counts = par.counts(opts.host_counts)  # whole sequences' counts, under sequence parallelism too
+        if par.sequence is not None:
+            pairs.counts = torch.tensor(counts, device=target.device)
         num_pairs = P if opts.num_pairs is None else opts.num_pairs
-        num_chosen_tokens = sum(opts.host_counts[:P]) if opts.num_chosen_tokens is None else opts.num_chosen_tokens
+        num_chosen_tokens = sum(counts[:P]) if opts.num_chosen_tokens is None else opts.num_chosen_tokens
 
         chunk_pass = _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts)
         head = _PairHead(cfg, chunk_pass.stats, pairs, ref_c, ref_r, soft, P, num_pairs, num_chosen_tokens)
         chunk_pass.run(head)
+        chunk_pass.grads.finish(pairs.rows)
 
-        loss, aux = _outputs(cfg, chunk_pass.stats, head, pairs.counts, n_seq, weight.shape[0], num_pairs,
-                             num_chosen_tokens)
+        V = weight.shape[0] if par.vocab is None else par.vocab.vocab_size
+        loss, aux = _outputs(cfg, chunk_pass.stats, head, pairs.counts, n_seq, V, num_pairs, num_chosen_tokens)
         GradsMadeInForward.keep_grads(ctx, chunk_pass.grads, _input.shape, weight, bias, opts.sync_free)
         token_sums = chunk_pass.token_sums
+        if token_sums is not None and par.sequence is not None:
+            token_sums = parallel.group_sum(token_sums, par.sequence)
         if token_sums is None:
             token_sums = torch.zeros(0, device=_input.device)
         ctx.mark_non_differentiable(*aux, token_sums)
@@ -528,8 +661,19 @@ def _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts):
     V, H = weight.shape
     host_counts = opts.host_counts
     P = len(host_counts) // 2
-    per_pair = [a + b for a, b in zip(host_counts[:P], host_counts[P:])]
-    chunks = chunks_of_pairs(per_pair, chunk_rows(pairs.rows.numel(), V, w_c, cfg.workspace_budget))
+    par = opts.parallel or PassParallel()
+
+    def pair_rows(c):
+        return [a + b for a, b in zip(c[: len(c) // 2], c[len(c) // 2:])]
+
+    per_pair = pair_rows(host_counts)
+    if par.vocab is None and par.sequence is None:
+        chunks = chunks_of_pairs(per_pair, chunk_rows(pairs.rows.numel(), V, w_c, cfg.workspace_budget))
+    else:
+        # Every rank of a group must cut the same chunks: plan from what all of them know alike.
+        plan = par.plan_units(host_counts, pair_rows)
+        V_plan = V if par.vocab is None else par.vocab.plan_size
+        chunks = aligned_chunks(per_pair, plan, chunk_rows(sum(plan), V_plan, w_c, cfg.workspace_budget))
     ring = None
     if cfg.dw_accumulation == "ring" and opts.need_grad[1]:
         budget = cfg.dw_ring_budget
@@ -538,13 +682,19 @@ def _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts):
         # Slots in the order the gradient pass fills them.
         sizes = [chunks[k][3] - chunks[k][2] for k in gradient_order(len(chunks), cfg.batch_level)]
         ring = DwRing(sizes, V, H, w_c.dtype, weight.dtype, budget, x2.device)
-    grads = Grads(x2, weight, opts.need_grad, cfg.dw_accumulation, None if ring is None else ring.w_dtype)
+    grads = Grads(x2, weight, opts.need_grad, cfg.dw_accumulation, None if ring is None else ring.w_dtype,
+                  vocab=par.vocab, n_rows=pairs.rows.numel())
     stats = SeqStats(pairs.n_slots, x2.device, with_sq=cfg.use_weighting)
     # TRL's entropy and token-accuracy metrics, from the same logits: sums over tokens (accuracy over
     # the chosen ones).
     top1_rows = pairs.seq < P if opts.token_stats else None
+    def pair_slots(p0, p1):  # chosen, rejected (and LD-DPO's tail) slots of pairs p0:p1
+        first = torch.arange(p0, p1, device=x2.device)
+        return torch.cat([first + k * P for k in range(pairs.n_slots // P)])
+
     return ChunkPass(x2, w_c, b_c, pairs.rows, pairs.labels, pairs.slots, chunks, stats, grads,
-                     transform=cfg.transform, two_phase=cfg.batch_level, ring=ring, top1_rows=top1_rows)
+                     transform=cfg.transform, two_phase=cfg.batch_level, ring=ring, top1_rows=top1_rows,
+                     vocab=par.vocab, sync=par.sync(stats, pair_slots))
 
 
 def _outputs(cfg, stats, head, counts, n_seq, V, num_pairs, num_chosen_tokens):

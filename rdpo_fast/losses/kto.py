@@ -7,8 +7,13 @@ The schedule is FusedLinearPreferenceLoss's (fused_pass.ChunkPass), over whole s
 whole pairs: the loss of a sequence depends on nothing else (kl is a constant), so each chunk's head
 gives its gradients at once, one pass, 6NHV. The per-sequence head is head.kto_head (the preference
 head kernel's KTO branch).
+
+Vocabulary- and sequence-parallel calls work as FusedLinearPreferenceLoss's (see its forward): the same
+keywords, collectives and gradient semantics, over sequences instead of pairs.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,8 +21,12 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats, sequence_logprobs
 from rdpo_fast.ops.schedule import chunk_rows, chunks_of_pairs, kept_rows
 
-from .fused_pass import ChunkPass, Grads, GradsMadeInForward, SeqStats, grouped_rows
+from .fused_pass import (ChunkPass, Grads, GradsMadeInForward, PassParallel, SeqStats, aligned_chunks,
+                         check_nonempty, grouped_rows, parallel_call, parallel_layout)
 from .head import kto_head
+
+if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
+    from torch.distributed import ProcessGroup
 
 
 class _SequenceHead:
@@ -49,27 +58,34 @@ class _SequenceHead:
 class _FusedKTOFn(GradsMadeInForward):
     @staticmethod
     def forward(ctx, _input, weight, bias, target, ref_logps, kl, desirable, opts, need_grad, host_counts,
-                segment_ids=None):
+                layout=None, segment_ids=None):
         B, H = len(host_counts), _input.shape[-1]
         V = weight.shape[0]
         x2 = _input.reshape(-1, H)
+        par = layout or PassParallel()
         if segment_ids is None:
             # Kept rows in row-major order are sequence by sequence already, so chunks hold whole
             # sequences; their number, known on the host, spares nonzero's sync.
             rows = kept_rows(target, opts["ignore_index"], n_kept=sum(host_counts))
             seq = torch.div(rows, target.shape[1], rounding_mode="floor")
-            lens = (target != opts["ignore_index"]).sum(1).float()
         else:  # a packed row: its kept rows grouped sequence by sequence
             rows = grouped_rows(target, segment_ids, B, opts["ignore_index"], sum(host_counts))
             seq = segment_ids.index_select(0, rows)
-            lens = torch.tensor(host_counts, device=_input.device, dtype=torch.float32)
         labels = target.reshape(-1).index_select(0, rows)
+        lens = torch.tensor(par.counts(host_counts), device=_input.device).float()
         stats = SeqStats(B, _input.device, with_sq=False)
-        grads = Grads(x2, weight, need_grad, opts["dw_accumulation"])
-        chunks = chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
+        grads = Grads(x2, weight, need_grad, opts["dw_accumulation"], vocab=par.vocab, n_rows=rows.numel())
+        if layout is None:
+            chunks = chunks_of_pairs(host_counts, chunk_rows(rows.numel(), V, _input, opts["workspace_budget"]))
+        else:  # every rank of a group cuts the same chunks (see fused_pass.aligned_chunks)
+            plan = par.plan_units(host_counts, list)
+            V_plan = V if par.vocab is None else par.vocab.plan_size
+            chunks = aligned_chunks(host_counts, plan, chunk_rows(sum(plan), V_plan, _input, opts["workspace_budget"]))
         head = _SequenceHead(stats, seq, lens, ref_logps, kl, desirable, opts)
         ChunkPass(x2, weight, bias, rows, labels, seq, chunks, stats, grads,
-                  transform=dict(temperature=1.0, softcap=None)).run(head)
+                  transform=dict(temperature=1.0, softcap=None), vocab=par.vocab,
+                  sync=par.sync(stats, lambda s0, s1: torch.arange(s0, s1, device=x2.device))).run(head)
+        grads.finish(rows)
 
         logps = stats.logp * (1.0 / lens if opts["average_log_prob"] else 1.0)
         d = desirable.float()
@@ -91,10 +107,12 @@ class FusedLinearKTOLoss(torch.nn.Module):
     completion tokens (Liger sums every padded position, which a pass that skips prompt rows cannot).
     Extra: ref_logps= (precomputed reference log-probs instead of ref_input/ref_weight), num_sequences=
     (the whole batch's count when this call is one micro-batch of it), workspace_budget,
-    dw_accumulation, segment_ids= (packed input: _input one row [1, N, H] or [N, H], target [1, N] or
-    [N], segment_ids with target's shape naming each token's sequence in [0, B); only completion tokens'
-    ids are read; B is the largest of them + 1; ref_input packed alike; results equal the padded
-    layout's). kl: None, a number, or a tensor with one value or one per sequence; no gradient.
+    dw_accumulation. kl: None, a number, or a tensor with one value or one per sequence; no gradient.
+    segment_ids= (packed input: _input one row [1, N, H] or [N, H], target [1, N] or [N], segment_ids with
+    target's shape naming each token's sequence in [0, B); only completion tokens' ids are read; B is the
+    largest of them + 1; ref_input packed alike; results equal the padded layout's).
+    process_group=, vocab_start=, sequence_parallel_group=: vocabulary- and sequence-parallel calls, as
+    FusedLinearPreferenceLoss.forward documents them (B sequences instead of 2B rows; not with segment_ids).
     `compiled`, `chunk_size`: accepted, no effect."""
 
     def __init__(self, ignore_index: int = -100, beta: float = 0.1, compiled: bool = True, use_ref_model: bool = False,
@@ -123,17 +141,25 @@ class FusedLinearKTOLoss(torch.nn.Module):
                 ref_input: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
                 ref_bias: torch.Tensor | None = None, kl: float | torch.Tensor | None = None, *,
                 ref_logps: torch.Tensor | None = None, num_sequences: int | None = None,
-                segment_ids: torch.Tensor | None = None) -> tuple:
+                segment_ids: torch.Tensor | None = None, process_group: ProcessGroup | None = None,
+                vocab_start: int | None = None, sequence_parallel_group: ProcessGroup | None = None) -> tuple:
         self._check_settings()  # Liger reads its attributes at every call; so do we, validated
         ignore_index = int(self.ignore_index)
+        (_input, lin_weight, target, bias, ref_input, ref_weight, ref_bias), (vocab, ref_vocab, sp) = parallel_call(
+            _input, lin_weight, target, bias, ref_input, ref_weight, ref_bias, process_group=process_group,
+            vocab_start=vocab_start, sequence_parallel_group=sequence_parallel_group)
         if segment_ids is not None:
+            if vocab is not None or sp is not None:
+                raise ValueError("segment_ids (a packed row) with process_group or sequence_parallel_group: a packed "
+                                 "row in a parallel call is not supported yet; pass the padded [B, T, H] layout there")
             _checks.check_packed_row(_input, target)
         elif not isinstance(_input, torch.Tensor) or _input.dim() != 3 or _input.shape[0] == 0:
             raise ValueError(f"_input must be [B, T, H] with B > 0, got {getattr(_input, 'shape', type(_input))}")
         elif not isinstance(target, torch.Tensor) or target.dim() != 2:
             raise ValueError(f"target must be [B, T], got {getattr(target, 'shape', type(target).__name__)}")
-        _checks.check_linear_inputs(_input, lin_weight, target, bias, ignore_index, 1.0, None, check_range=False)
-        V = lin_weight.shape[0]
+        _checks.check_linear_inputs(_input, lin_weight, target, bias, ignore_index, 1.0, None, check_range=False,
+                                    vocab_size=None if vocab is None else vocab.vocab_size)
+        V = lin_weight.shape[0] if vocab is None else vocab.vocab_size
         keep = target != ignore_index
         if segment_ids is None:
             B, dev_counts = _input.shape[0], keep.sum(1)
@@ -152,13 +178,14 @@ class FusedLinearKTOLoss(torch.nn.Module):
         counts, n_bad = host[:B], host[B]
         if n_bad:
             _checks.raise_out_of_range(target, V, ignore_index, "target")
-        if 0 in counts:
-            raise ValueError(f"sequence {counts.index(0)} of the batch has no completion token (all targets are "
-                             f"ignore_index={ignore_index}); its log-prob is undefined")
+        layout = parallel_layout(vocab, sp, counts, target.device)
+        # Under sequence parallelism a rank may hold none of a sequence's completion tokens; the group may not.
+        seq_counts = counts if layout is None else layout.counts(counts)
+        check_nonempty(seq_counts, ignore_index)
         if num_sequences is not None and (not isinstance(num_sequences, int) or num_sequences <= 0):
             raise ValueError(f"num_sequences must be a positive int (the whole batch's count), got {num_sequences!r}")
-        ref = self._reference(ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index, segment_ids,
-                              dev_counts)
+        ref = self._reference(ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index, ref_vocab, sp,
+                              seq_counts, segment_ids)
         kl_vec = self._kl(kl, B, _input.device)
         need = (_input.requires_grad, lin_weight.requires_grad, bias is not None and bias.requires_grad)
         need = tuple(torch.is_grad_enabled() and n for n in need)
@@ -167,7 +194,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
                     dw_accumulation=self.dw_accumulation)
         with torch.autocast(_input.device.type, enabled=False):
             out = _FusedKTOFn.apply(_input, lin_weight, bias, target, ref, kl_vec, preference_labels, opts, need,
-                                    counts, segment_ids)
+                                    counts, layout, segment_ids)
         return out[0], tuple(out[1:])
 
     @staticmethod
@@ -185,8 +212,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
             raise ValueError("kl must be finite")
         return kl.expand(B).contiguous()
 
-    def _reference(self, ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index, segment_ids=None,
-                   counts=None):
+    def _reference(self, ref_input, ref_weight, ref_bias, ref_logps, target, B, V, ignore_index, ref_vocab=None,
+                   sequence_group=None, seq_counts=None, segment_ids=None):
         in_pass = ref_input is not None or ref_weight is not None or ref_bias is not None
         if not self.use_ref_model:
             if in_pass or ref_logps is not None:
@@ -206,10 +233,11 @@ class FusedLinearKTOLoss(torch.nn.Module):
             layout = "[B, T, H]" if segment_ids is None else "one packed row"
             raise ValueError(f"ref_input must be laid out like _input ({layout}), got "
                              f"{getattr(ref_input, 'shape', None)}")
+        ref_V = ref_weight.shape[0] if ref_vocab is None else ref_vocab.vocab_size
         _checks.check_linear_inputs(ref_input, ref_weight, target, ref_bias, ignore_index, 1.0, None,
-                                    check_range=False)
-        if ref_weight.shape[0] != V:
-            raise ValueError(f"ref_weight has a vocabulary of {ref_weight.shape[0]}, lin_weight of {V}: the "
+                                    check_range=False, vocab_size=None if ref_vocab is None else ref_V)
+        if ref_V != V:
+            raise ValueError(f"ref_weight has a vocabulary of {ref_V}, lin_weight of {V}: the "
                              "reference must score the same token ids")
         with torch.no_grad():
             if segment_ids is None:
@@ -217,24 +245,29 @@ class FusedLinearKTOLoss(torch.nn.Module):
             else:
                 seq_ids = segment_ids
             _, sums, _ = linear_stats(ref_input, ref_weight, target, ref_bias, seq_ids, B, ignore_index, 1.0, None,
-                                      self.workspace_budget)
+                                      self.workspace_budget, vocab_shard=ref_vocab,
+                                      sequence_parallel_group=sequence_group)
             if self.average_log_prob:
-                sums = sums / counts
+                sums = sums / torch.tensor(seq_counts, device=target.device)
         return sums
 
 
 def kto_kl_baseline(kl_input: torch.Tensor, lin_weight: torch.Tensor, kl_target: torch.Tensor,
                     bias: torch.Tensor | None = None, ref_kl_input: torch.Tensor | None = None,
                     ref_weight: torch.Tensor | None = None, ref_bias: torch.Tensor | None = None, *,
-                    ref_kl_logps: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+                    ref_kl_logps: torch.Tensor | None = None, ignore_index: int = -100,
+                    process_group: ProcessGroup | None = None, vocab_start: int | None = None,
+                    sequence_parallel_group: ProcessGroup | None = None) -> torch.Tensor:
     """TRL's KTO KL baseline from mismatched prompt/completion pairs: mean over them of
     log pi(y|x') - log pi_ref(y|x'), clamped at 0, without gradient, through the fused forward-only op.
-    Under data parallelism, average it across processes before passing it as kl (TRL gathers it)."""
+    Under data parallelism, average it across processes before passing it as kl (TRL gathers it).
+    process_group, vocab_start, sequence_parallel_group: as sequence_logprobs (both weights sharded alike)."""
+    par = dict(process_group=process_group, vocab_start=vocab_start, sequence_parallel_group=sequence_parallel_group)
     with torch.no_grad():
-        pol, _ = sequence_logprobs(kl_input, lin_weight, kl_target, bias=bias, ignore_index=ignore_index)
+        pol, _ = sequence_logprobs(kl_input, lin_weight, kl_target, bias=bias, ignore_index=ignore_index, **par)
         if ref_kl_logps is None:
             if ref_kl_input is None or ref_weight is None:
                 raise ValueError("kto_kl_baseline needs ref_kl_input and ref_weight, or ref_kl_logps")
             ref_kl_logps, _ = sequence_logprobs(ref_kl_input, ref_weight, kl_target, bias=ref_bias,
-                                                ignore_index=ignore_index)
+                                                ignore_index=ignore_index, **par)
         return (pol - ref_kl_logps.float()).mean().clamp(min=0)

@@ -51,7 +51,9 @@ def check_transform(temperature: float, softcap: float | None) -> None:
 
 
 def check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
-                        ignore_index: int, temperature: float, softcap: float | None, check_range: bool = True) -> None:
+                        ignore_index: int, temperature: float, softcap: float | None, check_range: bool = True,
+                        vocab_size: int | None = None) -> None:
+    """vocab_size: the labels' range when weight is one rank's vocabulary slice (None: weight's rows)."""
     for name, t in (("hidden", hidden), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -68,7 +70,8 @@ def check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, labels: torc
     V, H = weight.shape
     if hidden.shape[-1] != H:
         raise ValueError(f"hidden's last dimension is {hidden.shape[-1]} but weight is [V={V}, H={H}]")
-    if V == 0 or H == 0:
+    # A vocabulary slice may be empty (a rank past the end when V < ranks); a whole weight may not.
+    if (V == 0 and vocab_size is None) or H == 0:
         raise ValueError(f"weight is empty: shape {tuple(weight.shape)}")
     if hidden.numel() == 0:
         raise ValueError(f"hidden is empty: shape {tuple(hidden.shape)}")
@@ -81,7 +84,8 @@ def check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, labels: torc
             raise ValueError(f"bias dtype {bias.dtype} differs from hidden dtype {hidden.dtype}")
         if bias.device != hidden.device:
             raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
-    check_labels(labels, hidden.shape[:-1], V, ignore_index, hidden.device, check_range=check_range)
+    check_labels(labels, hidden.shape[:-1], V if vocab_size is None else vocab_size, ignore_index, hidden.device,
+                 check_range=check_range)
     check_transform(temperature, softcap)
 
 

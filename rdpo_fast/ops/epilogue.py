@@ -7,6 +7,8 @@ TRITON_INTERPRET=1, torch otherwise, on the same chunk, so the fallback keeps th
                       (TRL's WPO statistic).
     grad_epilogue:    dZ = g * (onehot(label) - softmax) * d transform, in place by default.
     token_stats:      per-row entropy and is-the-label-the-argmax (TRL's entropy / token accuracy).
+    vocab_partials:   on one rank's vocabulary slice, the per-row statistics that combine exactly across
+                      slices (the vocabulary-parallel forward, ops/parallel.py).
 """
 from __future__ import annotations
 
@@ -46,22 +48,71 @@ def forward_epilogue(z: torch.Tensor, labels: torch.Tensor, *, row_idx: torch.Te
     zt = transform_logits(rows.float(), temperature, softcap)
     lse = torch.logsumexp(zt, dim=-1)
     logp = zt.gather(1, labels.view(-1, 1)).squeeze(1) - lse
-    if want_sq:
-        # log sum p^2 in one temporary of the chunk: exp(2 (z - lse)) in place, summed.
-        sq = (zt - lse[:, None]).mul_(2.0).exp_().sum(-1).log_()
+    # log sum p^2 in one temporary of the chunk: exp(2 (z - lse)) in place, summed.
+    sq = (zt - lse[:, None]).mul_(2.0).exp_().sum(-1).log_() if want_sq else None
+    store_row_stats(logp, None if seq_ids is None else zt.sum(-1), sq, seq_ids=seq_ids, seq_logp=seq_logp,
+                    seq_logit=seq_logit, log_sum_sq=log_sum_sq, seq_sq=seq_sq)
+    return lse, logp
+
+
+def store_row_stats(logp: torch.Tensor, logit: torch.Tensor | None, sq: torch.Tensor | None, *,
+                    seq_ids: torch.Tensor | None, seq_logp: torch.Tensor | None, seq_logit: torch.Tensor | None,
+                    log_sum_sq: torch.Tensor | None, seq_sq: torch.Tensor | None) -> None:
+    """Where forward_epilogue's per-row results go, as its kernel stores them: log sum p^2 (sq) into
+    log_sum_sq, and per sequence (seq_ids) the sums of sq, log-probs and logits (logit: each row's sum)
+    added into their accumulators."""
+    if sq is not None:
         if log_sum_sq is not None:
             log_sum_sq.copy_(sq)
         if seq_sq is not None:
             seq_sq.index_add_(0, seq_ids, sq)
     if seq_ids is not None:
         seq_logp.index_add_(0, seq_ids, logp)
-        seq_logit.index_add_(0, seq_ids, zt.sum(-1))
-    return lse, logp
+        seq_logit.index_add_(0, seq_ids, logit)
+
+
+# Rows of vocab_partials' output.
+PART_LSE, PART_TARGET, PART_LOGIT, PART_LSE2 = range(4)
+
+
+def vocab_partials(z: torch.Tensor, labels: torch.Tensor, *, v_offset: int, temperature: float = 1.0,
+                   softcap: float | None = None, with_sq: bool = False) -> torch.Tensor:
+    """The first M = labels.numel() rows of z, a vocabulary slice whose column j is token v_offset + j:
+    a fresh contiguous fp32 [k, M] tensor (k = 4 with_sq, else 3), rows PART_LSE (the slice's logsumexp),
+    PART_TARGET (the label's logit where the slice holds it, else 0), PART_LOGIT (the slice's logit sum)
+    and PART_LSE2 (the slice's logsumexp of 2z, for log sum p^2), all of the transformed logits."""
+    M, V = labels.numel(), z.shape[1]
+    out = torch.empty(4 if with_sq else 3, M, device=z.device, dtype=torch.float32)
+    if V == 0:  # a rank whose slice is empty (V < ranks): it adds nothing to any row
+        out[PART_LSE].fill_(float("-inf"))
+        out[PART_TARGET].zero_()
+        out[PART_LOGIT].zero_()
+        if with_sq:
+            out[PART_LSE2].fill_(float("-inf"))
+        return out
+    mode = backend(z)
+    if mode != "torch":
+        logprob_forward(z, labels, temperature=temperature, softcap=softcap, interpreted=mode == "interpret",
+                        partials=out, v_offset=v_offset)
+        return out
+    zt = transform_logits(z[:M].float(), temperature, softcap)
+    torch.logsumexp(zt, dim=-1, out=out[PART_LSE])
+    local = labels - v_offset
+    owned = (local >= 0) & (local < V)
+    target = zt.gather(1, local.clamp(0, V - 1).view(-1, 1)).squeeze(1)
+    torch.where(owned, target, torch.zeros_like(target), out=out[PART_TARGET])
+    torch.sum(zt, dim=-1, out=out[PART_LOGIT])
+    if with_sq:
+        # Not in place: zt is the workspace itself for fp32 logits without a transform, read again by dZ.
+        torch.logsumexp(zt * 2.0, dim=-1, out=out[PART_LSE2])
+    return out
 
 
 def grad_epilogue(z: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, *,
                   out: torch.Tensor | None = None, row_idx: torch.Tensor | None = None, v_offset: int = 0,
                   temperature: float = 1.0, softcap: float | None = None) -> torch.Tensor:
+    if z.shape[1] == 0:  # an empty vocabulary slice (a rank past the end when V < ranks): no dZ to write
+        return z if out is None else out
     mode = backend(z)
     if mode != "torch":
         return logprob_backward(z, labels, lse, g, out=out, row_idx=row_idx, v_offset=v_offset,

@@ -8,24 +8,46 @@ same budget instead: with the logsumexp known, each slice's logits are recompute
 place, and yield their own rows of dW in one GEMM, so the [V, H] gradient is written once rather than
 re-accumulated per chunk (8NHV in all; only d hidden, O(N), is accumulated in fp32). Under no_grad
 nothing is saved.
+
+Parallel (ops/parallel.py): with a vocabulary-sharded weight (a Shard(0) DTensor, or process_group= and
+vocab_start=) every chunk's epilogue combines the ranks' partial statistics with one all-gather, so the
+logsumexp and log-probs are the whole vocabulary's; backward walks only the local slice and sums d
+hidden over the group once at the end. With sequence_parallel_group= (sequence_logprobs) the
+per-sequence sums and counts are summed over that group; backward gives each rank's tokens the gradient
+of the summed value (the loss computed from it counts once).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import checks as _checks
+from . import parallel
 from .epilogue import forward_epilogue, grad_epilogue
 from .schedule import accumulate_mm, chunk_rows, compact, kept_rows, logits_into, vocab_slice_cols, workspace_bytes
+
+if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
+    from torch.distributed import ProcessGroup
 
 
 class _Opts:
     """Non-tensor settings carried from forward to backward."""
 
-    def __init__(self, ignore_index, temperature, softcap, budget):
+    def __init__(self, ignore_index, temperature, softcap, budget, shard=None, sequence_group=None):
         self.ignore_index = ignore_index
         self.temperature = float(temperature)
         self.softcap = None if softcap is None else float(softcap)
         self.budget = budget
+        self.shard = shard  # parallel.VocabShard of a vocabulary-sharded weight, else None
+        self.sequence_group = sequence_group  # the sequence-parallel group of the per-sequence sums, else None
+
+    def sum_sequences(self, seq_logp, seq_logit):
+        """The per-sequence sums over the sequence-parallel group (as they are without one)."""
+        if self.sequence_group is None:
+            return seq_logp, seq_logit
+        both = parallel.group_sum(torch.stack([seq_logp, seq_logit]), self.sequence_group)
+        return both[0], both[1]
 
 
 def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse):
@@ -39,12 +61,15 @@ def _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts, keep_lse)
     seq_logit = torch.zeros(num_seqs, device=dev, dtype=torch.float32)
     if M == 0:
         return logp, lse, seq_logp, seq_logit
-    C = chunk_rows(M, V, hc, opts.budget)
+    shard = opts.shard
+    # A vocabulary shard plans with the largest rank's slice: every rank cuts the same chunks.
+    C = chunk_rows(M, V if shard is None else shard.plan_size, hc, opts.budget)
+    epilogue = forward_epilogue if shard is None else shard.forward_epilogue
     ws = torch.empty(C, V, device=dev, dtype=hc.dtype)
     for s in range(0, M, C):
         e = min(M, s + C)
         z = logits_into(ws[: e - s], hc[s:e], weight, bias)
-        chunk_lse, chunk_logp = forward_epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
+        chunk_lse, chunk_logp = epilogue(z, labels_c[s:e], seq_ids=None if seq_c is None else seq_c[s:e],
                                                  seq_logp=seq_logp, seq_logit=seq_logit,
                                                  temperature=opts.temperature, softcap=opts.softcap)
         logp[s:e] = chunk_logp
@@ -57,7 +82,8 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
     """Backward over vocabulary slices, all kept rows at once: the logsumexp is known, so each slice's
     logits are recomputed, turned into dZ in place, and give their own rows of dW and d bias in one
     GEMM each (accumulated in fp32 inside the GEMM, never across slices); only d hidden [M, H], O(N),
-    is accumulated across slices, in fp32. need = (hidden, weight, bias) booleans.
+    is accumulated across slices, in fp32. need = (hidden, weight, bias) booleans. A vocabulary shard's
+    slices are its own (token v_offset + j for column j); its d hidden is summed over the group at the end.
     Returns (d hc [M, H] fp32 or None, dW in weight's dtype or None, d bias or None)."""
     M, H = hc.shape
     V = weight.shape[0]
@@ -70,13 +96,17 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
             if t is not None:
                 t.zero_()
         return dh, dW, db
+    shard = opts.shard
+    offset = 0 if shard is None else shard.vocab_start
+    if V == 0 and dh is not None:  # an empty vocabulary slice adds nothing to d hidden
+        dh.zero_()
     cols = vocab_slice_cols(M, V, hc, opts.budget)
     ws = torch.empty(M * cols, device=dev, dtype=hc.dtype)
     for v0 in range(0, V, cols):
         v1 = min(V, v0 + cols)
         z = logits_into(ws[: M * (v1 - v0)].view(M, v1 - v0), hc, weight[v0:v1],
                          None if bias is None else bias[v0:v1])
-        dz = grad_epilogue(z, labels_c, lse, g, v_offset=v0, temperature=opts.temperature,
+        dz = grad_epilogue(z, labels_c, lse, g, v_offset=offset + v0, temperature=opts.temperature,
                            softcap=opts.softcap)
         if dh is not None:
             accumulate_mm(dh, dz, weight[v0:v1], first=v0 == 0)
@@ -84,6 +114,8 @@ def _backward_slices(hc, weight, bias, labels_c, lse, g, opts, need):
             torch.mm(dz.t(), hc, out=dW[v0:v1])
         if db is not None:
             db[v0:v1] = dz.sum(0, dtype=torch.float32)
+    if shard is not None and dh is not None:
+        shard.sum_(dh)  # d hidden = sum over ranks of dZ_r W_r: one all-reduce, in fp32
     return dh, dW, db
 
 
@@ -94,6 +126,8 @@ class _LinearLogprobs(torch.autograd.Function):
         seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
         logp_c, lse, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs,
                                                            opts, keep_lse=True)
+        # Backward passes the summed sequences' gradient to this rank's own tokens as it is.
+        seq_logp, seq_logit = opts.sum_sequences(seq_logp, seq_logit)
         logp = torch.zeros(h2.shape[0], device=hidden.device, dtype=torch.float32)
         logp.index_copy_(0, rows, logp_c)
         ctx.save_for_backward(hidden, weight, bias, rows, labels_c, seq_c, lse)
@@ -125,15 +159,19 @@ def _needs_grad(*ts):
 
 def linear_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
                  seq_ids: torch.Tensor | None, num_seqs: int, ignore_index: int, temperature: float,
-                 softcap: float | None, workspace_budget: int | None, n_kept: int | None = None,
+                 softcap: float | None, workspace_budget: int | None, n_kept: int | None = None, *,
+                 vocab_shard: parallel.VocabShard | None = None,
+                 sequence_parallel_group: ProcessGroup | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-token logp with labels' shape, per-sequence logp sums [num_seqs], per-sequence logit sums
     [num_seqs]), all float32, from inputs the caller has checked. seq_ids: each flattened row's sequence
     (None: no per-sequence sums). Differentiable (w.r.t. hidden, weight, bias, through the logp and its
     sums) when grad mode is on and one of them requires grad; otherwise forward-only, keeping nothing
     for backward (reference models, implicit-reward scoring). n_kept: the kept-row count if the caller
-    knows it on the host (the forward-only path then makes no host sync)."""
-    opts = _Opts(ignore_index, temperature, softcap, workspace_budget)
+    knows it on the host (the forward-only path then makes no host sync). vocab_shard: weight (and bias)
+    are this rank's slice (parallel.vocab_shard); sequence_parallel_group: the per-sequence sums are
+    summed over it (see the module docstring)."""
+    opts = _Opts(ignore_index, temperature, softcap, workspace_budget, vocab_shard, sequence_parallel_group)
     # The GEMMs run in the inputs' own dtype: an enclosing autocast must not recast the workspace.
     with torch.autocast(hidden.device.type, enabled=False):
         return _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_index, opts, n_kept)
@@ -147,6 +185,7 @@ def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_i
     seq_c = None if seq_ids is None else seq_ids.index_select(0, rows)
     logp_c, _, seq_logp, seq_logit = _forward_chunks(hc, weight, bias, labels_c, seq_c, num_seqs, opts,
                                                      keep_lse=False)
+    seq_logp, seq_logit = opts.sum_sequences(seq_logp, seq_logit)
     logp = torch.zeros(h2.shape[0], device=hidden.device, dtype=torch.float32).index_copy_(0, rows, logp_c)
     return logp.view(labels.shape), seq_logp, seq_logit
 
@@ -154,18 +193,36 @@ def _linear_stats_impl(hidden, weight, labels, bias, seq_ids, num_seqs, ignore_i
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                     bias: torch.Tensor | None = None, ignore_index: int = -100, temperature: float = 1.0,
                     softcap: float | None = None, workspace_budget: int | None = None,
-                    check_finite: bool | None = None) -> torch.Tensor:
+                    check_finite: bool | None = None, process_group: ProcessGroup | None = None,
+                    vocab_start: int | None = None) -> torch.Tensor:
     """Per-token log p(label) from hidden [..., H] and the lm_head weight [V, H], never holding more than
     a workspace of logits. Returns float32 with labels' shape, 0.0 where labels == ignore_index.
     Differentiable w.r.t. hidden, weight and bias for any upstream gradient. check_finite (default:
-    RDPO_FAST_CHECK_FINITE): raise on NaN/inf in hidden's kept rows, weight, bias or the result."""
-    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    RDPO_FAST_CHECK_FINITE): raise on NaN/inf in hidden's kept rows, weight, bias or the result.
+    Vocabulary-parallel: weight (and bias) a DTensor sharded Shard(0) over one mesh dimension, or this
+    rank's plain slice with process_group= and vocab_start= (its first token id); hidden and labels the
+    same on every rank of the group (plain, or Replicate DTensors); labels in [0, whole V). Every rank
+    of the group must call it (and backward) alike. The log-probs are the whole vocabulary's on every
+    rank; weight's gradient is the local slice's (a Shard(0) DTensor for a DTensor weight), hidden's
+    the whole one."""
+    hidden, weight, labels, bias, shard = _parallel_inputs(hidden, weight, labels, bias, process_group, vocab_start)
+    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap,
+                                vocab_size=None if shard is None else shard.vocab_size)
     finite = _finite_inputs("linear_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
     out = linear_stats(hidden, weight, labels, bias, None, 0, ignore_index, temperature, softcap,
-                       workspace_budget)[0]
+                       workspace_budget, vocab_shard=shard)[0]
     if finite:
         _checks.check_finite("linear_logprobs", ("result", out), result=True)
     return out
+
+
+def _parallel_inputs(hidden, weight, labels, bias, process_group, vocab_start):
+    """The local tensors of possibly distributed inputs, and the weight's VocabShard (None: whole)."""
+    hidden = parallel.local_replica(hidden, "hidden")
+    labels = parallel.local_replica(labels, "labels")
+    weight, bias, shard = parallel.vocab_shard(weight, bias, process_group=process_group, vocab_start=vocab_start,
+                                               labels=labels)
+    return hidden, weight, labels, bias, shard
 
 
 def _finite_inputs(op, flag, hidden, weight, bias, labels, ignore_index) -> bool:
@@ -195,20 +252,42 @@ def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
                       bias: torch.Tensor | None = None, ignore_index: int = -100,
                       segment_ids: torch.Tensor | None = None, temperature: float = 1.0,
                       softcap: float | None = None, workspace_budget: int | None = None,
-                      check_finite: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      check_finite: bool | None = None, process_group: ProcessGroup | None = None,
+                      vocab_start: int | None = None, sequence_parallel_group: ProcessGroup | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of label log-probs and token counts: (sums [B] float32, counts [B] int64).
     Padded batches: hidden [B, T, H], labels [B, T]. Packed rows: segment_ids, one per token.
-    check_finite: as linear_logprobs."""
-    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap)
+    check_finite: as linear_logprobs. process_group, vocab_start: a vocabulary-sharded weight, as
+    linear_logprobs. sequence_parallel_group: each rank holds some tokens of every sequence (the same B
+    sequences, or segment ids, on every rank); sums and counts are then the whole sequences', the same
+    on every rank, and backward gives each rank's own tokens the gradient of those sums."""
+    hidden, weight, labels, bias, shard = _parallel_inputs(hidden, weight, labels, bias, process_group, vocab_start)
+    _checks.check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap,
+                                vocab_size=None if shard is None else shard.vocab_size)
     finite = _finite_inputs("sequence_logprobs", check_finite, hidden, weight, bias, labels, ignore_index)
     ids, b = sequence_ids(labels, segment_ids)
+    sp = parallel.sequence_group(sequence_parallel_group)
+    if sp is not None:
+        b = _agreed_sequences(b, segment_ids is None, sp, labels.device)
     _, sums, _ = linear_stats(hidden, weight, labels, bias, ids, b, ignore_index, temperature, softcap,
-                              workspace_budget)
+                              workspace_budget, vocab_shard=shard, sequence_parallel_group=sp)
     counts = torch.zeros(b, device=labels.device, dtype=torch.int64).index_add_(
         0, ids, (labels.reshape(-1) != ignore_index).long())
+    if sp is not None:
+        counts = parallel.group_sum(counts, sp)
     if finite:
         _checks.check_finite("sequence_logprobs", ("result", sums), result=True)
     return sums, counts
+
+
+def _agreed_sequences(b: int, padded: bool, group, device: torch.device) -> int:
+    """The number of sequences of a sequence-parallel call: the same padded batch on every rank, or the
+    largest segment id of any rank + 1 (a rank may hold no token of the last segments)."""
+    every = [r[0] for r in parallel.gather_ints([b], group, device)]
+    if padded and len(set(every)) > 1:
+        raise ValueError(f"sequence_parallel_group: the ranks hold {every} sequences; each must hold a slice of "
+                         "every sequence of the same batch")
+    return max(every)
 
 
 class _Logprobs(torch.autograd.Function):
