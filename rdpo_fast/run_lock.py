@@ -41,16 +41,12 @@ class RunDirBusy(OutputError):
 
 
 def _holder_text(lock_path: str) -> str:
-    """Who holds the lock, as its holder wrote it: "pid P on host H since T: COMMAND"."""
+    """Who holds the lock, as its holder wrote it: "pid P on host H since T" (its command line is in
+    the file, for whoever looks: too long for the message)."""
     try:
         with open(lock_path, encoding="utf-8") as f:
             info = json.load(f)
-        text = f"pid {info['pid']} on host {info['host']}"
-        if info.get("since"):
-            text += f" since {info['since']}"
-        if info.get("command"):
-            text += f": {info['command']}"
-        return text
+        return f"pid {info['pid']} on host {info['host']}" + (f" since {info['since']}" if info.get("since") else "")
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not written its pid yet"  # between its lock and its write
 

@@ -7,11 +7,13 @@ Read it as nanoGPT's train.py: `train` is the whole run; `setup` builds it (a Ru
 optimizer step, `evaluate` the held-out pass, `checkpoint` a save, `finish` the end. A run stops early
 by setting Run.stop, for one of three reasons:
 - "stop_after_steps" (--stop-after-steps): checkpointed where it stands, summary, exit 0;
-- "signal": SIGTERM or SIGUSR1 (rdpo_fast.preemption) reached any rank. The handler only records it;
-  every step begins with one sum over ranks (the step's pair and token counts), which carries each
-  rank's "stop" vote too, so all ranks agree to stop before the same step without another collective.
-  The step in progress when the signal came is finished, the next one is not begun, a checkpoint is
-  written at the last finished step (unless one is there already), and Preempted says how to resume;
+- "signal": SIGTERM or SIGUSR1 (rdpo_fast.preemption) reached any rank after setup. The handler only
+  records it; every step begins with one sum over ranks (the step's pair and token counts), which
+  carries each rank's "stop" vote too, so all ranks agree to stop before the same step without another
+  collective. The step in progress when the signal came is finished, the next one is not begun, a
+  checkpoint is written at the last finished step (unless one is there already), and Preempted says
+  how to resume. During setup (loading, the reference pass: nothing trained yet, and it may take
+  minutes a scheduler will not wait) a signal ends the run at once;
 - "diverged": --max-nonfinite-steps steps in a row had a non-finite loss or gradient norm. Such a step
   never updates the weights (optim.Stepper skips it); the run stops without a new checkpoint or
   `final/`, and Diverged names the step and the quantity.
@@ -158,7 +160,7 @@ class Run:
     metrics: reporting.MetricsLog
     bar: Any = None  # tqdm, on the main rank with --progress
     stop: str | None = None  # why the run ends before its last step (see the module docstring); None while it goes on
-    saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
+    saved: tuple[int, str] | None = None  # (step, path) of the newest checkpoint this run wrote or resumed from
     _order: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)  # (epoch, its order)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -176,29 +178,10 @@ def train(cfg: TrainConfig) -> dict:
     cfg.validate()
     dist = Dist()
     try:
-        with preemption.handling(), preemption.deferred(), run_dir.claim(cfg, dist):
+        with preemption.handling(), run_dir.claim(cfg, dist):
             run = setup(cfg, dist)
-            while run.progress.global_step < run.total and run.stop is None:
-                row = step(run)
-                if row is None:  # a stop signal on some rank: every rank got the same vote
-                    run.stop = "signal"
-                    break
-                _log_step(run, row)
-                fault_points.reached("step-done")
-                done = run.progress.global_step
-                if run.eval_data is not None and _due(cfg.eval_steps, done, run.total):
-                    run.metrics.append({**evaluate(run), "step": done})
-                if cfg.stop_after_steps is not None and cfg.stop_after_steps <= done < run.total:
-                    run.stop = "stop_after_steps"
-                if cfg.max_nonfinite_steps and run.progress.nonfinite_streak >= cfg.max_nonfinite_steps:
-                    run.stop = "diverged"
-                elif _due(cfg.save_steps, done, run.total) or run.stop is not None:
-                    run.log(f"checkpoint: {checkpoint(run)}")
-            if run.stop == "signal" and run.progress.global_step not in (0, run.saved_step):
-                run.log(f"checkpoint: {checkpoint(run)}")
-                if preemption.count() > 1:  # recorded only: nothing interrupts the save
-                    run.log(f"note: {preemption.count() - 1} more stop signal(s) came during the save; it finished")
-            summary = finish(run)
+            with preemption.deferred():
+                summary = _loop(run)
         if run.stop == "signal":
             raise _preempted(run)
         if run.stop == "diverged":
@@ -208,16 +191,43 @@ def train(cfg: TrainConfig) -> dict:
         dist.close()
 
 
+def _loop(run: Run) -> dict:
+    """The steps, with their logging, evaluations, checkpoints and stops, then finish."""
+    cfg = run.cfg
+    while run.progress.global_step < run.total and run.stop is None:
+        row = step(run)
+        if row is None:  # a stop signal on some rank: every rank got the same vote
+            run.stop = "signal"
+            break
+        _log_step(run, row)
+        fault_points.reached("step-done")
+        done = run.progress.global_step
+        if run.eval_data is not None and _due(cfg.eval_steps, done, run.total):
+            run.metrics.append({**evaluate(run), "step": done})
+        if cfg.stop_after_steps is not None and cfg.stop_after_steps <= done < run.total:
+            run.stop = "stop_after_steps"
+        if cfg.max_nonfinite_steps and run.progress.nonfinite_streak >= cfg.max_nonfinite_steps:
+            run.stop = "diverged"
+        elif _due(cfg.save_steps, done, run.total) or run.stop is not None:
+            run.log(f"checkpoint: {checkpoint(run)}")
+    if run.stop == "signal" and run.progress.global_step not in (0, run.saved and run.saved[0]):
+        run.log(f"checkpoint: {checkpoint(run)}")
+        if preemption.count() > 1:  # recorded only: nothing interrupts the save
+            run.log(f"note: {preemption.count() - 1} more stop signal(s) came during the save; it finished")
+    return finish(run)
+
+
 def _preempted(run: Run) -> preemption.Preempted:
     """The stop signal's one line: where the run stands and how to resume it."""
-    done, out = run.progress.global_step, run.cfg.output_dir
     name = preemption.requested() or "a stop signal (on another rank)"
-    if run.saved_step is None:
-        return preemption.Preempted(name, "before the first step: nothing to save",
-                                    "run the same command again to start")
-    return preemption.Preempted(name, f"after step {done} of {run.total}: checkpoint "
-                                f"{os.path.join(out, 'checkpoints', f'step-{run.saved_step:07d}')}",
-                                f"resume with: rdpo-fast train --resume {out}")
+    if run.saved is None:
+        return preemption.Preempted(name, "before the first step: nothing to save", "run the same command again")
+    step, path = run.saved
+    out = run.cfg.output_dir
+    inside = os.path.realpath(os.path.dirname(path)) == os.path.realpath(os.path.join(out, "checkpoints"))
+    resume = out if inside else f"{path} --output-dir {out}"  # resumed from a checkpoint kept elsewhere, no step since
+    return preemption.Preempted(name, f"after step {step} of {run.total}: checkpoint {path}",
+                                f"resume with: rdpo-fast train --resume {resume}")
 
 
 def _divergence(run: Run) -> str:
@@ -315,7 +325,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
                eval_data=eval_data, reference=mode, refs=refs, ref_model=ref_model, model=model,
                step_module=step_module, wrapped=wrapped, optimizer=optimizer, stepper=stepper, scheduler=scheduler,
                per_epoch=per_epoch, total=total, pad_id=_pad_id(tokenizer), progress=progress, metrics=metrics,
-               bar=bar, saved_step=progress.global_step if resume_from is not None else None)
+               bar=bar, saved=None if resume_from is None else (progress.global_step, resume_from))
 
 
 def step(run: Run) -> dict | None:
@@ -390,7 +400,7 @@ def checkpoint(run: Run) -> str:
     _check_finite_weights(run, "checkpoint")
     path = ckpt.save_checkpoint(run.cfg.output_dir, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                                 state=run.progress.state(run.cfg), keep=run.cfg.save_total_limit)
-    run.saved_step = run.progress.global_step
+    run.saved = (run.progress.global_step, path)
     return path
 
 

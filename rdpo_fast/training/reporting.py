@@ -145,5 +145,5 @@ def _trim(path: str, step: int) -> None:
         return
     with open(path) as f:
         keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as f:
+    with textio.atomic_open(path) as f:  # whole or not at all: a signal may end setup here
         f.writelines(keep)
