@@ -67,7 +67,7 @@ def reached(point: str, path: str | None = None) -> None:
 def _pause() -> None:
     signal_file, go_on = os.environ.get(PAUSE_FILE_ENV), os.environ.get(CONTINUE_FILE_ENV)
     if signal_file:
-        tmp = signal_file + ".tmp"
+        tmp = f"{signal_file}.tmp-{os.getpid()}"  # one per process: torchrun's workers pause together
         with open(tmp, "w") as f:
             f.write(str(os.getpid()))
         os.replace(tmp, signal_file)
