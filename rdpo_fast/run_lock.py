@@ -79,7 +79,11 @@ class RunLock:
             self._made = _made_dirs(folder)
             os.makedirs(folder, exist_ok=True)
             while self.fd is None:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except FileNotFoundError:  # the directory, left empty, removed by a failed holder's release
+                    os.makedirs(folder, exist_ok=True)
+                    continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

@@ -27,7 +27,6 @@ backward so the average becomes that sum.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import sys
@@ -41,10 +40,9 @@ from rdpo_fast import preemption
 from rdpo_fast.data import sources as data_sources
 from rdpo_fast.data.records import PreferenceData, collate, epoch_order, step_batches, steps_per_epoch
 from rdpo_fast.data.shipped import default_path
+from rdpo_fast.errors import Diverged
 from rdpo_fast.losses.metrics import METRIC_NAMES, NLL_METRIC, nll_value, pair_values, token_means
 from rdpo_fast.models import loading as modeling
-
-from rdpo_fast.errors import Diverged
 
 from . import checkpoint as ckpt
 from . import fault_points, optim, reporting, run_dir
