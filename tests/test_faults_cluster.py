@@ -204,6 +204,23 @@ def test_torchrun_signalled_through_its_launcher_checkpoints_once_and_resumes_ex
     _no_leftovers(run)
 
 
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_torchrun_on_a_held_directory_every_rank_exits_with_rank_0s_line(files, tmp_path):
+    """Rank 0 alone takes the lock; the other ranks learn its outcome and fail with the same line."""
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    with run_lock.lock_dir(str(run)):
+        p = Proc(tmp_path, "run", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                   "2", "--log-dir", str(logs), "--redirects", "2", "-m", "rdpo_fast", "train",
+                                   *_flags(files, run)])
+        assert p.wait(240) != 0
+    workers = sorted(logs.rglob("stderr.log"))
+    lines = [[line for line in w.read_text().splitlines() if line.startswith("rdpo-fast")] for w in workers]
+    assert len(lines) == 2 and lines[0] == lines[1] and len(lines[0]) == 1
+    assert lines[0][0].startswith(f"rdpo-fast train: error: run directory {run} is in use by another process (pid "
+                                  f"{os.getpid()} on host ")
+    assert not run.exists()
+
+
 def _dice(files, out, *extra):
     return ["dice", "--policy", files["model"], "--output-dir", str(out), "--prompts", files["prompts"],
             "--offline", files["train"], "--rounds", "1", "-k", "3", "--prompts-per-round", "3", "--init-pairs", "4",
