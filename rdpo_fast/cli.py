@@ -5,7 +5,9 @@ to run); a new one (synth, score, dice, crosslingual) is one more entry in COMMA
 supplies any of them, and flags given on the command line win. With `--resume`, the checkpoint's saved
 settings are the starting point, so `rdpo-fast train --resume RUN_DIR` alone continues a run, writing into
 the run directory that holds the checkpoint (rdpo_fast/training/run_dir.py). Every failure goes through one error
-path (rdpo_fast/errors.py): an expected one is a single line and exit status 2.
+path (rdpo_fast/errors.py): an expected one is a single line and exit status 2; SIGTERM or SIGUSR1 ends a
+command with one line and 143 (after a checkpoint, in training: rdpo_fast/preemption.py), a diverged run
+with one line and 3.
 """
 from __future__ import annotations
 
@@ -58,9 +60,13 @@ def train_config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from rdpo_fast import preemption
     from rdpo_fast.training.loop import train
 
     train(train_config_from_args(args))
+    if preemption.requested():  # it came during the last step or the final export: the run is whole
+        print(f"note: {preemption.requested()} arrived after the last step began; the run finished first",
+              file=sys.stderr)
     return 0
 
 

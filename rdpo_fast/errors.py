@@ -6,7 +6,11 @@ unreadable file, a full disk, a read-only location; a corrupt or truncated file;
 package; running out of memory) ends as one line on stderr,
     rdpo-fast COMMAND: error: MESSAGE
 and exit status 2, with no traceback unless `--debug` or RDPO_FAST_DEBUG=1 asks for it. Any other
-exception is a bug and keeps its traceback.
+exception is a bug and keeps its traceback. Two ends are not errors of the input and have their own
+status, again with one line:
+    rdpo-fast COMMAND: stopped by SIGTERM ...; HOW TO GO ON        exit 143 (rdpo_fast.preemption)
+    rdpo-fast COMMAND: error: training diverged ...                 exit 3 (Diverged)
+Commands run under rdpo_fast.preemption.handling(), so SIGTERM and SIGUSR1 end them that way.
 
 `writing(path)` wraps a write so that a failure names the path and says why (a full disk shows through
 torch.save as a RuntimeError from its zip writer, through safetensors as a SafetensorError).
@@ -20,9 +24,13 @@ import shutil
 import sys
 import traceback
 
+from . import preemption
+
 DEBUG_ENV = "RDPO_FAST_DEBUG"
 EXIT_ERROR = 2
+EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_PREEMPTED = preemption.EXIT_PREEMPTED
 
 # import name -> what to pip install, for the optional packages a command may need
 PIP_NAMES = {"yaml": "pyyaml", "matplotlib": "matplotlib", "peft": "peft", "trl": "trl", "datasets": "datasets",
@@ -32,6 +40,11 @@ PIP_NAMES = {"yaml": "pyyaml", "matplotlib": "matplotlib", "peft": "peft", "trl"
 
 class OutputError(OSError):
     """A write that failed: the message names the path and the reason."""
+
+
+class Diverged(Exception):
+    """A training run stopped because its loss or gradient norm stayed non-finite; the message names the
+    step and the quantity. Not a ValueError: the input may be fine, the settings (lr) are not."""
 
 
 def debug_enabled(flag: bool | None = None) -> bool:
@@ -86,9 +99,16 @@ def _os_message(exc: OSError) -> str:
 
 def run_command(command: str, fn, *, debug: bool | None = None) -> int:
     """Runs fn() (a subcommand) and returns its exit status; an expected failure prints one line and
-    returns 2, a bug raises with its traceback."""
+    returns 2, a stop signal 143, a diverged run 3; a bug raises with its traceback."""
     try:
-        return fn()
+        with preemption.handling():
+            return fn()
+    except preemption.Preempted as e:
+        print(f"rdpo-fast {command}: {one_line(e.line())}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except Diverged as e:
+        print(f"rdpo-fast {command}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print(f"rdpo-fast {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

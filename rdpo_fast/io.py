@@ -7,12 +7,15 @@ line naming file and line (and column).
 
 Writing: a file is written whole or not at all, into a temporary file beside it that is then renamed
 into place, so a killed process never leaves a half-written file under the real name; a failed write
-names the path and the reason (rdpo_fast.errors.OutputError).
+names the path and the reason (rdpo_fast.errors.OutputError). JSON is written strict: a non-finite
+float (NaN, inf) becomes null, since JSON has no such number and strict readers (jq, JavaScript's
+JSON.parse) refuse the NaN and Infinity tokens Python writes by default.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from typing import Any, Iterable, Iterator, TextIO
 
@@ -86,6 +89,23 @@ def parse_structured(path: str, what: str, error: type[Exception] = ValueError) 
         raise error(f"{what} {path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
 
 
+# ---------------------------------------------------------------------------------------- strict JSON
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float in it (NaN, inf, -inf, in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw) -> str:
+    """json.dumps of json_safe(obj), refusing anything else that is not strict JSON (allow_nan=False)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
 # ---------------------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_open(path: str) -> Iterator[TextIO]:
@@ -107,10 +127,9 @@ def atomic_open(path: str) -> Iterator[TextIO]:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """`obj` as indented JSON (UTF-8 text, not escaped), atomically."""
+    """`obj` as indented strict JSON (UTF-8 text, not escaped), atomically."""
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_jsonl(path: str, records: Iterable[Any]) -> int:
@@ -118,7 +137,7 @@ def write_jsonl(path: str, records: Iterable[Any]) -> int:
     n = 0
     with atomic_open(path) as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     return n
 

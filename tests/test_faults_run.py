@@ -27,23 +27,18 @@ from rdpo_fast.training import checkpoint as ckpt
 from rdpo_fast.training import fault_points
 from rdpo_fast.models import loading as modeling
 from rdpo_fast.cli import main
-from tiny import read_weights, save_tiny, write_subset
+from tiny import exact_run_flags, read_weights, run_files
 
 STEPS = 5
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    return {"model": save_tiny(str(root / "model")), "train": write_subset(str(root / "train.jsonl"), 8),
-            "cache": str(root / "cache"), "root": root}
+    return run_files(tmp_path_factory.mktemp("faults"))
 
 
 def _flags(files, out, *extra):
-    # 8 pairs, 2 per step: 4 steps per epoch, so the 5 steps cross an epoch boundary.
-    return ["--model", files["model"], "--data", files["train"], "--cache-dir", files["cache"], "--batch-size", "2",
-            "--max-steps", str(STEPS), "--lr", "2e-3", "--warmup-steps", "1", "--max-length", "160", "--no-progress",
-            "--no-bf16", "--save-steps", "1", "--output-dir", str(out), *extra]
+    return exact_run_flags(files, out, STEPS, "--save-steps", "1", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "rdpo_fast"
 
-BASE = {"io", "errors", "compat"}  # leaf utilities: any layer may use them, they use no layer
+BASE = {"io", "errors", "compat", "preemption", "run_lock"}  # leaf utilities: any layer may use them, they use no layer
 # What each layer may import besides itself and BASE.
 ALLOWED = {
     "kernels": set(),
@@ -24,7 +24,7 @@ ALLOWED = {
     "evaluation": {"judges", "lm", "models", "data", "losses", "ops"},
     "pipelines": {"evaluation", "training", "judges", "lm", "models", "data", "losses", "ops"},
     "integrations": {"models", "losses", "ops"},
-    "io": set(), "errors": set(), "compat": set(),
+    "io": set(), "errors": set(), "compat": set(), "preemption": set(), "run_lock": set(),
     "compile_report": {"kernels"},
 }
 TOP = {"__init__", "__main__", "cli"}  # the package's front doors: they may import any layer

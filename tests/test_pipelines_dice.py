@@ -196,6 +196,7 @@ def test_dice_refuses_a_foreign_directory(files, tmp_path, capsys):
 
 def test_stage_dir(tmp_path):
     from rdpo_fast.pipelines.stages import StageDir, StageDirError
+    from rdpo_fast.run_lock import RunDirBusy
 
     calls = []
 
@@ -207,9 +208,15 @@ def test_stage_dir(tmp_path):
 
     run = StageDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None)
     assert run.run("a", stage) == {"n": 1} and run.run("a", stage) == {"n": 1} and len(calls) == 1
+    with pytest.raises(RunDirBusy, match=f"run directory {tmp_path / 'run'} is in use by another process \\(pid "):
+        StageDir(str(tmp_path / "run"), {"k": 2})  # one writer at a time, until closed
+    run.close()
     os.remove(tmp_path / "run" / "a.txt")  # an output went missing: the stage runs again
-    assert StageDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None).run("a", stage) == {"n": 2}
+    with StageDir(str(tmp_path / "run"), {"k": 2}, log=lambda *a: None) as again:
+        assert again.run("a", stage) == {"n": 2}
     with pytest.raises(StageDirError, match="k: 2 -> 3"):
-        StageDir(str(tmp_path / "run"), {"k": 3})
-    fresh = StageDir(str(tmp_path / "run"), {"k": 3}, overwrite=True, log=lambda *a: None)
-    assert fresh.done("a") is None and fresh.run("a", stage) == {"n": 3}
+        StageDir(str(tmp_path / "run"), {"k": 3})  # refused, its lock released on the way out
+    with StageDir(str(tmp_path / "run"), {"k": 3}, overwrite=True, log=lambda *a: None) as fresh:
+        assert fresh.done("a") is None and fresh.run("a", stage) == {"n": 3}
+        assert ".lock" in os.listdir(tmp_path / "run")  # held while open: --overwrite emptied all else
+    assert ".lock" not in os.listdir(tmp_path / "run")

@@ -78,6 +78,21 @@ def write_subset(path: str, n: int, split: str = "train", start: int = 0, transf
     return path
 
 
+def run_files(root, pairs: int = 8) -> dict:
+    """What a training test runs on, under the folder `root` (a pathlib.Path): the tiny model, the first
+    `pairs` shipped training pairs, a reference cache; "root" is the folder itself."""
+    return {"model": save_tiny(str(root / "model")), "train": write_subset(str(root / "train.jsonl"), pairs),
+            "cache": str(root / "cache"), "root": root}
+
+
+def exact_run_flags(files: dict, out, steps: int, *extra: str) -> list[str]:
+    """`rdpo-fast train` flags of the short run the fault tests interrupt and resume: 8 pairs, 2 per step,
+    4 steps per epoch (so 5 steps cross an epoch boundary), fp32 on CPU, no progress bar."""
+    return ["--model", files["model"], "--data", files["train"], "--cache-dir", files["cache"], "--batch-size", "2",
+            "--max-steps", str(steps), "--lr", "2e-3", "--warmup-steps", "1", "--max-length", "160", "--no-progress",
+            "--no-bf16", "--output-dir", str(out), *extra]
+
+
 def read_weights(run_dir: str) -> dict:
     from safetensors.torch import load_file
 

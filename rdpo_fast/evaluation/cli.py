@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from rdpo_fast import run_lock
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.models.sources import DEFAULT_MODEL
@@ -56,9 +57,10 @@ def run_generate(args: argparse.Namespace) -> int:
                                   progress=args.progress).validate()
     prompts = load_prompts(args.prompts, languages=_languages(args.languages), task=args.task,
                            num_prompts=args.num_prompts)  # bad input fails before the model loads
-    recs = load_and_generate(args.model, prompts, settings, dtype=args.dtype, generator=args.generator,
-                             system=args.system or None)
-    write_records(args.output, recs)
+    with run_lock.lock_file(args.output, "answers file"):  # one writer at a time
+        recs = load_and_generate(args.model, prompts, settings, dtype=args.dtype, generator=args.generator,
+                                 system=args.system or None)
+        write_records(args.output, recs)
     cut = sum(not r["finished"] for r in recs)
     print(f"wrote {len(recs)} answers of {recs[0]['generator']} to {args.output}"
           + (f" ({cut} cut off at --max-new-tokens {args.max_new_tokens})" if cut else ""))
@@ -124,10 +126,7 @@ def _read_difficulty(path: str, answers) -> dict:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from rdpo_fast.judges.probability import ProbabilityJudge
-
     from .answers import pair_answers, read_answers
-    from .compare import evaluate_pairs, write_reports
     from .tasks import TaskError
 
     if args.task is not None and args.task not in TASKS:
@@ -147,6 +146,15 @@ def run_eval(args: argparse.Namespace) -> int:
         from .langid import identifier
 
         identifier()  # a missing py3langid is reported before the judge loads
+    with run_lock.lock_dir(args.output_dir, "output directory"):  # one writer; the answers are only read
+        return _judge_and_report(args, runs, share)
+
+
+def _judge_and_report(args: argparse.Namespace, runs: list, share: bool) -> int:
+    from rdpo_fast.judges.probability import ProbabilityJudge
+
+    from .compare import evaluate_pairs, write_reports
+
     judge = ProbabilityJudge.load(args.judge, dtype=args.judge_dtype, batch_size=args.judge_batch_size,
                                   max_answer_tokens=args.max_answer_tokens, progress=args.progress)
     reports = []

@@ -82,5 +82,5 @@ def write_records(path: str, records: list[dict]) -> None:
     with textfile.atomic_open(path) as f:
         f.write("[\n")
         for k, r in enumerate(records):
-            f.write("  " + json.dumps(r, ensure_ascii=False) + ("," if k + 1 < len(records) else "") + "\n")
+            f.write("  " + textfile.dumps(r, ensure_ascii=False) + ("," if k + 1 < len(records) else "") + "\n")
         f.write("]\n")

@@ -286,16 +286,22 @@ def _task_scale(args, records) -> dict:
 
 
 def run_score_cmd(args) -> int:
+    from rdpo_fast import run_lock
     from rdpo_fast.data.records import read_jsonl
     from rdpo_fast.training.run_dir import check_file_writable
-
-    from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
-    from rdpo_fast.io import write_jsonl
 
     if args.score_temperature is not None and args.score_temperature <= 0:
         raise ValueError(f"--score-temperature must be > 0, got {args.score_temperature}")
     lines = read_jsonl(args.input)  # validated before any model loads
     check_file_writable(args.output)
+    with run_lock.lock_file(args.output):  # one writer of the output (and its .failed.jsonl) at a time
+        return _score(args, lines)
+
+
+def _score(args, lines) -> int:
+    from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
+    from rdpo_fast.io import write_jsonl
+
     records = [r for _, r in lines]
     target = None
     if args.scorer == "judge":

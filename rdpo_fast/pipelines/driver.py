@@ -229,8 +229,13 @@ class RoundDriver:
         self.final_eval = FinalEval(self.final_eval_settings, default_prompts=prompts, languages=languages,
                                     system=s.system, log=self.log)
         self.final_eval.prepare()
-        self.run_dir = run = StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
-        models = self.models
+        with StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log) as run:
+            self.run_dir = run
+            return self.run_stages(run)
+
+    def run_stages(self, run: StageDir) -> dict:
+        """Every stage, in the run directory this process holds."""
+        s, models = self.s, self.models
 
         base = materialise(run, models, "policy", s.policy)
         rows = []

@@ -169,7 +169,13 @@ class RdpoChain:
         s = self.s
         s.validate()
         self.prepare()
-        run = self.run_dir = StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log)
+        with StageDir(self.output_dir, s.to_dict(), overwrite=self.overwrite, log=self.log) as run:
+            self.run_dir = run
+            return self.run_stages(run)
+
+    def run_stages(self, run: StageDir) -> dict:
+        """Every stage, in the run directory this process holds."""
+        s = self.s
         teacher = materialise(run, self.models, "teacher", s.teacher)
         student = teacher if not s.student or s.student == s.teacher else materialise(run, self.models, "student",
                                                                                         s.student)

@@ -19,7 +19,9 @@ from typing import Callable
 import torch
 
 from rdpo_fast.models import loading as modeling
+from rdpo_fast.training import checkpoint as ckpt
 from rdpo_fast.training.config import TrainConfig, read_config_file
+from rdpo_fast.training.run_dir import TRANSIENT
 from rdpo_fast.losses.table import LOSSES
 from rdpo_fast.losses.head import LOSS_TYPES
 
@@ -243,7 +245,8 @@ def pair_groups(groups: list[dict], *, length_control: bool = True, min_valid: i
 # ---------------------------------------------------------------------------------------- training
 def train_stage(run: StageDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int, log=print) -> dict:
     """DPO from `model` with `model` itself as the (precomputed) reference; the trained policy is
-    exported to <stage>/final."""
+    exported to <stage>/final. A stage stopped by a signal left a checkpoint (the training loop wrote
+    it): the rerun resumes from it, and reaches the weights the uninterrupted stage would have."""
     from rdpo_fast.training.loop import train
 
     out = os.path.join(run.path, stage)
@@ -253,11 +256,32 @@ def train_stage(run: StageDir, stage: str, settings: TrainSettings, *, model: st
             raise ValueError(f"{stage}: no preference pairs to train on")
         cfg = settings.config(model=model, data=data, output_dir=out, cache_dir=os.path.join(run.path, "cache"),
                               n_pairs=n_pairs, log=log)
-        summary = train(cfg)
+        summary = train(resume_or_start_over(cfg, f"[{stage}]", log))
+        if not cfg.save_steps:  # the checkpoints were only for resuming the stage; its output is final/
+            for c in ckpt.list_checkpoints(out):
+                ckpt.retire(c)
         keep = {k: summary[k] for k in ("global_step", "train_pairs", "train_truncated", "seconds") if k in summary}
         return keep, [os.path.join(out, "final")]
 
     return run.run(stage, go)
+
+
+def resume_or_start_over(cfg: TrainConfig, name: str, log: Callable[[str], None] = print) -> TrainConfig:
+    """The training stage's config, resuming from its newest checkpoint when one was written with the
+    same settings; checkpoints of other settings are deleted (a later resume must never find them)."""
+    found = ckpt.list_checkpoints(cfg.output_dir)
+    if not found:
+        return cfg
+    saved = ckpt.read_state(found[-1]).get("config", {})
+    # Settings of one invocation (resume, ...) and of presentation (progress bars) may differ.
+    ignored = set(TRANSIENT) | {"progress"}
+    if all(saved.get(k) == v for k, v in cfg.to_dict().items() if k not in ignored):
+        log(f"{name} resuming from {found[-1]}")
+        return dataclasses.replace(cfg, resume=found[-1])
+    log(f"{name} its checkpoints were written with other settings: starting it over")
+    for c in found:
+        ckpt.retire(c)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------- evaluation

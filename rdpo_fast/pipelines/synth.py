@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from rdpo_fast.models import loading as modeling
+from rdpo_fast import run_lock
 from rdpo_fast.training.run_dir import check_file_writable
 
 from . import filters
@@ -84,10 +85,11 @@ def run_synth(*, teacher: str, task: TaskTemplate, output: str, prompts_file: st
     prompts = load_prompts(task, prompts_file, settings.num_prompts)  # bad input fails before the model loads
     check_file_writable(output)
     modeling.resolve(teacher)
-    tokenizer = modeling.load_tokenizer(teacher)
-    model = modeling.load_model(teacher).eval()
-    records, stats = synthesize(model, tokenizer, task, prompts, settings)
-    write_jsonl(output, records)
+    with run_lock.lock_file(output):  # one writer of the output at a time
+        tokenizer = modeling.load_tokenizer(teacher)
+        model = modeling.load_model(teacher).eval()
+        records, stats = synthesize(model, tokenizer, task, prompts, settings)
+        write_jsonl(output, records)
     stats["output"] = output
     log(table(["synth: " + task.name, "value"], [
         ["prompts", stats["prompts"]], ["pairs made", stats["pairs"]],

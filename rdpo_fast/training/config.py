@@ -84,6 +84,9 @@ class TrainConfig:
     warmup_steps: int = _opt(0, "linear warmup steps")
     warmup_ratio: float = _opt(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
     max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
+    max_nonfinite_steps: int = _opt(3, "stop the run (exit status 3) after this many optimizer steps in a row "
+                                    "skipped for a non-finite loss or gradient norm; such a step never updates the "
+                                    "weights (0: skip them and never stop)")
     seed: int = _opt(0, "seed of shuffling and initialisation")
     bf16: bool | None = _opt(None, "compute in bf16 under autocast, weights as --dtype says (default: on with "
                              "CUDA, off on CPU)")
@@ -113,7 +116,8 @@ class TrainConfig:
 
         for name in ("batch_size", "grad_accum", "eval_batch_size", "epochs", "logging_steps", "max_length"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_steps", "save_steps", "save_total_limit", "warmup_steps", "train_last_layers", "lora_r"):
+        for name in ("eval_steps", "save_steps", "save_total_limit", "warmup_steps", "train_last_layers", "lora_r",
+                     "max_nonfinite_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

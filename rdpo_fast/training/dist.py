@@ -44,6 +44,14 @@ class Dist:
             self.dist.all_reduce(t)
         return t
 
+    def broadcast(self, obj: object) -> object:
+        """Rank 0's `obj` (picklable) on every rank."""
+        if self.dist is None:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.dist is not None:
             self.dist.barrier()

@@ -1,14 +1,21 @@
 """Named moments of a run where a test can stop the process, or make a write fail as a full or read-only
 disk would. A test hook, off unless the environment asks for it (then one dictionary look-up per point).
 
-    RDPO_FAST_PAUSE_AT=POINT[:N]         the N-th time POINT is reached (without :N, the first), the
+    RDPO_FAST_PAUSE_AT=POINT[:N][,...]   the N-th time POINT is reached (without :N, the first), the
                                          process writes its pid to RDPO_FAST_PAUSE_FILE (when set) and
-                                         sleeps until it is killed, so a SIGKILL lands at that moment
+                                         sleeps until it is killed, so a SIGKILL lands at that moment;
+                                         or until a stop signal arrives (SIGTERM, SIGUSR1: the run goes
+                                         on to act on it, rdpo_fast.preemption), or until the file
+                                         RDPO_FAST_CONTINUE_FILE exists (when set). Several points,
+                                         comma-separated, pause in turn.
     RDPO_FAST_FAIL_AT=POINT[:N]=ERRNO    there (without :N, every time) an OSError(ERRNO) is raised for
                                          the path being written, e.g. checkpoint-write:2=ENOSPC (disk
                                          full at the second checkpoint), output-check=EROFS (read-only)
 
 Points:
+    step-done                  an optimizer step finished and logged, before its evaluation and scheduled
+                               checkpoint
+    stage-start                a pipeline stage about to run (after its "[STAGE] running" line)
     output-check               the writability check of an output location, before any model loads
     checkpoint-write           a checkpoint half written: weights and optimizer state in its temporary
                                directory, the scheduler, trainer state and completion marker not yet
@@ -23,10 +30,13 @@ import errno
 import os
 import time
 
+from rdpo_fast import preemption
+
 PAUSE_ENV = "RDPO_FAST_PAUSE_AT"
 PAUSE_FILE_ENV = "RDPO_FAST_PAUSE_FILE"
+CONTINUE_FILE_ENV = "RDPO_FAST_CONTINUE_FILE"
 FAIL_ENV = "RDPO_FAST_FAIL_AT"
-POINTS = ("output-check", "checkpoint-write", "checkpoint-complete", "checkpoint-rotate",
+POINTS = ("step-done", "stage-start", "output-check", "checkpoint-write", "checkpoint-complete", "checkpoint-rotate",
           "checkpoint-rotate-partial", "export-write")
 
 _seen: dict[str, int] = {}
@@ -50,12 +60,18 @@ def reached(point: str, path: str | None = None) -> None:
         if _matches(spec, point, count):
             code = getattr(errno, name or "EIO")
             raise OSError(code, os.strerror(code), path)
-    if pause and _matches(pause, point, count):
-        signal_file = os.environ.get(PAUSE_FILE_ENV)
-        if signal_file:
-            tmp = signal_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(str(os.getpid()))
-            os.replace(tmp, signal_file)
-        while True:  # until killed
-            time.sleep(60)
+    if pause and any(_matches(spec, point, count) for spec in pause.split(",")):
+        _pause()
+
+
+def _pause() -> None:
+    signal_file, go_on = os.environ.get(PAUSE_FILE_ENV), os.environ.get(CONTINUE_FILE_ENV)
+    if signal_file:
+        tmp = f"{signal_file}.tmp-{os.getpid()}"  # one per process: torchrun's workers pause together
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, signal_file)
+    signals = preemption.count()
+    # Until killed, or a stop signal (outside the training loop its handler raises out of the sleep).
+    while preemption.count() == signals and not (go_on and os.path.exists(go_on)):
+        time.sleep(0.02)

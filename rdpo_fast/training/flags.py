@@ -19,7 +19,8 @@ GROUPS = {
     "loss": ("loss_type", "beta", "label_smoothing", "nll_alpha", "gamma", "tau", "ld_alpha", "average_log_prob",
              "workspace_mb"),
     "optimisation": ("epochs", "max_steps", "batch_size", "grad_accum", "eval_batch_size", "lr", "optim",
-                     "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "max_grad_norm", "seed", "bf16"),
+                     "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "max_grad_norm", "max_nonfinite_steps",
+                     "seed", "bf16"),
     "reference": ("reference", "cache_dir"),
     "checkpoints": ("output_dir", "overwrite", "save_steps", "save_total_limit", "stop_after_steps", "resume",
                     "export"),
@@ -38,7 +39,10 @@ EPILOG = """examples:
 
 TRL names: model_name_or_path, learning_rate, per_device_train_batch_size, gradient_accumulation_steps,
 num_train_epochs, lr_scheduler_type, torch_dtype, bf16, fp16, dataset_name, ... map onto the options above;
-a TRL setting rdpo_fast cannot honour is refused by name."""
+a TRL setting rdpo_fast cannot honour is refused by name.
+
+exit status: 0 done; 2 an error (one line); 3 diverged (--max-nonfinite-steps); 143 stopped by SIGTERM or
+SIGUSR1 after a checkpoint at the last finished step (rdpo-fast train --resume OUTPUT_DIR goes on)."""
 
 
 def _kind(f: dataclasses.Field) -> type:

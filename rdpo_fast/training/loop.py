@@ -5,7 +5,19 @@ torchrun scale-out with DDP or FSDP2.
 
 Read it as nanoGPT's train.py: `train` is the whole run; `setup` builds it (a Run), `step` is one
 optimizer step, `evaluate` the held-out pass, `checkpoint` a save, `finish` the end. A run stops early
-by setting Run.stop (today: --stop-after-steps) and is then checkpointed where it stands.
+by setting Run.stop, for one of three reasons:
+- "stop_after_steps" (--stop-after-steps): checkpointed where it stands, summary, exit 0;
+- "signal": SIGTERM or SIGUSR1 (rdpo_fast.preemption) reached any rank after setup. The handler only
+  records it; every step begins with one sum over ranks (the step's pair and token counts), which
+  carries each rank's "stop" vote too, so all ranks agree to stop before the same step without another
+  collective. The step in progress when the signal came is finished, the next one is not begun, a
+  checkpoint is written at the last finished step (unless one is there already), and Preempted says
+  how to resume. During setup (loading, the reference pass: nothing trained yet, and it may take
+  minutes a scheduler will not wait) a signal ends the run at once;
+- "diverged": --max-nonfinite-steps steps in a row had a non-finite loss or gradient norm. Such a step
+  never updates the weights (optim.Stepper skips it); the run stops without a new checkpoint or
+  `final/`, and Diverged names the step and the quantity.
+The whole run holds the output directory's lock (run_dir.claim: one writer per run directory).
 
 Exactness of accumulation: every micro-batch calls the loss with the whole optimizer step's pair and
 chosen-token counts (summed over micro-batches and ranks), so the micro-batch losses add up to the
@@ -24,18 +36,23 @@ from typing import Any, Callable
 
 import torch
 
+from rdpo_fast import preemption
 from rdpo_fast.data import sources as data_sources
 from rdpo_fast.data.records import PreferenceData, collate, epoch_order, step_batches, steps_per_epoch
 from rdpo_fast.data.shipped import default_path
+from rdpo_fast.errors import Diverged
 from rdpo_fast.losses.metrics import METRIC_NAMES, NLL_METRIC, nll_value, pair_values, token_means
 from rdpo_fast.models import loading as modeling
 
 from . import checkpoint as ckpt
-from . import optim, reporting, run_dir
+from . import fault_points, optim, reporting, run_dir
 from .config import TrainConfig
 from .dist import Dist
 from .forward import PreferenceStep, length_sorted, reference_inputs, training_loss
 from .ref_cache import precompute_reference
+
+
+QUANTITIES = {"loss": "loss", "grad_norm": "gradient norm"}  # what a skipped step's outcome names, in words
 
 
 # ---------------------------------------------------------------------------------------- the run's state
@@ -75,25 +92,44 @@ class Stats:
 
 @dataclass
 class Progress:
-    """Where the run stands: optimizer steps done, the epoch, and the steps done within it. A checkpoint
-    saves it; `epoch` moves on lazily, at the next step after the epoch's last one (and when the run
-    ends), so a checkpoint written at an epoch's end says (epoch, steps per epoch)."""
+    """Where the run stands: optimizer steps done, the epoch, and the steps done within it; the steps
+    whose update was skipped (non-finite), and the latest run of them in a row with its first step and
+    quantity. A checkpoint saves it; `epoch` moves on lazily, at the next step after the epoch's last
+    one (and when the run ends), so a checkpoint written at an epoch's end says (epoch, steps per epoch)."""
     global_step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
+    skipped_steps: int = 0
+    nonfinite_streak: int = 0
+    streak_start: tuple[int, str] | None = None  # (step, "loss" or "grad_norm") of the streak's first step
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
-        return cls(state["global_step"], state["epoch"], state["step_in_epoch"])
+        start = state.get("streak_start")  # the skip counts: absent from checkpoints written before them
+        return cls(state["global_step"], state["epoch"], state["step_in_epoch"], state.get("skipped_steps", 0),
+                   state.get("nonfinite_streak", 0), tuple(start) if start else None)
 
     def state(self, cfg: TrainConfig) -> dict:
         """The trainer state a checkpoint saves (with the run's settings, for resume)."""
         return {"global_step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "config": cfg.to_dict()}
+                "skipped_steps": self.skipped_steps, "nonfinite_streak": self.nonfinite_streak,
+                "streak_start": list(self.streak_start) if self.streak_start else None, "config": cfg.to_dict()}
+
+    def upcoming(self, per_epoch: int) -> tuple[int, int]:
+        """(epoch, step within it) of the next step."""
+        return (self.epoch + 1, 0) if self.step_in_epoch >= per_epoch else (self.epoch, self.step_in_epoch)
 
     def next_epoch_if_done(self, per_epoch: int) -> None:
-        if self.step_in_epoch >= per_epoch:
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch, self.step_in_epoch = self.upcoming(per_epoch)
+
+    def count(self, outcome: optim.StepOutcome) -> None:
+        """The step just done (global_step counts it already): its update applied, or skipped."""
+        if outcome.applied or outcome.nonfinite is None:
+            self.nonfinite_streak, self.streak_start = 0, None
+        else:
+            self.nonfinite_streak += 1
+            self.streak_start = self.streak_start or (self.global_step, outcome.nonfinite)
+        self.skipped_steps += not outcome.applied
 
 
 @dataclass
@@ -121,12 +157,12 @@ class Run:
     progress: Progress
     metrics: reporting.MetricsLog
     bar: Any = None  # tqdm, on the main rank with --progress
-    stop: str | None = None  # why the run ends before its last step; None while it goes on
+    stop: str | None = None  # why the run ends before its last step (see the module docstring); None while it goes on
+    saved: tuple[int, str] | None = None  # (step, path) of the newest checkpoint this run wrote or resumed from
     _order: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)  # (epoch, its order)
 
-    def epoch_order(self) -> torch.Tensor:
-        """The pair order of the current epoch (a function of seed and epoch; kept while the epoch lasts)."""
-        epoch = self.progress.epoch
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The pair order of an epoch (a function of seed and epoch; the latest one is kept)."""
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, epoch_order(len(self.train_data), self.cfg.seed, epoch))
         return self._order[1]
@@ -134,24 +170,75 @@ class Run:
 
 # ---------------------------------------------------------------------------------------- the run
 def train(cfg: TrainConfig) -> dict:
-    """Runs training; returns the final summary (also written to RUN/summary.json)."""
+    """Runs training; returns the final summary (also written to RUN/summary.json). Raises
+    rdpo_fast.preemption.Preempted after a stop signal (a checkpoint at the last finished step written)
+    and rdpo_fast.errors.Diverged when the loss or gradient norm stayed non-finite."""
     cfg.validate()
     dist = Dist()
     try:
-        run = setup(cfg, dist)
-        while run.progress.global_step < run.total and run.stop is None:
-            row = step(run)
-            _log_step(run, row)
-            done = run.progress.global_step
-            if run.eval_data is not None and _due(cfg.eval_steps, done, run.total):
-                run.metrics.append({**evaluate(run), "step": done})
-            if cfg.stop_after_steps is not None and cfg.stop_after_steps <= done < run.total:
-                run.stop = "stop_after_steps"
-            if _due(cfg.save_steps, done, run.total) or run.stop is not None:
-                run.log(f"checkpoint: {checkpoint(run)}")
-        return finish(run)
+        with preemption.handling(), run_dir.claim(cfg, dist):
+            run = setup(cfg, dist)
+            with preemption.deferred():
+                summary = _loop(run)
+        if run.stop == "signal":
+            raise _preempted(run)
+        if run.stop == "diverged":
+            raise Diverged(_divergence(run))
+        return summary
     finally:
         dist.close()
+
+
+def _loop(run: Run) -> dict:
+    """The steps, with their logging, evaluations, checkpoints and stops, then finish."""
+    cfg = run.cfg
+    while run.progress.global_step < run.total and run.stop is None:
+        row = step(run)
+        if row is None:  # a stop signal on some rank: every rank got the same vote
+            run.stop = "signal"
+            break
+        _log_step(run, row)
+        fault_points.reached("step-done")
+        done = run.progress.global_step
+        if run.eval_data is not None and _due(cfg.eval_steps, done, run.total):
+            run.metrics.append({**evaluate(run), "step": done})
+        if cfg.stop_after_steps is not None and cfg.stop_after_steps <= done < run.total:
+            run.stop = "stop_after_steps"
+        if cfg.max_nonfinite_steps and run.progress.nonfinite_streak >= cfg.max_nonfinite_steps:
+            run.stop = "diverged"
+        elif _due(cfg.save_steps, done, run.total) or run.stop is not None:
+            run.log(f"checkpoint: {checkpoint(run)}")
+    if run.stop == "signal" and run.progress.global_step not in (0, run.saved and run.saved[0]):
+        run.log(f"checkpoint: {checkpoint(run)}")
+        if preemption.count() > 1:  # recorded only: nothing interrupts the save
+            run.log(f"note: {preemption.count() - 1} more stop signal(s) came during the save; it finished")
+    return finish(run)
+
+
+def _preempted(run: Run) -> preemption.Preempted:
+    """The stop signal's one line: where the run stands and how to resume it."""
+    name = preemption.requested() or "a stop signal (on another rank)"
+    if run.saved is None:
+        return preemption.Preempted(name, "before the first step: nothing to save", "run the same command again")
+    step, path = run.saved
+    out = run.cfg.output_dir
+    inside = os.path.realpath(os.path.dirname(path)) == os.path.realpath(os.path.join(out, "checkpoints"))
+    resume = out if inside else f"{path} --output-dir {out}"  # resumed from a checkpoint kept elsewhere, no step since
+    return preemption.Preempted(name, f"after step {step} of {run.total}: checkpoint {path}",
+                                f"resume with: rdpo-fast train --resume {resume}")
+
+
+def _divergence(run: Run) -> str:
+    """The diverged run's one line: the step and quantity that began it, how long it lasted, what is left."""
+    p, cfg = run.progress, run.cfg
+    first, what = p.streak_start
+    span = f"step {first}" if p.nonfinite_streak == 1 else f"steps {first}-{p.global_step}"
+    newest = ckpt.list_checkpoints(cfg.output_dir)
+    kept = f"the newest checkpoint, {newest[-1]}, holds finite weights" if newest else "no checkpoint was written"
+    return (f"training diverged at step {first}: its {QUANTITIES[what]} was not finite; {span} "
+            f"({p.nonfinite_streak} in a row, --max-nonfinite-steps {cfg.max_nonfinite_steps}) had a non-finite "
+            f"loss or gradient norm and were skipped, so no update came from them and no final/ was exported; "
+            f"{kept}; try a lower --lr")
 
 
 def _due(every: int, done: int, total: int) -> bool:
@@ -166,7 +253,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
     started = time.time()
     log = print if dist.main else _quiet
     resume_from = ckpt.find_checkpoint(cfg.resume) if cfg.resume is not None else None
-    run_dir.prepare_output_dir(cfg, dist.main)  # writable, no other run's checkpoints: before anything loads
+    run_dir.prepare_output_dir(cfg, dist.main)  # no other run's checkpoints: before anything loads
     _seed_everything(cfg.seed)
     precision = optim.resolve_precision(cfg.dtype, cfg.bf16, dist.device)
 
@@ -236,21 +323,27 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
                eval_data=eval_data, reference=mode, refs=refs, ref_model=ref_model, model=model,
                step_module=step_module, wrapped=wrapped, optimizer=optimizer, stepper=stepper, scheduler=scheduler,
                per_epoch=per_epoch, total=total, pad_id=_pad_id(tokenizer), progress=progress, metrics=metrics,
-               bar=bar)
+               bar=bar, saved=None if resume_from is None else (progress.global_step, resume_from))
 
 
-def step(run: Run) -> dict:
+def step(run: Run) -> dict | None:
     """One optimizer step over this rank's share of the step's pairs: a forward and backward per
     micro-batch (gradients all-reduced on the last one only), the update, the schedule. Returns the
-    step's metrics row (reduced over ranks: every rank must call it)."""
+    step's metrics row (reduced over ranks: every rank must call it), or None, having changed nothing,
+    when a stop signal reached any rank before the step began (the counts' sum carries the votes).
+    A step with a non-finite loss or gradient norm is done without its update (optim.Stepper); its row
+    says "skipped"."""
     cfg, dist, progress = run.cfg, run.dist, run.progress
-    progress.next_epoch_if_done(run.per_epoch)
-    batches = step_batches(run.epoch_order(), progress.step_in_epoch, batch_size=cfg.batch_size,
+    epoch, in_epoch = progress.upcoming(run.per_epoch)
+    batches = step_batches(run.epoch_order(epoch), in_epoch, batch_size=cfg.batch_size,
                            grad_accum=cfg.grad_accum, rank=dist.rank, world=dist.world)
     mbs = [collate(run.train_data, b, pad_id=run.pad_id, packed=cfg.packed, ref_logps=run.refs["train"]).to(dist.device)
            for b in batches]
-    counts = dist.all_sum(torch.tensor([sum(b.num_pairs for b in mbs), sum(b.num_chosen_tokens for b in mbs)],
-                                       dtype=torch.int64))
+    stop_vote = preemption.requested() is not None
+    counts = dist.all_sum(torch.tensor([sum(b.num_pairs for b in mbs), sum(b.num_chosen_tokens for b in mbs),
+                                        stop_vote], dtype=torch.int64))
+    if int(counts[2]):
+        return None
     num_pairs, num_tokens = int(counts[0]), max(int(counts[1]), 1)
     stats = Stats()
     for i, mb in enumerate(mbs):
@@ -258,15 +351,22 @@ def step(run: Run) -> dict:
             loss, aux = run.wrapped(mb, num_pairs, num_tokens, **reference_inputs(run.ref_model, mb))
             run.stepper.backward(loss * dist.world)
         stats.add(loss, aux)
+    row = stats.reduce(dist, nll=cfg.nll_alpha > 0)  # before the update: the summed loss decides it on every rank
     lr = run.scheduler.get_last_lr()[0]
-    grad_norm = run.stepper.step()
-    run.scheduler.step()
+    outcome = run.stepper.step(row["loss"])
+    if outcome.applied:
+        run.scheduler.step()  # the schedule counts updates (optim's docstring)
     run.optimizer.zero_grad(set_to_none=True)
+    progress.epoch, progress.step_in_epoch = epoch, in_epoch + 1
     progress.global_step += 1
-    progress.step_in_epoch += 1
+    progress.count(outcome)
     done = progress.global_step
-    row = stats.reduce(dist, nll=cfg.nll_alpha > 0)
-    row.update(step=done, epoch=round(done / run.per_epoch, 4), learning_rate=lr, grad_norm=grad_norm)
+    row.update(step=done, epoch=round(done / run.per_epoch, 4), learning_rate=lr, grad_norm=outcome.grad_norm)
+    if not outcome.applied:
+        row["skipped"] = True
+        if outcome.nonfinite is not None:
+            run.log(f"step {done}: non-finite {QUANTITIES[outcome.nonfinite]} (loss {row['loss']}, gradient "
+                    f"norm {outcome.grad_norm}): update skipped, {progress.nonfinite_streak} in a row")
     return row
 
 
@@ -295,8 +395,21 @@ def evaluate(run: Run) -> dict:
 def checkpoint(run: Run) -> str:
     """Saves RUN/checkpoints/step-N (every rank takes part), keeping the newest --save-total-limit;
     returns its path."""
-    return ckpt.save_checkpoint(run.cfg.output_dir, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+    _check_finite_weights(run, "checkpoint")
+    path = ckpt.save_checkpoint(run.cfg.output_dir, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                                 state=run.progress.state(run.cfg), keep=run.cfg.save_total_limit)
+    run.saved = (run.progress.global_step, path)
+    return path
+
+
+def _check_finite_weights(run: Run, what: str) -> None:
+    """Nothing is written from non-finite weights. Skipping non-finite steps keeps them finite; this
+    guards the one way left, finite updates that overflow (a weight decay factor far from 1), at one
+    sum over ranks per save."""
+    bad = run.dist.all_sum(torch.tensor([not optim.weights_finite(run.stepper.params)], dtype=torch.int64))
+    if int(bad[0]):
+        raise Diverged(f"training diverged: the weights are not finite after step {run.progress.global_step} "
+                       f"(finite updates overflowed); no {what} was written from them; try a lower --lr")
 
 
 def finish(run: Run) -> dict:
@@ -308,6 +421,10 @@ def finish(run: Run) -> dict:
     summary = {"global_step": progress.global_step, "total_steps": run.total, "stopped_early": run.stop is not None,
                "train_pairs": len(run.train_data), "train_truncated": run.train_data.num_truncated,
                "reference": run.reference, "processes": dist.world}
+    if run.stop is not None:
+        summary["stop"] = run.stop
+    if progress.skipped_steps:
+        summary["skipped_steps"] = progress.skipped_steps
     if run.stop is None:
         progress.next_epoch_if_done(run.per_epoch)
         if run.eval_data is not None:
@@ -317,6 +434,7 @@ def finish(run: Run) -> dict:
         if cfg.save_steps:
             summary["checkpoint"] = checkpoint(run)
         if cfg.export:
+            _check_finite_weights(run, "export")
             final = os.path.join(cfg.output_dir, "final")
             weights = ckpt.full_model_state(run.model) if dist.world > 1 else None
             ckpt.export_model(final, run.model, run.tokenizer, weights)
@@ -400,9 +518,10 @@ def pairs_to_train(n: int, cfg: TrainConfig, progress: Progress, per_epoch: int,
 
 
 def _log_step(run: Run, row: dict) -> None:
-    """The step's row into RUN/metrics.jsonl every --logging-steps (and at the last step); the bar."""
+    """The step's row into RUN/metrics.jsonl every --logging-steps, at the last step and whenever its
+    update was skipped; the bar."""
     done = run.progress.global_step
-    if done % run.cfg.logging_steps == 0 or done == run.total:
+    if done % run.cfg.logging_steps == 0 or done == run.total or row.get("skipped"):
         run.metrics.append(row)
     if run.bar is not None:
         run.bar.update(1)

@@ -15,6 +15,13 @@ zero; bf16 needs none.
 Memory: --gradient-checkpointing recomputes each decoder layer in backward (non-reentrant, so frozen
 inputs are fine) instead of storing its activations.
 
+Non-finite steps: a step whose loss or gradient norm is NaN or infinite is skipped, as AMP's GradScaler
+skips a step whose scaled gradients overflowed: the optimizer does not step (weights and moments stay
+as they were), and neither does the learning-rate schedule, as the Hugging Face Trainer leaves it when
+the scaler skipped (the schedule counts updates). The step still counts as a step of the run: its pairs
+are used up. With fp16 loss scaling a non-finite gradient under a finite loss is the scaler's ordinary
+overflow (it lowers the scale and goes on), so only a non-finite loss counts as a divergence there.
+
 Optimizer: `adamw` is torch's AdamW, fused (one kernel for all parameters) where every parameter is a
 plain tensor on CPU or CUDA, the for-each implementation otherwise (FSDP2's DTensors); `adamw_8bit` is
 bitsandbytes' AdamW8bit (8-bit moments: 2 bytes per parameter instead of 8), when it is importable.
@@ -130,9 +137,17 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
     return float(full() if full is not None else norm)
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What Stepper.step did."""
+    grad_norm: float  # before clipping, unscaled; NaN or inf when the gradients were not finite
+    applied: bool  # the update reached the weights
+    nonfinite: str | None = None  # "loss" or "grad_norm": skipped as a divergence (the first non-finite of the two)
+
+
 class Stepper:
-    """backward and the optimizer step, with fp16 loss scaling when the precision needs it; step()
-    returns the gradient norm (before clipping), unscaled."""
+    """backward and the optimizer step, with fp16 loss scaling when the precision needs it; step() skips
+    the update when the step's loss or gradient norm is not finite (see the module's docstring)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], *, precision: Precision,
                  max_grad_norm: float):
@@ -142,13 +157,26 @@ class Stepper:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self) -> float:
+    def step(self, loss: float) -> StepOutcome:
+        """The update for the step whose loss (summed over ranks, so every rank decides alike) is `loss`.
+        The gradient norm is the same on every rank too (DDP's averaged gradients, FSDP2's full norm)."""
+        loss_ok = math.isfinite(loss)
         if self.scaler is None:
             norm = clip_gradients(self.params, self.max_grad_norm)
+            if not loss_ok or not math.isfinite(norm):
+                return StepOutcome(norm, False, "loss" if not loss_ok else "grad_norm")
             self.optimizer.step()
-            return norm
+            return StepOutcome(norm, True)
         self.scaler.unscale_(self.optimizer)
         norm = clip_gradients(self.params, self.max_grad_norm)
-        self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
-        self.scaler.update()
-        return norm
+        if loss_ok:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+        self.scaler.update()  # lowers the scale after an overflow (unscale_ recorded it)
+        return StepOutcome(norm, loss_ok and math.isfinite(norm), None if loss_ok else "loss")
+
+
+def weights_finite(params: list[torch.nn.Parameter]) -> bool:
+    """Whether every element of this rank's part of the weights is finite (its shard of a DTensor)."""
+    local = [getattr(p, "to_local", lambda p=p: p)().detach() for p in params]
+    checks = [torch.isfinite(t).all() for t in local if t.is_floating_point() and t.numel()]
+    return bool(torch.stack(checks).all()) if checks else True  # one host sync

@@ -6,14 +6,20 @@ clear error before training starts.
 Rows are the training loop's metric dicts (TRL's names: loss, rewards/accuracies, eval_loss, ...); the
 step is the row's "step". Train rows are logged under train/..., held-out rows (eval_*) under eval/...,
 as the Hugging Face Trainer's integrations name them.
+
+metrics.jsonl is strict JSON, one object per line: a non-finite value (a diverged step's NaN loss) is
+written as null, and the row lists those keys under "nonfinite" (["loss", "grad_norm"]), so that jq,
+JavaScript and json.loads with a strict parse_constant read every line.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 
 from rdpo_fast import errors
+from rdpo_fast import io as textio
 
 REPORTERS = ("tensorboard", "wandb")
 
@@ -77,7 +83,8 @@ class Reporter:
         self.tb.flush()
 
     def _wandb(self, row, step):
-        self.wandb.log({_tag(k): v for k, v in row.items() if k != "step"}, step=step)
+        # numbers only: a diverged step's nulls and its "nonfinite" list are metrics.jsonl's business
+        self.wandb.log({_tag(k): v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, step=step)
 
     def log(self, row: dict) -> None:
         for backend in self.backends:
@@ -113,12 +120,21 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         if not self.enabled:
             return
+        row = strict_row(row)
         with errors.writing(self.path), open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(textio.dumps(row) + "\n")
         self.reporter.log(row)
 
     def close(self) -> None:
         self.reporter.close()
+
+
+def strict_row(row: dict) -> dict:
+    """The row with its non-finite numbers as None and their keys listed under "nonfinite"."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return row
+    return {**{k: (None if k in bad else v) for k, v in row.items()}, "nonfinite": bad}
 
 
 def _trim(path: str, step: int) -> None:
@@ -129,5 +145,5 @@ def _trim(path: str, step: int) -> None:
         return
     with open(path) as f:
         keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as f:
+    with textio.atomic_open(path) as f:  # whole or not at all: a signal may end setup here
         f.writelines(keep)

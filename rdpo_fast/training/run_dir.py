@@ -6,23 +6,28 @@ model loads.
 - `resume_settings(resume)`: the settings of a resumed run. Its output directory is the run directory
   that holds the checkpoint, wherever the run has been moved or copied, never the path the saved
   config names (which may be another run's now); a difference is said in one line.
+- `claim(cfg, dist)`: holds the output directory for the run: checked writable and locked
+  (rdpo_fast.run_lock: one writer per run directory) by rank 0, whose outcome every rank shares.
 - `prepare_output_dir(cfg)`: refuses to start over a run with checkpoints, and deletes the temporary
-  leftovers of a process killed while writing.
+  leftovers of a process killed while writing (under the lock: never a live run's).
 - `write_json(path, obj)`: rdpo_fast.io's atomic JSON write, whose failure names the file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable
+from typing import Callable, Iterator
 
+from rdpo_fast import run_lock
 from rdpo_fast.errors import OutputError, write_failure_reason
 
 from . import checkpoint as ckpt
 from . import fault_points
 from rdpo_fast.io import write_json as write_json  # re-exported: the loop writes config.json, summary.json with it
 from .config import TrainConfig
+from .dist import Dist
 
 # Settings that belong to one invocation, not to the run: a resume never inherits them.
 TRANSIENT = ("resume", "stop_after_steps", "overwrite")
@@ -101,12 +106,35 @@ def resume_settings(resume: str, output_dir: str | None = None, log: Callable[[s
     return saved
 
 
+@contextlib.contextmanager
+def claim(cfg: TrainConfig, dist: Dist) -> Iterator[None]:
+    """Holds the output directory while the block runs: rank 0 checks it writable and takes its lock
+    (other ranks write into it only through the collective checkpoint, and wait here for rank 0); a
+    failure there (not writable, another process's run) is raised on every rank with rank 0's message."""
+    lock, failure = None, None
+    if dist.main:
+        try:
+            check_writable(cfg.output_dir)
+            lock = run_lock.lock_dir(cfg.output_dir)
+        except OutputError as e:
+            failure = e
+    message = dist.broadcast(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise OutputError(message)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def prepare_output_dir(cfg: TrainConfig, main: bool) -> None:
-    """Before anything loads: the output directory must be writable, and must not hold another run's
-    checkpoints unless resuming or overwriting; leftovers of a killed process are deleted."""
+    """Before anything loads, with the directory claimed: it must not hold another run's checkpoints
+    unless resuming or overwriting; leftovers of a killed process are deleted."""
     if cfg.resume is None and ckpt.list_checkpoints(cfg.output_dir) and not cfg.overwrite:
         raise ValueError(f"{cfg.output_dir} already holds checkpoints; pass --resume {cfg.output_dir} to continue "
                          "or --overwrite to start over")
     if main:
-        check_writable(cfg.output_dir)
         ckpt.remove_stale_temporaries(cfg.output_dir)
