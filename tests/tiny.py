@@ -43,12 +43,12 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_model(tokenizer, *, seed: int = 0, hidden: int = 32, layers: int = 2):
+def build_model(tokenizer, *, seed: int = 0, hidden: int = 32, layers: int = 2, tied: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, tie_word_embeddings=True,
+                      max_position_embeddings=1024, tie_word_embeddings=tied,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       bos_token_id=None, attn_implementation="sdpa")
     torch.manual_seed(seed)

@@ -133,21 +133,27 @@ def _readable(safe_open, folder, f) -> bool:
 
 @_corrupt_files_named
 def load_model(name: str | None, *, dtype: torch.dtype = torch.float32, attn: str | None = None,
-               cache_dir: str | None = None) -> torch.nn.Module:
+               cache_dir: str | None = None, tp: int = 1) -> torch.nn.Module:
     """The causal LM, in train mode with the KV cache off. A GGUF model loads from its cached
     dequantised directory (a plain model without a quantization record, so the export reloads as one);
-    cache_dir: where that conversion lives (default model_sources.default_cache_dir())."""
+    cache_dir: where that conversion lives (default model_sources.default_cache_dir()). tp > 1: sharded
+    over the tp processes of the torchrun world by transformers' own plan (tp_plan="auto": DTensor
+    parameters, the lm_head sharded over the vocabulary)."""
     from transformers import AutoModelForCausalLM
 
     folder = _loadable(name, cache_dir)
     impl = attn or attn_implementation()
+    kw = {} if tp == 1 else _tensor_parallel(tp)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl, **kw)
     except ValueError as e:
         if attn is not None or impl != "sdpa" or "scaled_dot_product_attention" not in str(e):
             raise
         # Architectures without an sdpa path (Gemma 2's attention softcap) run eager attention.
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager", **kw)
+    if tp > 1 and not is_vocab_sharded(output_weight(model, keep_vocab_shards=True)):
+        raise ModelError(f"{type(model).__name__} under tp_plan='auto' does not shard its lm_head over the vocabulary "
+                         "(no colwise lm_head rule in its plan); --tp needs one")
     model.config.use_cache = False
     model.train()
     return model
@@ -171,17 +177,39 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
-def output_weight(model: torch.nn.Module) -> torch.Tensor:
+def output_weight(model: torch.nn.Module, *, keep_vocab_shards: bool = False) -> torch.Tensor:
     """The lm_head weight [V, H] (the input embedding when tied). A DTensor (FSDP2 shard outside the
-    root forward) is all-gathered, differentiably, so the fused loss sees the full matrix."""
+    root forward) is all-gathered, differentiably, so the fused loss sees the full matrix; with
+    keep_vocab_shards (tensor parallelism) a weight sharded over the vocabulary is handed over as it is:
+    the fused loss reads each rank's shard (vocabulary-parallel), never the whole matrix."""
     head = base_model(model).get_output_embeddings()
     if head is None:
         raise ModelError(f"{type(base_model(model)).__name__} has no output embedding (lm_head)")
     if getattr(head, "bias", None) is not None:
         raise ModelError("lm_head has a bias, which the training loop does not pass to the loss yet")
     w = head.weight
+    if keep_vocab_shards and is_vocab_sharded(w):
+        return w
     full_tensor = getattr(w, "full_tensor", None)
     return full_tensor() if full_tensor is not None else w
+
+
+def is_vocab_sharded(w: torch.Tensor) -> bool:
+    """Whether w is a DTensor sharded over its first (vocabulary) dimension on one mesh dimension."""
+    placements = getattr(w, "placements", None)
+    if placements is None:
+        return False
+    shards = [p for p in placements if p.is_shard()]
+    return len(shards) == 1 and shards[0].dim == 0 and all(p.is_shard() or p.is_replicate() for p in placements)
+
+
+def _tensor_parallel(tp: int) -> dict:
+    """from_pretrained's keywords for transformers' own tensor-parallel plan over tp processes."""
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # transformers before DistributedConfig took the plan directly
+        return {"tp_plan": "auto"}
+    return {"distributed_config": DistributedConfig(tp_plan="auto", tp_size=tp)}
 
 
 def hidden_states(model: torch.nn.Module, batch: Any) -> torch.Tensor:

@@ -365,13 +365,21 @@ def export_model(out_dir: str, model: torch.nn.Module, tokenizer: PreTrainedToke
 
         target = copy.deepcopy(model).merge_and_unload()
         weights = None
+    # A tensor-parallel model (transformers' plan) would gather its shards and wait at a barrier inside
+    # save_pretrained, which rank 0 alone runs here: the weights are gathered already, so the export
+    # is written as a plain model (its config without the distributed settings).
+    distributed = getattr(target.config, "distributed_config", None) if weights is not None else None
     try:
+        if distributed is not None:
+            target.config.distributed_config = None
         with writing(out_dir), _AtomicDirLocal(out_dir) as tmp:
             target.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             fault_points.reached("export-write", tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
     finally:
+        if distributed is not None:
+            target.config.distributed_config = distributed
         _barrier()
     return out_dir
 

@@ -17,6 +17,13 @@ from .optim import DTYPES, OPTIMIZERS, SCHEDULES
 REFERENCE_MODES = ("auto", "precompute", "copy", "adapters", "dataset", "none")
 
 
+# Why --cp is refused (measured with torch 2.13 on CPU; not yet validated on a GPU here).
+CP_REFUSED = ("cp > 1 is not supported: torch's context-parallel API shards attention through the CUDA SDPA kernels "
+              "(flash / memory-efficient; on CPU it fails: aten._scaled_dot_product_flash_attention_for_cpu has no "
+              "sharding strategy), and rdpo-fast train has not been validated with it on a GPU. The fused loss "
+              "itself takes sequence-sharded inputs (sequence_parallel_group=), for a loop that shards them")
+
+
 def _opt(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -91,6 +98,10 @@ class TrainConfig:
     bf16: bool | None = _opt(None, "compute in bf16 under autocast, weights as --dtype says (default: on with "
                              "CUDA, off on CPU)")
     distributed: str = _opt("ddp", "strategy under torchrun", choices=STRATEGIES)
+    tp: int = _opt(1, "tensor-parallel degree under torchrun: the model loads with transformers' tp_plan='auto' "
+                   "(DTensor) over N processes, and the fused loss reads each rank's vocabulary shard of the lm_head "
+                   "(never gathering it or the logits); N must be the number of processes")
+    cp: int = _opt(1, "context-parallel degree (torch's context-parallel API); refused: see README 'Scaling out'")
     # feedback and checkpoints
     logging_steps: int = _opt(1, "log metrics every N steps")
     eval_steps: int = _opt(0, "evaluate every N steps (0: at the end only)")
@@ -133,6 +144,14 @@ class TrainConfig:
         need(self.dtype in (None, *DTYPES), f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
         need(self.optim in OPTIMIZERS, f"optim must be adamw or adamw_8bit, got {self.optim!r}")
         need(not (self.dtype == "fp16" and self.bf16), "dtype fp16 computes in fp16: drop bf16, or use dtype bf16")
+        need(self.tp >= 1, f"tp must be >= 1, got {self.tp}")
+        need(self.cp >= 1, f"cp must be >= 1, got {self.cp}")
+        need(self.cp == 1, CP_REFUSED)
+        if self.tp > 1:
+            for cond, what in ((self.lora_r == 0, "LoRA (lora_r)"), (self.reference not in ("copy", "adapters"),
+                                                                       f"reference {self.reference!r}")):
+                need(cond, f"tp {self.tp} with {what} is not supported yet: train the full model (or its last "
+                           "layers) with reference 'precompute', 'dataset' or 'none'")
         from .reporting import check_report_to
 
         check_report_to(self.report_to)

@@ -25,7 +25,7 @@ GROUPS = {
     "checkpoints": ("output_dir", "overwrite", "save_steps", "save_total_limit", "stop_after_steps", "resume",
                     "export"),
     "logging": ("logging_steps", "eval_steps", "progress", "report_to", "logging_dir", "run_name"),
-    "scale-out": ("distributed",),
+    "scale-out": ("distributed", "tp", "cp"),
 }
 
 EPILOG = """examples:

@@ -40,12 +40,13 @@ class PreferenceStep(torch.nn.Module):
     or fp16), in which the loss's GEMMs then take their inputs too; None computes in the weights' dtype."""
 
     def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, *, adapters_reference: bool = False,
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, tensor_parallel: bool = False):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.adapters_reference = adapters_reference
         self.compute_dtype = compute_dtype
+        self.tensor_parallel = tensor_parallel  # the lm_head's vocabulary shards go to the loss as they are
 
     def _device_type(self):
         return next(self.model.parameters()).device.type
@@ -72,7 +73,7 @@ class PreferenceStep(torch.nn.Module):
         elif batch.ref_chosen is not None and self.loss_fn.cfg.use_ref_model:
             kw["ref_chosen_logps"], kw["ref_rejected_logps"] = batch.ref_chosen, batch.ref_rejected
         hidden = self._cast(self._hidden(batch))
-        weight = self._cast(modeling.output_weight(self.model))
+        weight = self._cast(modeling.output_weight(self.model, keep_vocab_shards=self.tensor_parallel))
         if batch.host_counts is not None and isinstance(self.loss_fn, FusedLinearPreferenceLoss):
             kw["host_counts"] = list(batch.host_counts)  # no device read-back before the loss's kernels
         with torch.autocast(self._device_type(), enabled=False):

@@ -22,7 +22,9 @@ The whole run holds the output directory's lock (run_dir.claim: one writer per r
 Exactness of accumulation: every micro-batch calls the loss with the whole optimizer step's pair and
 chosen-token counts (summed over micro-batches and ranks), so the micro-batch losses add up to the
 step's loss. DDP and FSDP2 average gradients over ranks; the loss is multiplied by the world size before
-backward so the average becomes that sum.
+backward so the average becomes that sum. Under --tp (transformers' tensor-parallel plan) the ranks share
+one model and the same pairs: nothing is averaged, each rank's backward gives its own shards' gradients,
+and the fused loss reads the lm_head's vocabulary shard of each rank (rdpo_fast.ops.parallel).
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ class Stats:
         """{loss, the TRL metrics[, nll_loss]} (prefix="eval_" for the held-out pass): the loss and the NLL
         as sums (each is already normalised by the step's totals), the metrics as means over pairs."""
         totals = torch.tensor([self.pairs, self.loss, self.nll_loss, *self.sums.values()], dtype=torch.float64)
-        pairs, loss, nll_loss, *sums = dist.all_sum(totals).cpu().tolist()
+        pairs, loss, nll_loss, *sums = dist.data_sum(totals).cpu().tolist()
         n = max(pairs, 1.0)
         out = {prefix + "loss": loss}
         out.update({prefix + k: s / n for k, s in zip(self.sums, sums)})
@@ -174,7 +176,7 @@ def train(cfg: TrainConfig) -> dict:
     rdpo_fast.preemption.Preempted after a stop signal (a checkpoint at the last finished step written)
     and rdpo_fast.errors.Diverged when the loss or gradient norm stayed non-finite."""
     cfg.validate()
-    dist = Dist()
+    dist = Dist(cfg.tp)
     try:
         with preemption.handling(), run_dir.claim(cfg, dist):
             run = setup(cfg, dist)
@@ -263,20 +265,22 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
     if mode == "precompute" and dist.main:
         run_dir.check_writable(cfg.cache_location(), what="reference cache directory (--cache-dir)")
     per_epoch = steps_per_epoch(len(train_data), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                world=dist.world)
+                                world=dist.data_world)
     if per_epoch == 0:
         raise ValueError(f"{train_data.path} has {len(train_data)} pairs, fewer than one optimizer step takes "
-                         f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {dist.world} processes)")
+                         f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {dist.data_world} "
+                         "data-parallel processes)")
     total = cfg.max_steps or per_epoch * cfg.epochs
 
-    model = modeling.load_model(cfg.model, dtype=precision.weights, cache_dir=cfg.cache_location()).to(dist.device)
+    model = modeling.load_model(cfg.model, dtype=precision.weights, cache_dir=cfg.cache_location(),
+                                tp=cfg.tp).to(dist.device)
     optim.prepare_model(model, precision=precision, gradient_checkpointing=cfg.gradient_checkpointing,
                         disable_dropout=cfg.disable_dropout)
     progress = Progress() if resume_from is None else Progress.from_state(ckpt.read_state(resume_from))
     # The reference is taken from the model as loaded, before LoRA or freezing changes it.
     refs = {"train": None, "eval": None}
     if mode == "precompute":
-        needed = pairs_to_train(len(train_data), cfg, progress, per_epoch, total, dist.world)
+        needed = pairs_to_train(len(train_data), cfg, progress, per_epoch, total, dist.data_world)
         refs["train"] = precompute_reference(cfg, model, train_data, dist, compute_dtype=precision.compute, log=log,
                                              needed=needed)
         if eval_data is not None:
@@ -288,7 +292,8 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
     modeling.freeze_all_but_last(model, cfg.train_last_layers)
     optim.master_weights(model)  # trained weights in fp32; frozen ones stay in --dtype
     step_module = PreferenceStep(model, training_loss(cfg, model, use_ref_model=mode != "none"),
-                                 adapters_reference=mode == "adapters", compute_dtype=precision.compute)
+                                 adapters_reference=mode == "adapters", compute_dtype=precision.compute,
+                                 tensor_parallel=cfg.tp > 1)
     if dist.world > 1 and cfg.distributed == "fsdp" and cfg.lora_r:
         raise ValueError("LoRA with FSDP2 is not supported yet; use --distributed ddp")
     wrapped = dist.wrap(step_module, cfg.distributed)
@@ -311,8 +316,8 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
     log(f"model {cfg.model}: {n_train / 1e6:.3g}M of {sum(p.numel() for p in model.parameters()) / 1e6:.3g}M "
         f"parameters trained; reference: {mode}; {len(train_data)} train pairs"
         + (f", {len(eval_data)} held-out" if eval_data else "") + f"; {total} steps of "
-        f"{cfg.batch_size * cfg.grad_accum * dist.world} pairs, warmup {warmup}; {dist.world} process(es)"
-        + (f" ({cfg.distributed})" if dist.world > 1 else ""))
+        f"{cfg.batch_size * cfg.grad_accum * dist.data_world} pairs, warmup {warmup}; {dist.world} process(es)"
+        + (f" (tensor parallel, tp {cfg.tp})" if cfg.tp > 1 else f" ({cfg.distributed})" if dist.world > 1 else ""))
     bar = None
     if cfg.progress and dist.main:
         from tqdm.auto import tqdm
@@ -336,20 +341,21 @@ def step(run: Run) -> dict | None:
     cfg, dist, progress = run.cfg, run.dist, run.progress
     epoch, in_epoch = progress.upcoming(run.per_epoch)
     batches = step_batches(run.epoch_order(epoch), in_epoch, batch_size=cfg.batch_size,
-                           grad_accum=cfg.grad_accum, rank=dist.rank, world=dist.world)
+                           grad_accum=cfg.grad_accum, rank=dist.data_rank, world=dist.data_world)
     mbs = [collate(run.train_data, b, pad_id=run.pad_id, packed=cfg.packed, ref_logps=run.refs["train"]).to(dist.device)
            for b in batches]
     stop_vote = preemption.requested() is not None
-    counts = dist.all_sum(torch.tensor([sum(b.num_pairs for b in mbs), sum(b.num_chosen_tokens for b in mbs),
-                                        stop_vote], dtype=torch.int64))
-    if int(counts[2]):
+    counts = dist.data_sum(torch.tensor([sum(b.num_pairs for b in mbs), sum(b.num_chosen_tokens for b in mbs),
+                                         stop_vote], dtype=torch.int64))
+    # Under --tp the replicas' sum is this rank's own, and the vote still needs every rank.
+    if (int(counts[2]) if dist.tp == 1 else dist.any_rank(stop_vote)):
         return None
     num_pairs, num_tokens = int(counts[0]), max(int(counts[1]), 1)
     stats = Stats()
     for i, mb in enumerate(mbs):
         with dist.grad_sync(run.wrapped, cfg.distributed, enabled=i == len(mbs) - 1):
             loss, aux = run.wrapped(mb, num_pairs, num_tokens, **reference_inputs(run.ref_model, mb))
-            run.stepper.backward(loss * dist.world)
+            run.stepper.backward(loss * dist.data_world)
         stats.add(loss, aux)
     row = stats.reduce(dist, nll=cfg.nll_alpha > 0)  # before the update: the summed loss decides it on every rank
     lr = run.scheduler.get_last_lr()[0]
@@ -376,12 +382,14 @@ def evaluate(run: Run) -> dict:
     unwrapped module (no DDP collectives, so uneven shards are fine), except under FSDP2 where every rank
     must join every forward, so each evaluates all pairs and rank 0's count."""
     cfg, dist, data = run.cfg, run.dist, run.eval_data
-    sharded = dist.world > 1 and cfg.distributed == "fsdp"
+    sharded = dist.world > 1 and cfg.distributed == "fsdp" and dist.tp == 1
     model = run.model
     was_training = model.training
     model.eval()
     stats = Stats()
-    idx = torch.arange(len(data)) if sharded else torch.arange(dist.rank, len(data), dist.world)
+    # Under --tp every rank computes every pair too (its shard of each layer), and holds the same sums.
+    everyone = sharded or dist.tp > 1
+    idx = torch.arange(len(data)) if everyone else torch.arange(dist.data_rank, len(data), dist.data_world)
     chosen_tokens = max(1, sum(len(p.chosen) for p in data.pairs))
     for part in length_sorted(data, idx).split(cfg.eval_batch_size):
         b = collate(data, part, pad_id=run.pad_id, packed=cfg.packed, ref_logps=run.refs["eval"]).to(dist.device)

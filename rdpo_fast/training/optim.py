@@ -128,6 +128,9 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, *, warmup_steps
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
     """The gradients' total norm before clipping, after clipping them to max_norm (0: no clipping). A
     DTensor norm (FSDP2) is the full one."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if _mixed(grads):
+        return _clip_mixed(grads, max_norm)
     if max_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     else:
@@ -135,6 +138,29 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
     full = getattr(norm, "full_tensor", None)
     return float(full() if full is not None else norm)
+
+
+def _mixed(grads: list[torch.Tensor]) -> bool:
+    """Gradients of which some are DTensors and some plain tensors (transformers' tensor-parallel plan
+    shards the linear layers and leaves the norms plain, replicated), which torch's foreach norm refuses."""
+    kinds = {hasattr(g, "full_tensor") for g in grads}
+    return len(kinds) == 2
+
+
+def _clip_mixed(grads: list[torch.Tensor], max_norm: float) -> float:
+    """clip_gradients over DTensor and plain gradients together: each DTensor's norm is its full one (a
+    sharded gradient's over its shards, a replicated one once), a plain gradient counts once."""
+    squares = []
+    for g in grads:
+        n = torch.linalg.vector_norm(g, dtype=torch.float32)
+        full = getattr(n, "full_tensor", None)
+        squares.append((full() if full is not None else n).square())
+    total = float(torch.stack(squares).sum().sqrt())
+    if max_norm > 0 and total > max_norm:
+        coef = max_norm / (total + 1e-6)  # torch's clip_grad_norm_ formula
+        for g in grads:
+            g.mul_(coef)
+    return total
 
 
 @dataclass(frozen=True)

@@ -69,16 +69,18 @@ def precompute_reference(cfg: TrainConfig, model: torch.nn.Module, data: Prefere
         log(f"reference log-probs of {name}: cached ({path})")
         return chosen, rejected
     t0 = time.time()
-    step = PreferenceStep(model, sequence_scorer(cfg, model), compute_dtype=compute_dtype)
+    step = PreferenceStep(model, sequence_scorer(cfg, model), compute_dtype=compute_dtype,
+                          tensor_parallel=dist.tp > 1)
     was_training = model.training
     model.eval()
     new_c, new_r = torch.zeros(n), torch.zeros(n)
     device = next(model.parameters()).device
-    for idx in length_sorted(data, todo[dist.rank::dist.world]).split(cfg.eval_batch_size):
+    # Data-parallel replicas split the pairs (the ranks of a tensor-parallel group all score the same ones).
+    for idx in length_sorted(data, todo[dist.data_rank::dist.data_world]).split(cfg.eval_batch_size):
         b = collate(data, idx, pad_id=_pad_id(model), packed=cfg.packed).to(device)
         _, aux = step(b, b.num_pairs, max(b.num_chosen_tokens, 1))
         new_c[idx], new_r[idx] = aux[0].float().cpu(), aux[1].float().cpu()
-    new_c, new_r = dist.all_sum(new_c).cpu(), dist.all_sum(new_r).cpu()
+    new_c, new_r = dist.data_sum(new_c).cpu(), dist.data_sum(new_r).cpu()
     model.train(was_training)
     chosen, rejected, done = chosen.clone(), rejected.clone(), done.clone()
     chosen[todo], rejected[todo], done[todo] = new_c[todo], new_r[todo], True
