@@ -21,23 +21,10 @@ from .logits_math import transform
 
 
 @triton.jit
-def logprob_fwd_kernel(
-    z_ptr, stride_z, row_idx_ptr, labels_ptr, seq_ptr,
-    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, part_ptr,
-    M, V, v_offset, inv_temp, softcap,
-    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr,
-    PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < M
-    if HAS_ROW_IDX:
-        rows = tl.load(row_idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
-    else:
-        rows = offs_m.to(tl.int64)
-    row_base = z_ptr + rows * stride_z
-    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
-
+def row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP: tl.constexpr, HAS_SQ: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One read of a block of rows (row_base: [BLOCK_M] row pointers): (running max, sum of exp relative
+    to it, the same of exp^2 with HAS_SQ, sum of the transformed logits), each [BLOCK_M] fp32."""
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
     run_sq = tl.zeros([BLOCK_M], tl.float32)
@@ -60,6 +47,51 @@ def logprob_fwd_kernel(
         if HAS_SQ:
             run_sq = run_sq * (scale * scale) + tl.sum(e * e, axis=1)
         run_max = new_max
+    return run_max, run_sum, run_sq, logit_sum
+
+
+@triton.jit
+def store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr, lse_ptr, logp_ptr,
+                seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, inv_temp, softcap,
+                HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr):
+    """The per-row results of a row_sweep (target: the label's raw logit, fp32): lse and log p(label),
+    with HAS_SQ log sum p^2, and with HAS_SEQ their per-sequence sums and the logit sums, added in."""
+    target = transform(target, inv_temp, softcap, HAS_SOFTCAP)
+    logp = target - lse
+    tl.store(lse_ptr + offs_m, lse, mask=row_ok)
+    tl.store(logp_ptr + offs_m, logp, mask=row_ok)
+    if HAS_SQ:
+        # sum p^2 = sum e^2 / (sum e)^2, both relative to the same running max.
+        sq = tl.log(run_sq) - 2.0 * tl.log(run_sum)
+        tl.store(sq_ptr + offs_m, sq, mask=row_ok)
+    if HAS_SEQ:
+        seq = tl.load(seq_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+        tl.atomic_add(seq_logp_ptr + seq, logp, mask=row_ok)
+        tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
+        if HAS_SQ:
+            tl.atomic_add(seq_sq_ptr + seq, sq, mask=row_ok)
+
+
+@triton.jit
+def logprob_fwd_kernel(
+    z_ptr, stride_z, row_idx_ptr, labels_ptr, seq_ptr,
+    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, part_ptr,
+    M, V, v_offset, inv_temp, softcap,
+    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr,
+    PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    if HAS_ROW_IDX:
+        rows = tl.load(row_idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    row_base = z_ptr + rows * stride_z
+    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+
+    run_max, run_sum, run_sq, logit_sum = row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP, HAS_SQ,
+                                                    BLOCK_M, BLOCK_V)
     lse = run_max + tl.log(run_sum)
     if PARTIAL:
         part = part_ptr + offs_m  # row k of the packed [k, M] buffer is part + k * M
@@ -78,20 +110,9 @@ def logprob_fwd_kernel(
         tl.store(part + M, target, mask=row_ok)
     else:
         target = tl.load(row_base + labels, mask=row_ok, other=0.0).to(tl.float32)
-        target = transform(target, inv_temp, softcap, HAS_SOFTCAP)
-        logp = target - lse
-        tl.store(lse_ptr + offs_m, lse, mask=row_ok)
-        tl.store(logp_ptr + offs_m, logp, mask=row_ok)
-        if HAS_SQ:
-            # sum p^2 = sum e^2 / (sum e)^2, both relative to the same running max.
-            sq = tl.log(run_sq) - 2.0 * tl.log(run_sum)
-            tl.store(sq_ptr + offs_m, sq, mask=row_ok)
-        if HAS_SEQ:
-            seq = tl.load(seq_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
-            tl.atomic_add(seq_logp_ptr + seq, logp, mask=row_ok)
-            tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
-            if HAS_SQ:
-                tl.atomic_add(seq_sq_ptr + seq, sq, mask=row_ok)
+        store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr, lse_ptr, logp_ptr,
+                    seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, inv_temp, softcap, HAS_SOFTCAP, HAS_SEQ,
+                    HAS_SQ)
 
 
 def fwd_blocks(V: int, interpreted: bool):
