@@ -372,7 +372,7 @@ class ChunkPass:
             if row_scale is not None:
                 grads.x_part[r0:r1].mul_(row_scale[:, None])
         elif grads.x is not None:
-            dx = torch.mm(dz, weight) if row_scale is None else row_scaled_mm(dz, weight, row_scale)
+            dx = torch.mm(dz, weight) if row_scale is None else row_scaled_mm(dz, weight, row_scale, grads.x.dtype)
             grads.x.index_copy_(0, self.rows[r0:r1], dx.to(grads.x.dtype))
         if grads.w is not None and self.ring is None:
             if grads.w.dtype == torch.float32:

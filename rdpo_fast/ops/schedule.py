@@ -97,10 +97,12 @@ def accumulate_mm(acc32: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: 
         acc32 += torch.mm(a, b).float()
 
 
-def row_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """diag(scale) (a @ b) as a fresh fp32 tensor: the product accumulated in fp32 (see accumulate_mm),
-    then each row scaled (scale: [rows] fp32), so the result is rounded once, by its caller's cast. The
-    one-pass schedule's dX: dZ = diag(g) S is never formed, g scales the rows of S W."""
-    out = torch.empty(a.shape[0], b.shape[1], device=a.device, dtype=torch.float32)
-    accumulate_mm(out, a, b, first=True)
-    return out.mul_(scale[:, None])
+def row_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """diag(scale) (a @ b) as a fresh tensor of out_dtype: the product accumulated in fp32 (see
+    accumulate_mm), each row scaled (scale: [rows] fp32) in the same pass that rounds it once to out_dtype.
+    The one-pass schedule's dX: dZ = diag(g) S is never formed, g scales the rows of S W."""
+    acc = torch.empty(a.shape[0], b.shape[1], device=a.device, dtype=torch.float32)
+    accumulate_mm(acc, a, b, first=True)
+    if out_dtype == torch.float32:
+        return acc.mul_(scale[:, None])
+    return torch.mul(acc, scale[:, None], out=torch.empty_like(acc, dtype=out_dtype))
