@@ -21,6 +21,49 @@ from .logits_math import transform
 
 
 @triton.jit
+def logprob_fwd_kernel(
+    z_ptr, stride_z, row_idx_ptr, labels_ptr, seq_ptr,
+    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, part_ptr,
+    M, V, v_offset, inv_temp, softcap,
+    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr,
+    PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M
+    if HAS_ROW_IDX:
+        rows = tl.load(row_idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+    else:
+        rows = offs_m.to(tl.int64)
+    row_base = z_ptr + rows * stride_z
+    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+
+    run_max, run_sum, run_sq, logit_sum = row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP, HAS_SQ,
+                                                    BLOCK_M, BLOCK_V)
+    lse = run_max + tl.log(run_sum)
+    if PARTIAL:
+        part = part_ptr + offs_m  # row k of the packed [k, M] buffer is part + k * M
+        tl.store(part, lse, mask=row_ok)
+        tl.store(part + 2 * M, logit_sum, mask=row_ok)
+        if HAS_SQ:
+            # logsumexp(2z) of the slice; the combined log sum p^2 is its logsumexp over slices - 2 lse.
+            tl.store(part + 3 * M, 2.0 * run_max + tl.log(run_sq), mask=row_ok)
+        # The label's logit only where this slice holds it: the ranks' targets then add up exactly. The
+        # labels are read here, after the loop (the load above is then dead code): held through the loop
+        # they made ptxas spill in the fp32 WPO variant on sm_80.
+        local = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64) - v_offset
+        owned = row_ok & (local >= 0) & (local < V)
+        target = tl.load(row_base + local, mask=owned, other=0.0).to(tl.float32)
+        target = tl.where(owned, transform(target, inv_temp, softcap, HAS_SOFTCAP), 0.0)
+        tl.store(part + M, target, mask=row_ok)
+    else:
+        target = tl.load(row_base + labels, mask=row_ok, other=0.0).to(tl.float32)
+        store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr, lse_ptr, logp_ptr,
+                    seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, inv_temp, softcap, HAS_SOFTCAP, HAS_SEQ,
+                    HAS_SQ)
+
+
+@triton.jit
 def row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP: tl.constexpr, HAS_SQ: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
     """One read of a block of rows (row_base: [BLOCK_M] row pointers): (running max, sum of exp relative
@@ -70,49 +113,6 @@ def store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr
         tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
         if HAS_SQ:
             tl.atomic_add(seq_sq_ptr + seq, sq, mask=row_ok)
-
-
-@triton.jit
-def logprob_fwd_kernel(
-    z_ptr, stride_z, row_idx_ptr, labels_ptr, seq_ptr,
-    lse_ptr, logp_ptr, seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, part_ptr,
-    M, V, v_offset, inv_temp, softcap,
-    HAS_ROW_IDX: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr,
-    PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < M
-    if HAS_ROW_IDX:
-        rows = tl.load(row_idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
-    else:
-        rows = offs_m.to(tl.int64)
-    row_base = z_ptr + rows * stride_z
-    labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
-
-    run_max, run_sum, run_sq, logit_sum = row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP, HAS_SQ,
-                                                    BLOCK_M, BLOCK_V)
-    lse = run_max + tl.log(run_sum)
-    if PARTIAL:
-        part = part_ptr + offs_m  # row k of the packed [k, M] buffer is part + k * M
-        tl.store(part, lse, mask=row_ok)
-        tl.store(part + 2 * M, logit_sum, mask=row_ok)
-        if HAS_SQ:
-            # logsumexp(2z) of the slice; the combined log sum p^2 is its logsumexp over slices - 2 lse.
-            tl.store(part + 3 * M, 2.0 * run_max + tl.log(run_sq), mask=row_ok)
-        # The label's logit only where this slice holds it: the ranks' targets then add up exactly. The
-        # labels are read here, after the loop (the load above is then dead code): held through the loop
-        # they made ptxas spill in the fp32 WPO variant on sm_80.
-        local = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64) - v_offset
-        owned = row_ok & (local >= 0) & (local < V)
-        target = tl.load(row_base + local, mask=owned, other=0.0).to(tl.float32)
-        target = tl.where(owned, transform(target, inv_temp, softcap, HAS_SOFTCAP), 0.0)
-        tl.store(part + M, target, mask=row_ok)
-    else:
-        target = tl.load(row_base + labels, mask=row_ok, other=0.0).to(tl.float32)
-        store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr, lse_ptr, logp_ptr,
-                    seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, inv_temp, softcap, HAS_SOFTCAP, HAS_SEQ,
-                    HAS_SQ)
 
 
 def fwd_blocks(V: int, interpreted: bool):

@@ -17,6 +17,8 @@ onepass_programs sizes it so that the rows in flight fit in half the L2. The lab
 before the first sweep: the second one overwrites it, and the first sweep's cross-warp reductions order
 that read before any warp's store.
 """
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -84,10 +86,8 @@ def logprob_onepass(z, labels, *, seq_ids, seq_logp, seq_logit, temperature=1.0,
     rows, with per-sequence sums: seq_ids [M], seq_logp / seq_logit fp32 accumulators; log_sum_sq /
     seq_sq as there), then S written over those rows in place (module docstring). Returns (lse [M],
     logp [M]) in fp32. programs: the persistent grid's size (None: onepass_programs)."""
-    M = labels.numel()
-    V = z.shape[1]
-    lse = torch.empty(M, device=z.device, dtype=torch.float32)
-    logp = torch.empty_like(lse)
+    M, V = labels.numel(), z.shape[1]
+    lse, logp = torch.empty(2, M, device=z.device, dtype=torch.float32)  # two rows of one allocation
     if M == 0:
         return lse, logp
     has_sq = log_sum_sq is not None or seq_sq is not None
@@ -110,24 +110,17 @@ def logprob_onepass(z, labels, *, seq_ids, seq_logp, seq_logit, temperature=1.0,
 def _compile_specs():
     """Every variant the GPU launcher can produce, for ahead-of-time compilation checks (sm_80/sm_90)."""
     BLOCK_M, BLOCK_V, warps, stages = onepass_blocks(1 << 17, interpreted=False)
+    # Argument types by name; every other pointer is an fp32 output or accumulator.
+    types = {"stride_z": "i32", "M": "i32", "V": "i32", "inv_temp": "fp32", "softcap": "fp32",
+             "labels_ptr": "*i64", "seq_ptr": "*i64"}
     specs = []
-    for zt in ("bf16", "fp16", "fp32"):
-        for has_softcap in (False, True):
-            for has_sq in (False, True):
-                specs.append({
-                    "fn": logprob_onepass_kernel,
-                    "name": f"logprob_onepass[{zt},softcap={has_softcap},sq={has_sq}]",
-                    "signature": {
-                        "z_ptr": f"*{zt}", "stride_z": "i32", "labels_ptr": "*i64", "seq_ptr": "*i64",
-                        "lse_ptr": "*fp32", "logp_ptr": "*fp32", "seq_logp_ptr": "*fp32", "seq_logit_ptr": "*fp32",
-                        "sq_ptr": "*fp32", "seq_sq_ptr": "*fp32", "M": "i32", "V": "i32", "inv_temp": "fp32",
-                        "softcap": "fp32", "HAS_SOFTCAP": "constexpr", "HAS_SQ": "constexpr",
-                        "BLOCK_M": "constexpr", "BLOCK_V": "constexpr",
-                    },
-                    "constexprs": {"HAS_SOFTCAP": has_softcap, "HAS_SQ": has_sq, "BLOCK_M": BLOCK_M,
-                                   "BLOCK_V": BLOCK_V},
-                    "num_warps": warps, "num_stages": stages,
-                })
+    for zt, has_softcap, has_sq in itertools.product(("bf16", "fp16", "fp32"), (False, True), (False, True)):
+        consts = {"HAS_SOFTCAP": has_softcap, "HAS_SQ": has_sq, "BLOCK_M": BLOCK_M, "BLOCK_V": BLOCK_V}
+        typed = {**types, "z_ptr": f"*{zt}"}
+        specs.append({"fn": logprob_onepass_kernel, "name": f"logprob_onepass[{zt},softcap={has_softcap},sq={has_sq}]",
+                      "signature": {n: "constexpr" if n in consts else typed.get(n, "*fp32")
+                                    for n in logprob_onepass_kernel.arg_names},
+                      "constexprs": consts, "num_warps": warps, "num_stages": stages})
     return specs
 
 
