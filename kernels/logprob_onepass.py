@@ -56,7 +56,7 @@ def logprob_onepass_kernel(
             tl.store(ptrs, s.to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def onepass_blocks(V: int, interpreted: bool):
+def onepass_blocks(V: int, interpreted: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_V, num_warps, num_stages). On the GPU one row per step, in the widest tiles the
     two-pass kernels' H100 sweep found as fast as any (bench/results/*-tune-epilogue.json): with about one
     program per SM, each program must keep more bytes in flight than the two-pass kernels' many small
@@ -80,8 +80,11 @@ def onepass_programs(n_blocks: int, row_bytes: int, device: torch.device) -> int
     return max(1, min(n_blocks, max(props.multi_processor_count, int(l2 * L2_SHARE) // max(row_bytes, 1))))
 
 
-def logprob_onepass(z, labels, *, seq_ids, seq_logp, seq_logit, temperature=1.0, softcap=None,
-                    interpreted=False, log_sum_sq=None, seq_sq=None, programs=None):
+def logprob_onepass(z: torch.Tensor, labels: torch.Tensor, *, seq_ids: torch.Tensor, seq_logp: torch.Tensor,
+                    seq_logit: torch.Tensor, temperature: float = 1.0, softcap: float | None = None,
+                    interpreted: bool = False, log_sum_sq: torch.Tensor | None = None,
+                    seq_sq: torch.Tensor | None = None, programs: int | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """logprob_forward's outputs and accumulations for the first M = labels.numel() rows of z (compacted
     rows, with per-sequence sums: seq_ids [M], seq_logp / seq_logit fp32 accumulators; log_sum_sq /
     seq_sq as there), then S written over those rows in place (module docstring). Returns (lse [M],

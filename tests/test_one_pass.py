@@ -251,6 +251,26 @@ def test_packed_one_pass_equals_padded(opts, device):
         assert rel(a, c) <= tol
 
 
+@pytest.mark.parametrize("dw", ["fp32", "ring"])
+def test_autocast_follow(dw, device):
+    """fp32 master weights, bf16 GEMMs: the hidden rows are cast for the GEMMs, then scaled by g."""
+    x, w, b, target, ref_x, ref_w = batch(P, T, H, V, device)
+    out = {}
+    for ep in ("two_pass", "one_pass"):
+        xx, ww, bb = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        loss_fn = FusedLinearPreferenceLoss(autocast="follow", compute_nll_loss=True, dw_accumulation=dw,
+                                            workspace_budget=_ws(torch.float32), epilogue=ep)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss, _ = loss_fn(ww, xx, target, bb, ref_x, ref_w)
+        loss.backward()
+        assert ww.grad.dtype == torch.float32
+        out[ep] = (loss.detach(), xx.grad, ww.grad, bb.grad)
+    exact = run_ref({"compute_nll_loss": True}, x, w, b, target, ref_input=ref_x, ref_weight=ref_w)
+    assert out["one_pass"][0].item() == out["two_pass"][0].item()
+    for ep in out:  # bf16 GEMMs against float64, at the bf16 tolerance
+        assert all(rel(g, r) <= TOL[torch.bfloat16] for g, r in zip(out[ep][1:], exact[2])), ep
+
+
 @pytest.mark.parametrize("bad", ["one-pass", "onepass", "fused", None, True, ("one_pass",)])
 def test_bad_epilogue_is_refused_by_name(bad):
     with pytest.raises(ValueError, match="epilogue must be one of"):

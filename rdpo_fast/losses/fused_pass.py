@@ -11,6 +11,11 @@ in fp32 across chunks (dw_accumulation="ring": the chunks' dZ stay in a ring and
 covers all of them, see DwRing). Gradients are made in forward and scaled by grad_output in backward:
 6NHV FLOPs.
 
+The one-pass epilogue (epilogue="one_pass", see EPILOGUES; "two_pass" is the default): the forward
+epilogue's kernel also writes S = (onehot - softmax) * d transform over the chunk's logits, sweeping each
+row again while it is in L2, so the logits are read once instead of twice; dZ = diag(g) S is never
+written, each row's g scales the dX GEMM's output and the hidden rows the dW GEMM reads.
+
 Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios) need every pair's
 log-probs before any gradient, so they run in two phases: the forward statistics of every chunk
 (keeping each row's logsumexp), the head on the whole batch, then each chunk's logits again for dZ, dX
