@@ -89,7 +89,7 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
                 "rdpo_fast one-pass dW=ring 1 flush": ({"epilogue": "one_pass", **one_flush}, {}),
                 "rdpo_fast host_counts": ({}, counts),
                 "rdpo_fast one-pass host_counts": ({"epilogue": "one_pass"}, counts)}
-    timed = {("cublas", "3 GEMMs (6NHV)"): lambda: (x2 @ w.t(), dz @ w, dz.t() @ x2)}
+    timed = {("cublas", "3 GEMMs (6NHV)"): lambda dz=dz: (x2 @ w.t(), dz @ w, dz.t() @ x2)}
     for name, (opts, call) in variants.items():
         ours = rdpo_fast.FusedLinearPreferenceLoss(beta=0.1, **opts)
 
@@ -100,7 +100,7 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
 
         timed[(name, "DPO fwd+bwd")] = run_ours
     rows.extend(_interleaved_rows(timed, device, 3 * gemm))
-    del dz
+    del dz, timed  # [N, V]: not held while the peers run
 
     def run_plain(fn):
         def run():

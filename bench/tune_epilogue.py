@@ -83,7 +83,8 @@ def main(argv=None):
     for r in rows:
         print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d} S={r['num_stages']}  fwd {r['fwd_ms']:.3f} ms "
               f"{r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s"
-              f"   one-pass {r['onepass_ms']:.3f} ms {r['onepass_TBps']:.2f} TB/s ({r['onepass_vs_two']:.2f} x fwd + bwd)")
+              f"   one-pass {r['onepass_ms']:.3f} ms {r['onepass_TBps']:.2f} TB/s"
+              f" ({r['onepass_vs_two']:.2f} x fwd + bwd)")
     for g in grid_rows:
         print(f"one-pass, default blocks, {g['programs']} programs: {g['onepass_ms']:.3f} ms "
               f"{g['onepass_TBps']:.2f} TB/s")

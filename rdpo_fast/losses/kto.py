@@ -108,7 +108,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
     completion tokens (Liger sums every padded position, which a pass that skips prompt rows cannot).
     Extra: ref_logps= (precomputed reference log-probs instead of ref_input/ref_weight), num_sequences=
     (the whole batch's count when this call is one micro-batch of it), workspace_budget,
-    dw_accumulation, epilogue ("two_pass" or "one_pass", as FusedLinearPreferenceLoss's: the same pass). kl: None, a number, or a tensor with one value or one per sequence; no gradient.
+    dw_accumulation, epilogue ("two_pass" or "one_pass", as FusedLinearPreferenceLoss's: the same pass).
+    kl: None, a number, or a tensor with one value or one per sequence; no gradient.
     segment_ids= (packed input: _input one row [1, N, H] or [N, H], target [1, N] or [N], segment_ids with
     target's shape naming each token's sequence in [0, B); only completion tokens' ids are read; B is the
     largest of them + 1; ref_input packed alike; results equal the padded layout's).
