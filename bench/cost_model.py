@@ -22,8 +22,11 @@ stays import-free, and bench/test_cost_model.py checks the plans against the cod
     weight    dW summed per chunk in the weight's dtype (no fp32 buffer, no cast)
     ring      dw_accumulation="ring": chunks' dZ and hidden rows stay in a ring of dw_ring_budget bytes,
               one dW GEMM per flush; a single flush writes dW in the weight's dtype
-    one-pass  the proposed epilogue: one kernel computes the statistics and writes S = onehot - softmax
-              in place, g is applied as a row scale around the dX and dW GEMMs (one logits pass less)
+    one-pass  epilogue="one_pass" (kernels/logprob_onepass.py): one kernel computes the statistics and,
+              sweeping the rows again, writes S = (onehot - softmax) * d transform in place; g is a row
+              scale of the hidden rows before the dW GEMM and of the dX GEMM's fp32 output (rounded once
+              as it is scaled). One logits read less, if the second sweep finds the rows in L2 (the
+              kernel's persistent grid is sized for that; a GPU must confirm it)
     scaled-exp  QuACK-style: the logits GEMM's epilogue stores a bf16 scaled exponent and sum-exp
               partials; no epilogue pass at all; dX/dW apply per-row scales inside custom GEMMs
 
@@ -417,9 +420,10 @@ def fused_step(pb: Problem, sc: Schedule) -> Step:
         elif sc.epilogue == "one-pass":
             add("one-pass epilogue: stats + S in place", "epilogue dZ", c, "bwd_epi", read=n * V * e,
                 write=n * V * e)
-            # g as a row scale: x rows scaled before dW (read + write [n, H]); dX rows after the GEMM.
+            # g as a row scale: x rows scaled in place before dW (read + write [n, H]); the dX GEMM's fp32
+            # output scaled and rounded to the GEMM dtype in one pass.
             add("row scale g*x for dW", "rows", c, "copy", read=n * H * e, write=n * H * e)
-            add("row scale g*(S W) for dX", "rows", c, "copy", read=n * H * e, write=n * H * e)
+            add("row scale g*(S W) for dX, fp32 -> bf16", "rows", c, "copy", read=n * H * 4, write=n * H * e)
         elif sc.epilogue == "scaled-exp":
             # The GEMM stores E and (max, sum-exp, sum-z) partials per 128-column tile; a small kernel
             # reduces them; the target logit comes from a gathered W row dot x (O(nH)).
@@ -431,7 +435,7 @@ def fused_step(pb: Problem, sc: Schedule) -> Step:
         else:
             raise ValueError(f"unknown epilogue {sc.epilogue!r}")
         add(f"dX GEMM [{n}, H]", "gemm logits+dX", c, "gemm", flops=2.0 * n * H * V,
-            read=n * V * e + VH * e, write=n * H * e,
+            read=n * V * e + VH * e, write=n * H * (4 if sc.epilogue == "one-pass" else e),
             gemm_rel=sc.custom_gemm_rel if sc.epilogue == "scaled-exp" else 1.0)
         add("dX rows index_copy_", "rows", c, "rows", read=n * H * e, write=n * H * e)
     add("pair head and per-token g (bookkeeping)", "small kernels", code.tiny_per_chunk * k, "tiny")

@@ -160,11 +160,12 @@ def main(argv=None):
         print(f"-- {kind} hidden states, N={a.n} H={a.h} V={a.v} {a.dtype} on {result['device']}")
         for r in result[kind]:
             if "error" in r:
-                print(f"{r['impl']:16s} {r['pass']:24s} {r['error']}")
+                print(f"{r['impl']:34s} {r['pass']:24s} {r['error']}")
             else:
                 mem = "" if r["peak_mib"] is None else f"{r['peak_mib']:9.0f} MiB"
-                print(f"{r['impl']:16s} {r['pass']:24s} {r['median_ms']:9.2f} ms  x{r['x_one_gemm']:5.2f}"
-                      f"  {r['tflops'] or 0:6.0f} TF/s {mem}")
+                spread = f"  [{r['p10_ms']:.2f}, {r['p90_ms']:.2f}]" if "p10_ms" in r else ""
+                print(f"{r['impl']:34s} {r['pass']:24s} {r['median_ms']:9.2f} ms  x{r['x_one_gemm']:5.2f}"
+                      f"  {r['tflops'] or 0:6.0f} TF/s {mem}{spread}")
     return result
 
 

@@ -1,7 +1,9 @@
 """The fused DPO loss side by side with its peers (SPEC section 6), one run, one device:
 
-    rdpo_fast   FusedLinearPreferenceLoss, reference log-probs given (6NHV); also with dW summed in
-                the weight's dtype, and with a 1 GiB workspace (fewer chunks)
+    rdpo_fast   FusedLinearPreferenceLoss, reference log-probs given (6NHV), in each schedule: dW summed
+                in fp32 (the default), in the weight's dtype, in the ring (default budget, and one flush),
+                a 1 GiB workspace (fewer chunks), the one-pass epilogue (alone and with the one-flush
+                ring), and the default and one-pass with the collator's host_counts (no host sync)
     liger       liger_kernel LigerFusedLinearDPOLoss (use_ref_model=False: 0.8.5 takes no precomputed
                 reference, and the policy-side work is the same)
     cce         cut_cross_entropy linear_cross_entropy(reduction="none") per token + the DPO head in torch
@@ -9,6 +11,8 @@
     cublas      the three 2NHV GEMMs of 6NHV (logits, dX, dW) alone: the roofline
 
 and the reference forward (2NHV): rdpo_fast.sequence_logprobs under no_grad against one cuBLAS GEMM.
+Our schedules and the cuBLAS GEMMs they are held against are timed in one interleaved run (>= 20
+samples each, median and 10th/90th percentiles; bench.timing.interleaved_ms); the peers one by one.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import rdpo_fast
-from bench.timing import median_ms, peak_mib
+from bench.timing import interleaved_ms, median_ms, peak_mib
 
 
 def _batch(pairs, T, H, V, dtype, device, realistic):
@@ -72,25 +76,31 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
     x2 = x.view(N, H)
     add("cublas", "logits GEMM (2NHV)", lambda: x2 @ w.t(), gemm)
     dz = torch.randn(N, V, device=device, dtype=dtype)
-    add("cublas", "3 GEMMs (6NHV)", lambda: (x2 @ w.t(), dz @ w, dz.t() @ x2), 3 * gemm)
-    del dz
-
-    # The dW ring (issue 12) beside today's default, in the same interleaved run: its default budget, and
-    # one large enough for a single flush (dW written once in the weight's dtype).
-    variants = {"rdpo_fast": {}, "rdpo_fast dW=weight": {"dw_accumulation": "weight"},
-                "rdpo_fast 1GiB ws": {"workspace_budget": 2**30},
-                "rdpo_fast dW=ring": {"dw_accumulation": "ring"},
-                "rdpo_fast dW=ring 1 flush": {"dw_accumulation": "ring",
-                                              "dw_ring_budget": 2 * N * (V + H) + 2**30}}
-    for name, opts in variants.items():
+    # Today's default beside the dW ring (issue 12: its default budget, and one large enough for a single
+    # flush, dW written once in the weight's dtype) and the one-pass epilogue (issue 24), with and without
+    # the collator's host_counts: (constructor options, call options).
+    one_flush = {"dw_accumulation": "ring", "dw_ring_budget": 2 * N * (V + H) + 2**30}
+    counts = {"host_counts": [T] * (2 * pairs)}  # _batch ignores no row: every row is a completion
+    variants = {"rdpo_fast": ({}, {}), "rdpo_fast dW=weight": ({"dw_accumulation": "weight"}, {}),
+                "rdpo_fast 1GiB ws": ({"workspace_budget": 2**30}, {}),
+                "rdpo_fast dW=ring": ({"dw_accumulation": "ring"}, {}),
+                "rdpo_fast dW=ring 1 flush": (one_flush, {}),
+                "rdpo_fast one-pass": ({"epilogue": "one_pass"}, {}),
+                "rdpo_fast one-pass dW=ring 1 flush": ({"epilogue": "one_pass", **one_flush}, {}),
+                "rdpo_fast host_counts": ({}, counts),
+                "rdpo_fast one-pass host_counts": ({"epilogue": "one_pass"}, counts)}
+    timed = {("cublas", "3 GEMMs (6NHV)"): lambda dz=dz: (x2 @ w.t(), dz @ w, dz.t() @ x2)}
+    for name, (opts, call) in variants.items():
         ours = rdpo_fast.FusedLinearPreferenceLoss(beta=0.1, **opts)
 
-        def run_ours(ours=ours):
+        def run_ours(ours=ours, call=call):
             xx, ww = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
-            loss, _ = ours(ww, xx, target, ref_chosen_logps=ref[:pairs], ref_rejected_logps=ref[pairs:])
+            loss, _ = ours(ww, xx, target, ref_chosen_logps=ref[:pairs], ref_rejected_logps=ref[pairs:], **call)
             loss.backward()
 
-        add(name, "DPO fwd+bwd", run_ours, 3 * gemm)
+        timed[(name, "DPO fwd+bwd")] = run_ours
+    rows.extend(_interleaved_rows(timed, device, 3 * gemm))
+    del dz, timed  # [N, V]: not held while the peers run
 
     def run_plain(fn):
         def run():
@@ -129,6 +139,24 @@ def loss_suite(pairs, T, H, V, dtype, device, realistic):
     return rows
 
 
+def _interleaved_rows(fns, device, tflop):
+    """Rows for {(impl, pass): fn}, timed together by interleaved_ms; a variant that fails its first call
+    is reported and left out of the run."""
+    rows, ok = [], {}
+    for key, fn in fns.items():
+        try:
+            fn()
+            ok[key] = fn
+        except Exception as e:
+            rows.append({"impl": key[0], "pass": key[1], "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    for key, t in interleaved_ms(ok, device).items():
+        rows.append({"impl": key[0], "pass": key[1], **t, "peak_mib": peak_mib(ok[key], device),
+                     "tflops": tflop / t["median_ms"] * 1e3, "interleaved": True})
+    return rows
+
+
 def _naive_ref(x, w, target):
     with torch.no_grad():
         logits = x @ w.t()
@@ -136,14 +164,11 @@ def _naive_ref(x, w, target):
 
 
 def check_loss_accuracy(pairs, T, H, V, dtype, device):
-    """Fused loss vs the unfused float64 reference on a slice of the real shape: relative errors."""
+    """Fused loss vs the unfused float64 reference on a slice of the real shape: relative errors of the
+    default schedule and (keys prefixed "one_pass ") of the one-pass epilogue, on the GPU's own kernels."""
     from rdpo_fast.oracle.fused import ref_fused_preference_loss
 
     x, w, target, ref = _batch(pairs, T, H, V, dtype, device, False)
-    xx, ww = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
-    loss, _ = rdpo_fast.FusedLinearPreferenceLoss()(ww, xx, target, ref_chosen_logps=ref[:pairs],
-                                                    ref_rejected_logps=ref[pairs:])
-    loss.backward()
     xd, wd = x.double().requires_grad_(True), w.double().requires_grad_(True)
     rloss, _ = ref_fused_preference_loss(wd, xd, target, ref_chosen_logps=ref[:pairs].double(),
                                          ref_rejected_logps=ref[pairs:].double())
@@ -152,5 +177,12 @@ def check_loss_accuracy(pairs, T, H, V, dtype, device):
     def rel(a, b):
         return ((a.double() - b).norm() / b.norm()).item()
 
-    return {"loss": abs(loss.item() - rloss.item()) / abs(rloss.item()), "d_input": rel(xx.grad, xd.grad),
-            "d_weight": rel(ww.grad, wd.grad)}
+    out = {}
+    for prefix, epilogue in (("", "two_pass"), ("one_pass ", "one_pass")):
+        xx, ww = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+        loss, _ = rdpo_fast.FusedLinearPreferenceLoss(epilogue=epilogue)(
+            ww, xx, target, ref_chosen_logps=ref[:pairs], ref_rejected_logps=ref[pairs:])
+        loss.backward()
+        out.update({prefix + "loss": abs(loss.item() - rloss.item()) / abs(rloss.item()),
+                    prefix + "d_input": rel(xx.grad, xd.grad), prefix + "d_weight": rel(ww.grad, wd.grad)})
+    return out

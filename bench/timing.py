@@ -1,5 +1,7 @@
 """Timing and memory helpers shared by the benchmarks: median time after warm-up (CUDA events through
-triton.testing.do_bench on GPU, perf_counter on CPU) and peak allocated memory above a baseline."""
+triton.testing.do_bench on GPU, perf_counter on CPU), the same for several variants sampled in turn
+(interleaved_ms: a drift of the clock or the neighbours' load then reaches every variant alike), and peak
+allocated memory above a baseline."""
 from __future__ import annotations
 
 import gc
@@ -22,6 +24,38 @@ def median_ms(fn, device, warmup=3, reps=10):
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def interleaved_ms(fns: dict, device: torch.device, samples: int = 20, warmup: int = 3) -> dict:
+    """{name: {"median_ms", "p10_ms", "p90_ms", "samples"}} for each callable of fns, timed one call at a
+    time in rounds (A, B, C, A, B, C, ...; each round starts one variant later, so none is always first
+    after the host's own work), after warmup calls of each. CUDA: events around each call, the device
+    synchronised between calls; elsewhere perf_counter."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times = {name: [] for name in names}
+    cuda = device.type == "cuda"
+    for r in range(samples):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if cuda:
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fns[name]()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1 else ts * 9
+        out[name] = {"median_ms": statistics.median(ts), "p10_ms": q[0], "p90_ms": q[-1], "samples": len(ts)}
+    return out
 
 
 def peak_mib(fn, device):

@@ -1,5 +1,9 @@
 """Sweeps block sizes and warps of the two epilogue kernels on a real-size logits chunk (GPU only) and
-reports achieved bandwidth against a device-to-device copy of the same bytes.
+reports achieved bandwidth against a device-to-device copy of the same bytes. Then the one-pass epilogue
+kernel (epilogue="one_pass") at each config and over its persistent grid's size: its time against the
+two kernels' sum is the saving, and its bandwidth counted as one read + one write of the chunk shows
+whether its second sweep found the rows in L2: near the dZ kernel's rate (which moves those same bytes)
+it did; at two thirds of it, it read the logits from HBM twice.
 
     python -m bench.tune_epilogue [--rows 2048 --v 128256] [--out F]
 """
@@ -11,7 +15,7 @@ import json
 import torch
 
 from bench.timing import device_info, median_ms
-from rdpo_fast.kernels import logprob_backward as kb, logprob_forward as kf
+from rdpo_fast.kernels import logprob_backward as kb, logprob_forward as kf, logprob_onepass as ko
 
 # (BLOCK_M, BLOCK_V, num_warps, num_stages)
 CONFIGS = [(1, 2048, 4, 3), (1, 2048, 4, 1), (1, 2048, 4, 4), (1, 4096, 4, 3), (1, 4096, 8, 1),
@@ -46,15 +50,44 @@ def main(argv=None):
                      "fwd_ms": f_ms, "fwd_TBps": zbytes / f_ms / 1e9,
                      "bwd_ms": b_ms, "bwd_TBps": 2 * zbytes / b_ms / 1e9})
     kf.fwd_blocks, kb.bwd_blocks = orig_f, orig_b
+
+    # One-pass: it overwrites its copy of z with S at every call; the timing does not depend on the values.
+    zo = z.clone()
+
+    def one_pass(programs=None):
+        return ko.logprob_onepass(zo, labels, seq_ids=seq, seq_logp=acc1, seq_logit=acc2, programs=programs)
+
+    orig_o = ko.onepass_blocks
+    for r, cfg in zip(rows, CONFIGS):
+        ko.onepass_blocks = lambda V, interpreted, cfg=cfg: cfg
+        o_ms = median_ms(one_pass, dev)
+        r.update(onepass_ms=o_ms, onepass_TBps=2 * zbytes / o_ms / 1e9,
+                 onepass_vs_two=o_ms / (r["fwd_ms"] + r["bwd_ms"]))
+    ko.onepass_blocks = orig_o
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    BLOCK_M = ko.onepass_blocks(a.v, False)[0]
+    n_blocks = -(-a.rows // BLOCK_M)
+    grid_rows = []
+    for programs in (sms // 2, sms, 2 * sms, 4 * sms, 8 * sms, n_blocks, None):  # None: onepass_programs
+        o_ms = median_ms(lambda programs=programs: one_pass(programs), dev)
+        grid_rows.append({"programs": programs or "default", "onepass_ms": o_ms,
+                          "onepass_TBps": 2 * zbytes / o_ms / 1e9})
     result = {**device_info(dev), "rows_in_chunk": a.rows, "V": a.v, "dtype": "bfloat16",
-              "copy_ms": copy_ms, "copy_TBps": 2 * zbytes / copy_ms / 1e9, "configs": rows}
+              "copy_ms": copy_ms, "copy_TBps": 2 * zbytes / copy_ms / 1e9, "configs": rows,
+              "onepass_default_programs": ko.onepass_programs(n_blocks, BLOCK_M * a.v * z.element_size(), dev),
+              "onepass_grid": grid_rows}
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
     print(f"copy: {copy_ms:.3f} ms = {result['copy_TBps']:.2f} TB/s (read+write)")
     for r in rows:
         print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d} S={r['num_stages']}  fwd {r['fwd_ms']:.3f} ms "
-              f"{r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s")
+              f"{r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s"
+              f"   one-pass {r['onepass_ms']:.3f} ms {r['onepass_TBps']:.2f} TB/s"
+              f" ({r['onepass_vs_two']:.2f} x fwd + bwd)")
+    for g in grid_rows:
+        print(f"one-pass, default blocks, {g['programs']} programs: {g['onepass_ms']:.3f} ms "
+              f"{g['onepass_TBps']:.2f} TB/s")
 
 
 if __name__ == "__main__":

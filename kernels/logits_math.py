@@ -25,3 +25,13 @@ def transform_grad(z, inv_temp, softcap, HAS_SOFTCAP: tl.constexpr):
         t = _tanh(z / softcap)
         return inv_temp * (1.0 - t * t)
     return tl.full(z.shape, 1.0, tl.float32) * inv_temp
+
+
+@triton.jit
+def grad_tile(raw, cols, labels, lse, g, inv_temp, softcap, HAS_SOFTCAP: tl.constexpr):
+    """g (onehot(label) - softmax) d transform / dz of a [BLOCK_M, BLOCK_V] tile of raw fp32 logits: cols
+    are the tile's columns, labels (int64 [BLOCK_M]) in the same column numbering, lse and g per row. With
+    g = 1 it is the one-pass epilogue's S, which the gradient pass scales by g row by row instead."""
+    p = tl.exp(transform(raw, inv_temp, softcap, HAS_SOFTCAP) - lse[:, None])
+    onehot = (cols[None, :] == labels[:, None]).to(tl.float32)
+    return g[:, None] * (onehot - p) * transform_grad(raw, inv_temp, softcap, HAS_SOFTCAP)

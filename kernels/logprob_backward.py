@@ -5,7 +5,7 @@ into another buffer. The block may be a vocabulary slice: its column j is vocabu
 import triton
 import triton.language as tl
 
-from .logits_math import transform, transform_grad
+from .logits_math import grad_tile
 
 
 @triton.jit
@@ -32,9 +32,7 @@ def logprob_bwd_kernel(
         cols = v0 + cols0
         mask = row_ok[:, None] & (cols < V)[None, :]
         raw = tl.load(z_base[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        p = tl.exp(transform(raw, inv_temp, softcap, HAS_SOFTCAP) - lse[:, None])
-        onehot = (cols[None, :] == labels[:, None]).to(tl.float32)
-        dz = g[:, None] * (onehot - p) * transform_grad(raw, inv_temp, softcap, HAS_SOFTCAP)
+        dz = grad_tile(raw, cols, labels, lse, g, inv_temp, softcap, HAS_SOFTCAP)
         tl.store(out_base[:, None] + cols[None, :], dz.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -38,6 +38,36 @@ def logprob_fwd_kernel(
     row_base = z_ptr + rows * stride_z
     labels = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
 
+    run_max, run_sum, run_sq, logit_sum = row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP, HAS_SQ,
+                                                    BLOCK_M, BLOCK_V)
+    lse = run_max + tl.log(run_sum)
+    if PARTIAL:
+        part = part_ptr + offs_m  # row k of the packed [k, M] buffer is part + k * M
+        tl.store(part, lse, mask=row_ok)
+        tl.store(part + 2 * M, logit_sum, mask=row_ok)
+        if HAS_SQ:
+            # logsumexp(2z) of the slice; the combined log sum p^2 is its logsumexp over slices - 2 lse.
+            tl.store(part + 3 * M, 2.0 * run_max + tl.log(run_sq), mask=row_ok)
+        # The label's logit only where this slice holds it: the ranks' targets then add up exactly. The
+        # labels are read here, after the loop (the load above is then dead code): held through the loop
+        # they made ptxas spill in the fp32 WPO variant on sm_80.
+        local = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64) - v_offset
+        owned = row_ok & (local >= 0) & (local < V)
+        target = tl.load(row_base + local, mask=owned, other=0.0).to(tl.float32)
+        target = tl.where(owned, transform(target, inv_temp, softcap, HAS_SOFTCAP), 0.0)
+        tl.store(part + M, target, mask=row_ok)
+    else:
+        target = tl.load(row_base + labels, mask=row_ok, other=0.0).to(tl.float32)
+        store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr, lse_ptr, logp_ptr,
+                    seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, inv_temp, softcap, HAS_SOFTCAP, HAS_SEQ,
+                    HAS_SQ)
+
+
+@triton.jit
+def row_sweep(row_base, row_ok, V, inv_temp, softcap, HAS_SOFTCAP: tl.constexpr, HAS_SQ: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One read of a block of rows (row_base: [BLOCK_M] row pointers): (running max, sum of exp relative
+    to it, the same of exp^2 with HAS_SQ, sum of the transformed logits), each [BLOCK_M] fp32."""
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
     run_sq = tl.zeros([BLOCK_M], tl.float32)
@@ -60,38 +90,29 @@ def logprob_fwd_kernel(
         if HAS_SQ:
             run_sq = run_sq * (scale * scale) + tl.sum(e * e, axis=1)
         run_max = new_max
-    lse = run_max + tl.log(run_sum)
-    if PARTIAL:
-        part = part_ptr + offs_m  # row k of the packed [k, M] buffer is part + k * M
-        tl.store(part, lse, mask=row_ok)
-        tl.store(part + 2 * M, logit_sum, mask=row_ok)
+    return run_max, run_sum, run_sq, logit_sum
+
+
+@triton.jit
+def store_stats(target, lse, run_sum, run_sq, logit_sum, offs_m, row_ok, seq_ptr, lse_ptr, logp_ptr,
+                seq_logp_ptr, seq_logit_ptr, sq_ptr, seq_sq_ptr, inv_temp, softcap,
+                HAS_SOFTCAP: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_SQ: tl.constexpr):
+    """The per-row results of a row_sweep (target: the label's raw logit, fp32): lse and log p(label),
+    with HAS_SQ log sum p^2, and with HAS_SEQ their per-sequence sums and the logit sums, added in."""
+    target = transform(target, inv_temp, softcap, HAS_SOFTCAP)
+    logp = target - lse
+    tl.store(lse_ptr + offs_m, lse, mask=row_ok)
+    tl.store(logp_ptr + offs_m, logp, mask=row_ok)
+    if HAS_SQ:
+        # sum p^2 = sum e^2 / (sum e)^2, both relative to the same running max.
+        sq = tl.log(run_sq) - 2.0 * tl.log(run_sum)
+        tl.store(sq_ptr + offs_m, sq, mask=row_ok)
+    if HAS_SEQ:
+        seq = tl.load(seq_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
+        tl.atomic_add(seq_logp_ptr + seq, logp, mask=row_ok)
+        tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
         if HAS_SQ:
-            # logsumexp(2z) of the slice; the combined log sum p^2 is its logsumexp over slices - 2 lse.
-            tl.store(part + 3 * M, 2.0 * run_max + tl.log(run_sq), mask=row_ok)
-        # The label's logit only where this slice holds it: the ranks' targets then add up exactly. The
-        # labels are read here, after the loop (the load above is then dead code): held through the loop
-        # they made ptxas spill in the fp32 WPO variant on sm_80.
-        local = tl.load(labels_ptr + offs_m, mask=row_ok, other=0).to(tl.int64) - v_offset
-        owned = row_ok & (local >= 0) & (local < V)
-        target = tl.load(row_base + local, mask=owned, other=0.0).to(tl.float32)
-        target = tl.where(owned, transform(target, inv_temp, softcap, HAS_SOFTCAP), 0.0)
-        tl.store(part + M, target, mask=row_ok)
-    else:
-        target = tl.load(row_base + labels, mask=row_ok, other=0.0).to(tl.float32)
-        target = transform(target, inv_temp, softcap, HAS_SOFTCAP)
-        logp = target - lse
-        tl.store(lse_ptr + offs_m, lse, mask=row_ok)
-        tl.store(logp_ptr + offs_m, logp, mask=row_ok)
-        if HAS_SQ:
-            # sum p^2 = sum e^2 / (sum e)^2, both relative to the same running max.
-            sq = tl.log(run_sq) - 2.0 * tl.log(run_sum)
-            tl.store(sq_ptr + offs_m, sq, mask=row_ok)
-        if HAS_SEQ:
-            seq = tl.load(seq_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
-            tl.atomic_add(seq_logp_ptr + seq, logp, mask=row_ok)
-            tl.atomic_add(seq_logit_ptr + seq, logit_sum, mask=row_ok)
-            if HAS_SQ:
-                tl.atomic_add(seq_sq_ptr + seq, sq, mask=row_ok)
+            tl.atomic_add(seq_sq_ptr + seq, sq, mask=row_ok)
 
 
 def fwd_blocks(V: int, interpreted: bool):

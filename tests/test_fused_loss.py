@@ -63,6 +63,7 @@ def run_ref(opts, x, w, b, target, **fwd):
     opts.pop("workspace_budget", None)
     opts.pop("dw_accumulation", None)
     opts.pop("dw_ring_budget", None)
+    opts.pop("epilogue", None)
     for k in ("ref_input", "ref_weight", "ref_bias"):
         if fwd.get(k) is not None:
             fwd[k] = fwd[k].double()

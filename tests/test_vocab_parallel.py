@@ -6,6 +6,8 @@ runs every case and writes relative errors to JSON; the asserts are here:
                then sequence parallel (load-balanced positions, as context parallelism shards them)
   4 processes: tensor parallel over four (also a rank with an empty slice), then a 2 x 2 mesh
                (sequence x tensor; DTensor and plain)
+The one-pass epilogue runs over vocabulary slices (its S then written by a separate pass, once the chunk's
+collective has made the logsumexp whole) and under sequence parallelism.
 Every case agrees with one process over the whole inputs and with the float64 oracle within the
 float32 tolerance of the single-process tests (tests/test_fused_loss.py); every rank returns the same
 loss bits. The combination maths itself is checked in this process, without a process group."""
@@ -30,11 +32,12 @@ needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 # Every case each layout must have run (a case silently dropped from the worker fails here).
 PAIR_CASES = {"sigmoid_ref_in_pass_chunks", "softcap_temperature", "ipo", "rdpo_soft_labels", "simpo", "aot_two_phase",
               "wpo_weighting", "mpo_list_ring", "kto", "sequence_logprobs"}
+TP_ONLY = {"ld_dpo", "linear_logprobs_softcap", "one_pass_chunks", "one_pass_aot_ring"}
 EXPECTED = {
-    2: {"tp2_plain": PAIR_CASES | {"ld_dpo", "linear_logprobs_softcap"},
+    2: {"tp2_plain": PAIR_CASES | TP_ONLY,
         "tp2_dtensor": {"sigmoid_ref_in_pass_chunks", "softcap_temperature", "ipo", "kto"},
-        "sp2": PAIR_CASES | {"token_stats", "average_log_prob"}},
-    4: {"tp4_plain": PAIR_CASES | {"ld_dpo", "linear_logprobs_softcap"},
+        "sp2": PAIR_CASES | {"token_stats", "average_log_prob", "one_pass_wpo"}},
+    4: {"tp4_plain": PAIR_CASES | TP_ONLY,
         "tp4_dtensor": {"sigmoid_ref_in_pass_chunks", "softcap_temperature", "ipo", "kto", "empty_slice"},
         "sp2xtp2_dtensor": PAIR_CASES, "sp2xtp2_plain": {"sigmoid_ref_in_pass_chunks", "softcap_temperature"}},
 }

@@ -136,7 +136,7 @@ def preference(opts, ref_in_pass=True, soft=False, token_stats=False):
         return out[0], aux
 
     def oracle(i):
-        o = {k: v for k, v in opts.items() if k not in ("workspace_budget", "dw_accumulation")}
+        o = {k: v for k, v in opts.items() if k not in ("workspace_budget", "dw_accumulation", "epilogue")}
         fwd = {}
         if use_ref:
             fwd = dict(ref_input=i["ref_x"], ref_weight=i["ref_w"])
@@ -312,10 +312,17 @@ def pair_cases():
 
 
 def tp_only_cases():
+    small = 9 * 48 * 4
     return [
         ("ld_dpo", preference({"ld_alpha": 0.4, "average_log_prob": True, "beta": 1.0}), pair_inputs(11),
          {"beta": 1.0}),
         ("linear_logprobs_softcap", token_logprobs(softcap=3.0, temperature=0.8), pair_inputs(12), {}),
+        # The one-pass epilogue over a vocabulary slice: S by a separate pass once the chunk's collective
+        # has made the logsumexp whole; g as row scales, dX summed over the ranks.
+        ("one_pass_chunks", preference({"epilogue": "one_pass", "workspace_budget": small, "compute_nll_loss": True,
+                                        "softcap": 2.0}), pair_inputs(17), {}),
+        ("one_pass_aot_ring", preference({"epilogue": "one_pass", "loss_type": "aot", "dw_accumulation": "ring",
+                                          "workspace_budget": small}), pair_inputs(18), {}),
     ]
 
 
@@ -412,6 +419,9 @@ def main():
         if world == 2:
             sp = Layout("sp2", sp=world_group, sp_rank=rank, sp_world=2)
             every(sp, pair_cases() + [("token_stats", preference({}, token_stats=True), pair_inputs(14), {}),
+                                      ("one_pass_wpo", preference({"epilogue": "one_pass", "use_weighting": True,
+                                                                   "workspace_budget": 9 * 48 * 4}),
+                                       pair_inputs(19), {}),
                                       ("average_log_prob", preference({"average_log_prob": True, "beta": 1.0}),
                                        pair_inputs(15), {"beta": 1.0})])
             results.append(run_case(sp, "all_ignored_sequence", preference({}), pair_inputs(20, all_ignored=1)))

@@ -35,8 +35,8 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats
 
 from . import table as lt
-from .fused_pass import (FusedPreferenceFn, PassOptions, check_nonempty, ld_tail, packed_ld_tail, parallel_call,
-                         parallel_layout)
+from .fused_pass import (FusedPreferenceFn, PassOptions, check_epilogue, check_nonempty, ld_tail, packed_ld_tail,
+                         parallel_call, parallel_layout)
 from .head import check_head_options
 
 if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
@@ -73,7 +73,7 @@ class _Config:
                  loss_type, label_smoothing, tau, gamma, ld_alpha, workspace_budget, dw_accumulation,
                  dw_ring_budget=None, loss_weights=None, use_weighting=False, f_divergence_type="reverse_kl",
                  f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, softcap=None, temperature=1.0, logit_scale=1.0,
-                 autocast="disable"):
+                 autocast="disable", epilogue="two_pass"):
         self.ignore_index = int(ignore_index)
         self.beta = float(beta)
         self.alpha = float(alpha)
@@ -96,6 +96,7 @@ class _Config:
             if isinstance(dw_ring_budget, bool) or not isinstance(dw_ring_budget, int) or dw_ring_budget <= 0:
                 raise ValueError(f"dw_ring_budget must be a positive int (bytes), got {dw_ring_budget!r}")
         self.dw_ring_budget = dw_ring_budget
+        self.epilogue = check_epilogue(epilogue)
         self.use_weighting = bool(use_weighting)
         self.f_divergence_type = f_divergence_type
         self.f_alpha_divergence_coef = float(f_alpha_divergence_coef)
@@ -181,6 +182,13 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
     torch.autocast says; "follow" runs them in the autocast dtype when one is enabled (fp32 master
     weights, bf16 GEMMs, as TRL's head and Liger do), dW still accumulated in fp32 and returned in the
     weight's dtype.
+    epilogue: "two_pass" (default) or "one_pass", the schedule of the per-chunk passes over the logits
+    (fused_pass.EPILOGUES): "one_pass" reads each chunk's logits once where "two_pass" reads them twice
+    (forward epilogue, then the dZ kernel), writing S = (onehot - softmax) * d transform in place of
+    them, and applies each row's gradient as a scale around the dX and dW GEMMs. It applies to every loss
+    type and option; where the forward epilogue's kernel cannot write S (a vocabulary-sharded weight,
+    return_token_stats=True, the logits the batch-level losses recompute) a separate pass writes it,
+    with no saving there. "two_pass" stays the default until a GPU run has measured "one_pass".
     `compiled` and `chunk_size` are Liger's performance knobs: accepted, with no effect on results (our
     kernels are always compiled, and chunks follow the workspace budget). Liger's public attributes
     (loss_type, beta, ignore_index, ...) read the settings; assigning one re-validates the whole set."""
@@ -191,7 +199,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                  workspace_budget=None, dw_accumulation="fp32", dw_ring_budget=None, loss_weights=None,
                  use_weighting=False,
                  f_divergence_type="reverse_kl", f_alpha_divergence_coef=lt.DEFAULT_F_ALPHA, check_finite=None,
-                 softcap=None, temperature=1.0, logit_scale=1.0, autocast="disable"):
+                 softcap=None, temperature=1.0, logit_scale=1.0, autocast="disable", epilogue="two_pass"):
         super().__init__()
         self.check_finite = check_finite  # None: RDPO_FAST_CHECK_FINITE decides (see _checks.check_finite)
         if tau is not None and discopop_tau != 0.05 and tau != discopop_tau:
@@ -204,7 +212,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             dw_ring_budget=dw_ring_budget, loss_weights=loss_weights, use_weighting=use_weighting,
             f_divergence_type=f_divergence_type,
             f_alpha_divergence_coef=f_alpha_divergence_coef, softcap=softcap, temperature=temperature,
-            logit_scale=logit_scale, autocast=autocast)
+            logit_scale=logit_scale, autocast=autocast, epilogue=epilogue)
         self._extra = {"compiled": compiled, "chunk_size": chunk_size}
         self.cfg = _Config(**self._settings)
 
@@ -527,6 +535,6 @@ for _name in LIGER_KEYWORDS:
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name, "tau" if _name == "discopop_tau" else None))
 for _name in ("gamma", "ld_alpha", "softcap", "temperature", "logit_scale", "autocast", "workspace_budget",
               "dw_accumulation", "dw_ring_budget", "loss_weights", "use_weighting", "f_divergence_type",
-              "f_alpha_divergence_coef"):
+              "f_alpha_divergence_coef", "epilogue"):
     setattr(FusedLinearPreferenceLoss, _name, _liger_attribute(_name))
 del _name

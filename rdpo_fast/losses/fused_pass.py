@@ -11,6 +11,11 @@ in fp32 across chunks (dw_accumulation="ring": the chunks' dZ stay in a ring and
 covers all of them, see DwRing). Gradients are made in forward and scaled by grad_output in backward:
 6NHV FLOPs.
 
+The one-pass epilogue (epilogue="one_pass", see EPILOGUES; "two_pass" is the default): the forward
+epilogue's kernel also writes S = (onehot - softmax) * d transform over the chunk's logits, sweeping each
+row again while it is in L2, so the logits are read once instead of twice; dZ = diag(g) S is never
+written, each row's g scales the dX GEMM's output and the hidden rows the dW GEMM reads.
+
 Batch-level losses (aot, aot_unpaired: they sort the whole batch's log-ratios) need every pair's
 log-probs before any gradient, so they run in two phases: the forward statistics of every chunk
 (keeping each row's logsumexp), the head on the whole batch, then each chunk's logits again for dZ, dX
@@ -38,9 +43,11 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from rdpo_fast.ops import parallel
-from rdpo_fast.ops.epilogue import forward_epilogue, grad_epilogue, token_stats
+from rdpo_fast.ops.epilogue import (forward_epilogue, grad_epilogue, onepass_epilogue, token_stats,
+                                    unscaled_grad_epilogue)
 from rdpo_fast.ops.scale import scale_
-from rdpo_fast.ops.schedule import accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, workspace_bytes
+from rdpo_fast.ops.schedule import (accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, row_scaled_mm,
+                                    workspace_bytes)
 
 from .head import preference_head
 
@@ -202,6 +209,21 @@ class DwRing:
             self._first = False
 
 
+# The epilogue schedules (the losses' `epilogue` option). "two_pass": the forward epilogue reads each
+# chunk's logits, the dZ kernel reads them again and writes dZ in place. "one_pass": one kernel reads them
+# once and, sweeping the same rows again from L2, writes S = dZ / g in place; g is then a row scale
+# around the dX and dW GEMMs (ChunkPass.chunk_grads). "two_pass" stays the default until a GPU run has
+# measured the other (issue 24).
+EPILOGUES = ("two_pass", "one_pass")
+
+
+def check_epilogue(epilogue: str) -> str:
+    """epilogue, if it names one of EPILOGUES; ValueError otherwise."""
+    if not isinstance(epilogue, str) or epilogue not in EPILOGUES:
+        raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    return epilogue
+
+
 def gradient_order(n_chunks: int, two_phase: bool) -> list[int]:
     """The order the gradient pass visits the chunks. The two-phase schedule starts with the last chunk,
     whose logits the statistics pass left in the workspace."""
@@ -232,13 +254,20 @@ class ChunkPass:
     accuracy (the chosen rows); given, TRL's entropy and token accuracy are summed into token_sums.
     vocab: weight and bias are this rank's vocabulary slice (the epilogue then combines the ranks'
     statistics, and dZ is the slice's). sync(first, end): called before the head runs on pairs (or
-    sequences) first:end, to sum their statistics over a sequence-parallel group."""
+    sequences) first:end, to sum their statistics over a sequence-parallel group.
+
+    epilogue="one_pass" (see EPILOGUES): a chunk whose gradients follow gets S = (onehot - softmax) *
+    d transform written over its logits by its forward epilogue's own kernel. Where that kernel cannot
+    write it, a separate in-place pass over the logits does (unscaled_grad_epilogue), which reads them as
+    often as the two-pass schedule does: a vocabulary slice (its logsumexp is whole only after the chunk's
+    collective), TRL's token statistics (they read the raw logits after the forward epilogue), and the
+    two-phase schedule's recomputed chunks (their logits come back after the statistics)."""
 
     def __init__(self, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor,
                  labels: torch.Tensor, slots: torch.Tensor, chunks: list[tuple[int, int, int, int]],
                  stats: SeqStats, grads: Grads, *, transform: dict, two_phase: bool = False,
                  ring: DwRing | None = None, top1_rows: torch.Tensor | None = None,
-                 vocab: parallel.VocabShard | None = None, sync=None):
+                 vocab: parallel.VocabShard | None = None, sync=None, epilogue: str = "two_pass"):
         self.x2, self.weight, self.bias = x2, weight, bias
         self.rows, self.labels, self.slots = rows, labels, slots
         self.chunks, self.stats, self.grads, self.tf = chunks, stats, grads, transform
@@ -256,6 +285,9 @@ class ChunkPass:
         self.epilogue = forward_epilogue if vocab is None else vocab.forward_epilogue
         self.v_offset = 0 if vocab is None else vocab.vocab_start
         self.sync = sync
+        self.one_pass = check_epilogue(epilogue) == "one_pass"
+        # Whether the forward epilogue's kernel can write S itself (see the class docstring).
+        self.fuses_s = self.one_pass and vocab is None and top1_rows is None
 
     def _head(self, head: ChunkHead, first: int, end: int) -> None:
         if self.sync is not None:
@@ -267,12 +299,13 @@ class ChunkPass:
         if self.two_phase:
             self._two_phases(head)
         else:
-            self._one_pass(head)
+            self._chunk_by_chunk(head)
 
-    def _one_pass(self, head):
+    def _chunk_by_chunk(self, head):
         # Per-pair losses: each chunk's head needs only its own pairs, so one pass does it all (6NHV).
         for k, (p0, p1, r0, r1) in enumerate(self.chunks):
-            xc, z, lse = self.chunk_stats(k, None if self.ring is None else self.ring.slot(k, r1 - r0))
+            xc, z, lse = self.chunk_stats(k, None if self.ring is None else self.ring.slot(k, r1 - r0),
+                                          write_s=self.one_pass and self.grads.any)
             self._head(head, p0, p1)
             if self.grads.any:
                 self.chunk_grads(k, k, xc, z, lse, head.token_grads(r0, r1))
@@ -281,9 +314,12 @@ class ChunkPass:
         # Batch-level losses: every chunk's statistics, the head on the whole batch, then the gradients in
         # self.order: the last chunk first, whose logits (xc, z below) are still in the workspace and
         # are not recomputed.
+        # With the one-pass epilogue the last chunk's S is written now (it needs no gradient), the
+        # recomputed chunks' by a separate pass over their logits.
         lses = []
+        last = len(self.chunks) - 1
         for k in range(len(self.chunks)):
-            xc, z, lse = self.chunk_stats(k)
+            xc, z, lse = self.chunk_stats(k, write_s=self.one_pass and self.grads.any and k == last)
             lses.append(lse)
         self._head(head, self.chunks[0][0], self.chunks[-1][1])
         if not self.grads.any:
@@ -293,43 +329,66 @@ class ChunkPass:
             if i > 0:
                 z_out, x_out = (self.ws, None) if self.ring is None else self.ring.slot(i, r1 - r0)
                 xc, z = self._logits(r0, r1, z_out, x_out)
+                if self.one_pass:
+                    unscaled_grad_epilogue(z, self.labels[r0:r1], lses[k], v_offset=self.v_offset, **self.tf)
             self.chunk_grads(i, k, xc, z, lses[k], head.token_grads(r0, r1))
 
-    def chunk_stats(self, k: int, slot: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def chunk_stats(self, k: int, slot: tuple[torch.Tensor, torch.Tensor] | None = None, write_s: bool = False,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Chunk k's logits into the workspace (or the given ring slot) and its forward epilogue, adding
-        into the statistics. Returns (the chunk's hidden rows, its logits, its rows' logsumexp)."""
+        into the statistics. Returns (the chunk's hidden rows, its logits, its rows' logsumexp). write_s
+        (one-pass epilogue): the returned logits are then overwritten with S, for chunk_grads."""
         _, _, r0, r1 = self.chunks[k]
         z_out, x_out = (self.ws, self.xs) if slot is None else slot
         xc, z = self._logits(r0, r1, z_out, x_out)
         labels, st = self.labels[r0:r1], self.stats
-        lse, _ = self.epilogue(z, labels, seq_ids=self.slots[r0:r1], seq_logp=st.logp, seq_logit=st.logit,
-                               seq_sq=st.sq, **self.tf)
+        fused = write_s and self.fuses_s
+        epilogue = onepass_epilogue if fused else self.epilogue
+        lse, _ = epilogue(z, labels, seq_ids=self.slots[r0:r1], seq_logp=st.logp, seq_logit=st.logit,
+                          seq_sq=st.sq, **self.tf)
         if self.token_sums is not None:
             entropy, top1 = token_stats(z, labels, lse, **self.tf)
             self.token_sums[0] += entropy.sum()
             self.token_sums[1] += (top1 * self.top1_rows[r0:r1]).sum()
+        if write_s and not fused:
+            unscaled_grad_epilogue(z, labels, lse, v_offset=self.v_offset, **self.tf)
         return xc, z, lse
 
     def chunk_grads(self, i: int, k: int, xc: torch.Tensor, z: torch.Tensor, lse: torch.Tensor,
                     g_tok: torch.Tensor) -> None:
         """dZ of chunk k in place from its logits and its rows' upstream gradients g_tok, then dX, dW, d
         bias. i: the chunk's place in the gradient order (the first writes dW with beta=0, so there is no
-        zero-fill pass over [V, H]); with a ring, dW waits for the ring's flush."""
+        zero-fill pass over [V, H]); with a ring, dW waits for the ring's flush.
+
+        One-pass epilogue: z holds S already and dZ = diag(g) S is never formed. dX = diag(g) (S W), the
+        rows scaled on the GEMM's fp32 output (one rounding to dX's dtype); dW = S^T (diag(g) X), the
+        hidden rows xc scaled in place in the GEMM dtype (O(rows x H) instead of O(rows x V); a ring
+        then keeps S and g x, and its flushes need nothing else); d bias = S^T g."""
         _, _, r0, r1 = self.chunks[k]
         grads, weight = self.grads, self.weight
-        dz = grad_epilogue(z, self.labels[r0:r1], lse, g_tok, v_offset=self.v_offset, **self.tf)
+        if self.one_pass:
+            dz, row_scale = z, g_tok
+            if grads.w is not None:
+                xc.mul_(g_tok[:, None])
+        else:
+            dz, row_scale = grad_epilogue(z, self.labels[r0:r1], lse, g_tok, v_offset=self.v_offset, **self.tf), None
         if grads.x_part is not None:
             accumulate_mm(grads.x_part[r0:r1], dz, weight, first=True)
+            if row_scale is not None:
+                grads.x_part[r0:r1].mul_(row_scale[:, None])
         elif grads.x is not None:
-            grads.x.index_copy_(0, self.rows[r0:r1], torch.mm(dz, weight).to(grads.x.dtype))
+            dx = torch.mm(dz, weight) if row_scale is None else row_scaled_mm(dz, weight, row_scale, grads.x.dtype)
+            grads.x.index_copy_(0, self.rows[r0:r1], dx.to(grads.x.dtype))
         if grads.w is not None and self.ring is None:
             if grads.w.dtype == torch.float32:
                 accumulate_mm(grads.w, dz.t(), xc, first=i == 0)
             else:
                 grads.w.addmm_(dz.t().to(grads.w.dtype), xc.to(grads.w.dtype), beta=0.0 if i == 0 else 1.0)
         if grads.b is not None:
-            grads.b += dz.sum(0, dtype=torch.float32)
+            if row_scale is None:
+                grads.b += dz.sum(0, dtype=torch.float32)
+            else:  # a [1, rows] x [rows, V] GEMM accumulated in fp32: no [rows, V] temporary
+                accumulate_mm(grads.b.view(1, -1), row_scale.to(dz.dtype)[None, :], dz)
         if self.ring is not None:
             self.ring.done(i, r1 - r0, grads)
 
@@ -694,7 +753,7 @@ def _pair_chunks(x2, weight, w_c, b_c, pairs, cfg, opts):
 
     return ChunkPass(x2, w_c, b_c, pairs.rows, pairs.labels, pairs.slots, chunks, stats, grads,
                      transform=cfg.transform, two_phase=cfg.batch_level, ring=ring, top1_rows=top1_rows,
-                     vocab=par.vocab, sync=par.sync(stats, pair_slots))
+                     vocab=par.vocab, sync=par.sync(stats, pair_slots), epilogue=cfg.epilogue)
 
 
 def _outputs(cfg, stats, head, counts, n_seq, V, num_pairs, num_chosen_tokens):

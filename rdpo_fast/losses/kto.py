@@ -22,7 +22,7 @@ from rdpo_fast.ops.logprobs import linear_stats, sequence_logprobs
 from rdpo_fast.ops.schedule import chunk_rows, chunks_of_pairs, kept_rows
 
 from .fused_pass import (ChunkPass, Grads, GradsMadeInForward, PassParallel, SeqStats, aligned_chunks,
-                         check_nonempty, grouped_rows, parallel_call, parallel_layout)
+                         check_epilogue, check_nonempty, grouped_rows, parallel_call, parallel_layout)
 from .head import kto_head
 
 if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
@@ -84,7 +84,8 @@ class _FusedKTOFn(GradsMadeInForward):
         head = _SequenceHead(stats, seq, lens, ref_logps, kl, desirable, opts)
         ChunkPass(x2, weight, bias, rows, labels, seq, chunks, stats, grads,
                   transform=dict(temperature=1.0, softcap=None), vocab=par.vocab,
-                  sync=par.sync(stats, lambda s0, s1: torch.arange(s0, s1, device=x2.device))).run(head)
+                  sync=par.sync(stats, lambda s0, s1: torch.arange(s0, s1, device=x2.device)),
+                  epilogue=opts["epilogue"]).run(head)
         grads.finish(rows)
 
         logps = stats.logp * (1.0 / lens if opts["average_log_prob"] else 1.0)
@@ -107,7 +108,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
     completion tokens (Liger sums every padded position, which a pass that skips prompt rows cannot).
     Extra: ref_logps= (precomputed reference log-probs instead of ref_input/ref_weight), num_sequences=
     (the whole batch's count when this call is one micro-batch of it), workspace_budget,
-    dw_accumulation. kl: None, a number, or a tensor with one value or one per sequence; no gradient.
+    dw_accumulation, epilogue ("two_pass" or "one_pass", as FusedLinearPreferenceLoss's: the same pass).
+    kl: None, a number, or a tensor with one value or one per sequence; no gradient.
     segment_ids= (packed input: _input one row [1, N, H] or [N, H], target [1, N] or [N], segment_ids with
     target's shape naming each token's sequence in [0, B); only completion tokens' ids are read; B is the
     largest of them + 1; ref_input packed alike; results equal the padded layout's).
@@ -117,7 +119,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
 
     def __init__(self, ignore_index: int = -100, beta: float = 0.1, compiled: bool = True, use_ref_model: bool = False,
                  average_log_prob: bool = False, chunk_size: int = 1, *, workspace_budget=None,
-                 dw_accumulation="fp32"):
+                 dw_accumulation="fp32", epilogue="two_pass"):
         super().__init__()
         self.ignore_index = ignore_index
         self.beta = beta
@@ -127,6 +129,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
         self.chunk_size = chunk_size
         self.workspace_budget = workspace_budget
         self.dw_accumulation = dw_accumulation
+        self.epilogue = epilogue
         self._check_settings()
 
     def _check_settings(self):
@@ -135,6 +138,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
             raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
         if self.dw_accumulation not in ("fp32", "weight"):
             raise ValueError(f"dw_accumulation must be 'fp32' or 'weight', got {self.dw_accumulation!r}")
+        check_epilogue(self.epilogue)
 
     def forward(self, _input: torch.Tensor, lin_weight: torch.Tensor, target: torch.Tensor,
                 bias: torch.Tensor | None = None, preference_labels: torch.Tensor | None = None,
@@ -191,7 +195,7 @@ class FusedLinearKTOLoss(torch.nn.Module):
         need = tuple(torch.is_grad_enabled() and n for n in need)
         opts = dict(ignore_index=ignore_index, beta=float(self.beta), average_log_prob=bool(self.average_log_prob),
                     num_sequences=num_sequences, workspace_budget=self.workspace_budget,
-                    dw_accumulation=self.dw_accumulation)
+                    dw_accumulation=self.dw_accumulation, epilogue=self.epilogue)
         with torch.autocast(_input.device.type, enabled=False):
             out = _FusedKTOFn.apply(_input, lin_weight, bias, target, ref, kl_vec, preference_labels, opts, need,
                                     counts, layout, segment_ids)

@@ -6,6 +6,11 @@ TRITON_INTERPRET=1, torch otherwise, on the same chunk, so the fallback keeps th
                       log-probs and of logits; optionally log sum_v p_v^2 per row and per sequence
                       (TRL's WPO statistic).
     grad_epilogue:    dZ = g * (onehot(label) - softmax) * d transform, in place by default.
+    onepass_epilogue: forward_epilogue, then S = (onehot(label) - softmax) * d transform (dZ with g = 1)
+                      over the logits in place, in one kernel: the one-pass schedule's epilogue, after which
+                      the gradient pass applies g as a row scale and never reads the logits again.
+    unscaled_grad_epilogue: that S alone, its logsumexp known (chunks whose statistics could not carry it:
+                      recomputed logits, a vocabulary slice, TRL's token statistics read first).
     token_stats:      per-row entropy and is-the-label-the-argmax (TRL's entropy / token accuracy).
     vocab_partials:   on one rank's vocabulary slice, the per-row statistics that combine exactly across
                       slices (the vocabulary-parallel forward, ops/parallel.py).
@@ -16,6 +21,7 @@ import torch
 
 from rdpo_fast.kernels.logprob_backward import logprob_backward
 from rdpo_fast.kernels.logprob_forward import logprob_forward
+from rdpo_fast.kernels.logprob_onepass import logprob_onepass
 from rdpo_fast.kernels.token_stats import token_stats as _token_stats_kernel
 from rdpo_fast.oracle.logprobs import transform_logits
 
@@ -145,6 +151,34 @@ def grad_epilogue(z: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, g: t
     else:
         out[row_idx] = dz.to(out.dtype)
     return out
+
+
+def onepass_epilogue(z: torch.Tensor, labels: torch.Tensor, *, seq_ids: torch.Tensor, seq_logp: torch.Tensor,
+                     seq_logit: torch.Tensor, temperature: float = 1.0, softcap: float | None = None,
+                     log_sum_sq: torch.Tensor | None = None, seq_sq: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """forward_epilogue's outputs and accumulations for the first M = labels.numel() rows of z (compacted
+    rows, with per-sequence sums), then those rows overwritten in place with S = (onehot(label) - softmax)
+    * d transform: one kernel, whose second sweep finds the rows in L2 (kernels/logprob_onepass.py). The
+    torch twin runs the same two steps one after the other."""
+    mode = backend(z)
+    if mode != "torch":
+        return logprob_onepass(z, labels, seq_ids=seq_ids, seq_logp=seq_logp, seq_logit=seq_logit,
+                               temperature=temperature, softcap=softcap, interpreted=mode == "interpret",
+                               log_sum_sq=log_sum_sq, seq_sq=seq_sq)
+    lse, logp = forward_epilogue(z, labels, seq_ids=seq_ids, seq_logp=seq_logp, seq_logit=seq_logit,
+                                 temperature=temperature, softcap=softcap, log_sum_sq=log_sum_sq, seq_sq=seq_sq)
+    unscaled_grad_epilogue(z, labels, lse, temperature=temperature, softcap=softcap)
+    return lse, logp
+
+
+def unscaled_grad_epilogue(z: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, *, v_offset: int = 0,
+                           temperature: float = 1.0, softcap: float | None = None) -> torch.Tensor:
+    """onepass_epilogue's S over the first labels.numel() rows of z in place, their logsumexp (over the
+    whole vocabulary) known: grad_epilogue with g = 1, for the chunks whose forward epilogue could not write
+    it (see fused_pass.ChunkPass). z may be a vocabulary slice starting at token v_offset."""
+    return grad_epilogue(z, labels, lse, torch.ones_like(lse), v_offset=v_offset, temperature=temperature,
+                         softcap=softcap)
 
 
 def token_stats(z: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, *, temperature: float = 1.0,

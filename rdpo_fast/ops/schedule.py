@@ -1,7 +1,8 @@
 """The chunk schedule's host-side helpers, shared by the per-token ops and the fused losses: the logits
 workspace budget and the chunk / vocabulary-slice sizes it allows, the dropping of ignored rows, the
-plan of chunks of whole pairs, and the two GEMMs every chunk runs (logits into the workspace; products
-added into an fp32 accumulator). Plans are made from host ints: none of these reads the device."""
+plan of chunks of whole pairs, and the GEMMs every chunk runs (logits into the workspace; products
+added into an fp32 accumulator, or, for the one-pass epilogue's dX, row-scaled in fp32). Plans are made
+from host ints: none of these reads the device."""
 from __future__ import annotations
 
 import os
@@ -94,3 +95,14 @@ def accumulate_mm(acc32: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: 
         acc32.copy_(torch.mm(a, b))
     else:
         acc32 += torch.mm(a, b).float()
+
+
+def row_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """diag(scale) (a @ b) as a fresh tensor of out_dtype: the product accumulated in fp32 (see
+    accumulate_mm), each row scaled (scale: [rows] fp32) in the same pass that rounds it once to out_dtype.
+    The one-pass schedule's dX: dZ = diag(g) S is never formed, g scales the rows of S W."""
+    acc = torch.empty(a.shape[0], b.shape[1], device=a.device, dtype=torch.float32)
+    accumulate_mm(acc, a, b, first=True)
+    if out_dtype == torch.float32:
+        return acc.mul_(scale[:, None])
+    return torch.mul(acc, scale[:, None], out=torch.empty_like(acc, dtype=out_dtype))
