@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_surface import surface
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
