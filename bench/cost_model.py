@@ -108,7 +108,7 @@ class Device:
     cpu_op_s: float        # host time to dispatch one eager torch op / kernel launch
     source: dict = field(default_factory=dict, compare=False)  # constant -> where it comes from
 
-    def with_gemm_time(self, flops: float, seconds: float) -> "Device":
+    def with_gemm_time(self, flops: float, seconds: float) -> Device:
         """The same device with gemm_eff taken from a cuBLAS time measured in the same run: lent H100s
         differ by ~10% in sustained GEMM clock, so same-run comparisons refit this one constant."""
         return replace(self, gemm_eff=flops / (seconds * self.peak_flops))

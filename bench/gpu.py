@@ -67,7 +67,7 @@ def logprobs_suite(n, h, v, dtype, device, realistic):
     add("cublas_gemm", "one 2NHV GEMM", lambda: hidden @ w_t, gemm_tflop)
     dz = torch.randn(n, v, device=device, dtype=dtype)
     add("cublas_gemm", "four 2NHV GEMMs (8NHV)",
-        lambda: (hidden @ w_t, hidden @ w_t, dz @ weight, dz.t() @ hidden), 4 * gemm_tflop)
+        lambda dz=dz: (hidden @ w_t, hidden @ w_t, dz @ weight, dz.t() @ hidden), 4 * gemm_tflop)
     del dz
 
     for name, fn in (("rdpo_fast", rdpo_fast.linear_logprobs), ("naive", naive_logprobs),

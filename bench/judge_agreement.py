@@ -18,8 +18,8 @@ import platform
 import time
 
 from rdpo_fast.data.shipped import default_path
-from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.io import write_json
+from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.judges.rubrics import POINTWISE, TASK_POINTWISE, pairwise_rubric
 from rdpo_fast.lm.chat import as_text, last_user_text
 

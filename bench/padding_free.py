@@ -73,10 +73,9 @@ def main(argv=None) -> dict:
                                                   "padding-free-shipped-data.json"))
     a = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from datasets import Dataset
-
-    import trl
     import transformers
+    import trl
+    from datasets import Dataset
 
     from rdpo_fast.data.shipped import default_path
     from rdpo_fast.models.loading import load_tokenizer

@@ -48,8 +48,10 @@ def cpu_table(path):
     m = r["machine_info"]
     by = {b["extra_info"]["case"]: b for b in r["benchmarks"]}
     out = [f"CPU ({m.get('cpu', {}).get('brand_raw', m.get('machine'))}, {os.cpu_count()} cores, torch "
-           f"{r.get('extra', {}).get('torch', '')}), float32, shapes {json.dumps(by[next(iter(by))]['extra_info']['shape'])} "
-           "(logprobs) and the dpo shape in bench/cases.py, median of 5 (`bench/results/" + os.path.basename(path) + "`).",
+           f"{r.get('extra', {}).get('torch', '')}), float32, "
+           f"shapes {json.dumps(by[next(iter(by))]['extra_info']['shape'])} "
+           "(logprobs) and the dpo shape in bench/cases.py, median of 5 (`bench/results/"
+           + os.path.basename(path) + "`).",
            "", "| case | median ms | x naive time | peak MiB | x naive memory |", "|---|---|---|---|---|"]
     for kind in ("logprobs", "dpo"):
         naive = by[f"{kind}/naive"]

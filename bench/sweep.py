@@ -34,7 +34,7 @@ def shape_rows(head, N, device):
 
     out["gemm_ms"], _ = timed(lambda: x2 @ w.t())
     dz = torch.randn(N, V, device=device, dtype=torch.bfloat16)
-    out["gemm3_ms"], _ = timed(lambda: (x2 @ w.t(), dz @ w, dz.t() @ x2))
+    out["gemm3_ms"], _ = timed(lambda dz=dz: (x2 @ w.t(), dz @ w, dz.t() @ x2))
     del dz
     loss_fn = rdpo_fast.FusedLinearPreferenceLoss()
 

@@ -135,7 +135,7 @@ def main(argv=None):
         for _ in range(a.warmup - 1):
             v["step"]()
     peaks = {}
-    for i in range(a.steps):
+    for _ in range(a.steps):
         for name, v in variants.items():
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -15,7 +15,9 @@ import json
 import torch
 
 from bench.timing import device_info, median_ms
-from rdpo_fast.kernels import logprob_backward as kb, logprob_forward as kf, logprob_onepass as ko
+from rdpo_fast.kernels import logprob_backward as kb
+from rdpo_fast.kernels import logprob_forward as kf
+from rdpo_fast.kernels import logprob_onepass as ko
 
 # (BLOCK_M, BLOCK_V, num_warps, num_stages)
 CONFIGS = [(1, 2048, 4, 3), (1, 2048, 4, 1), (1, 2048, 4, 4), (1, 4096, 4, 3), (1, 4096, 8, 1),
@@ -45,7 +47,7 @@ def main(argv=None):
         f_ms = median_ms(lambda: kf.logprob_forward(z, labels, seq_ids=seq, seq_logp=acc1, seq_logit=acc2),
                          dev)
         out = torch.empty_like(z)
-        b_ms = median_ms(lambda: kb.logprob_backward(z, labels, lse, g, out=out), dev)
+        b_ms = median_ms(lambda out=out: kb.logprob_backward(z, labels, lse, g, out=out), dev)
         rows.append({"BLOCK_M": cfg[0], "BLOCK_V": cfg[1], "num_warps": cfg[2], "num_stages": cfg[3],
                      "fwd_ms": f_ms, "fwd_TBps": zbytes / f_ms / 1e9,
                      "bwd_ms": b_ms, "bwd_TBps": 2 * zbytes / b_ms / 1e9})
@@ -81,8 +83,8 @@ def main(argv=None):
             json.dump(result, f, indent=1)
     print(f"copy: {copy_ms:.3f} ms = {result['copy_TBps']:.2f} TB/s (read+write)")
     for r in rows:
-        print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d} S={r['num_stages']}  fwd {r['fwd_ms']:.3f} ms "
-              f"{r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s"
+        print(f"BM={r['BLOCK_M']} BV={r['BLOCK_V']:5d} W={r['num_warps']:2d} S={r['num_stages']}"
+              f"  fwd {r['fwd_ms']:.3f} ms {r['fwd_TBps']:.2f} TB/s   bwd {r['bwd_ms']:.3f} ms {r['bwd_TBps']:.2f} TB/s"
               f"   one-pass {r['onepass_ms']:.3f} ms {r['onepass_TBps']:.2f} TB/s"
               f" ({r['onepass_vs_two']:.2f} x fwd + bwd)")
     for g in grid_rows:

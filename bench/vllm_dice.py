@@ -23,12 +23,12 @@ from bench.timing import device_info
 
 
 def one_round(generator: str, args, out_dir: str) -> dict:
-    from rdpo_fast.pipelines.dice import DiceSettings, run_dice
-    from rdpo_fast.lm.generation import GenerationSettings
-    from rdpo_fast.pipelines.rounds import TrainSettings
     from rdpo_fast.io import read_json
-    from rdpo_fast.pipelines.stages import read_stage_records
+    from rdpo_fast.lm.generation import GenerationSettings
     from rdpo_fast.lm.vllm import VllmSettings
+    from rdpo_fast.pipelines.dice import DiceSettings, run_dice
+    from rdpo_fast.pipelines.rounds import TrainSettings
+    from rdpo_fast.pipelines.stages import read_stage_records
 
     s = DiceSettings(policy=args.policy, reference=args.reference, prompts=args.prompt_file, rounds=1, k=args.k,
                      prompts_per_round=args.prompts, init_pairs=16, eval_pairs=0, generator=generator,
@@ -41,7 +41,8 @@ def one_round(generator: str, args, out_dir: str) -> dict:
     summary = run_dice(s, out_dir, overwrite=True, log=lambda *a: None)
     gen = read_json(os.path.join(out_dir, "round1", "generate.done.json"))
     score = read_json(os.path.join(out_dir, "round1", "score.done.json"))["stats"]
-    cands = [c for g in read_stage_records(os.path.join(out_dir, "round1", "candidates.jsonl")) for c in g["candidates"]]
+    cands = [c for g in read_stage_records(os.path.join(out_dir, "round1", "candidates.jsonl"))
+             for c in g["candidates"]]
     tokens = sum(c["num_tokens"] for c in cands)
     secs = gen["seconds"]
     return {"generator": generator, "samples": len(cands), "generated_tokens": tokens,
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     gens = [g.strip() for g in args.generators.split(",") if g.strip()]
     work = tempfile.mkdtemp(prefix="vllm-dice-")
     if args.cpu_smoke:
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "support"))
         from tiny import save_tiny
 
         args.policy = save_tiny(os.path.join(work, "tiny"))

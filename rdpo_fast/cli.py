@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from .training import config as config_mod
 from .errors import DEBUG_ENV, run_command
+from .training import config as config_mod
 
 
 @dataclass

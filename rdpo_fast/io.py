@@ -17,7 +17,8 @@ import contextlib
 import json
 import math
 import os
-from typing import Any, Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 from .errors import writing
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 # 128 + SIGTERM: what a shell reports for a process SIGTERM ended, kept for SIGUSR1 too, so one code
 # means "stopped by the scheduler, resumable".

@@ -14,15 +14,16 @@ from __future__ import annotations
 import gc
 import os
 import time
-from typing import TYPE_CHECKING, Callable, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from rdpo_fast.judges.probability import ProbabilityJudge
-from rdpo_fast.models.sources import DEFAULT_MODEL
 from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.lm.inference import load_with_tokenizer
+from rdpo_fast.models.sources import DEFAULT_MODEL
 
 from .answers import pair_answers, read_answers
 from .compare import evaluate_pairs, write_reports
@@ -41,7 +42,7 @@ SUMMARY_KEYS = ("n_total", "win_rate", "standard_error", "length_controlled_winr
 
 
 # A model to answer: a name or path, or an already loaded (model, tokenizer) pair.
-ModelSpec = Union[str, tuple[torch.nn.Module, "PreTrainedTokenizerBase"]]
+ModelSpec = str | tuple[torch.nn.Module, "PreTrainedTokenizerBase"]
 
 
 def _model(spec: ModelSpec, what: str):
@@ -75,8 +76,8 @@ def evaluate_against(start_model: ModelSpec, final_model: ModelSpec, *, prompts:
                      log: Callable[[str], object] = print) -> dict:
     """Judge final_model's answers against start_model's on held-out prompts; returns summarize(report).
 
-    start_model, final_model: a model name or path (local Hugging Face directory, .gguf, the embedded default's name, models.sources.DEFAULT_MODEL)
-        or an already loaded (model, tokenizer) pair.
+    start_model, final_model: a model name or path (local Hugging Face directory, .gguf, the embedded default's
+        name, models.sources.DEFAULT_MODEL) or an already loaded (model, tokenizer) pair.
     prompts: shipped task names ('all', 'safety', 'general', 'multilingual', comma-separated) or a prompt
         file (JSONL, or AlpacaEval JSON). num_prompts: the first N of each task (or of the file).
     judge: a model name or path, a (model, tokenizer) pair, or a ProbabilityJudge.

@@ -18,7 +18,8 @@ DEFAULT_JUDGE = DEFAULT_MODEL
 # ---------------------------------------------------------------------------------------- generate
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"the model that answers (local Hugging Face directory, .gguf or {DEFAULT_MODEL!r}; default it)")
+                   help=f"the model that answers (local Hugging Face directory, .gguf or {DEFAULT_MODEL!r}; "
+                        "default it)")
     p.add_argument("--prompts", default="all",
                    help=f"shipped held-out sets ({', '.join(TASKS)}, comma-separated; 'all' = "
                         f"{','.join(ENGLISH_TASKS)}), or a prompt file: JSONL ('prompt' or 'instruction' per line) "
@@ -28,7 +29,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                                                      "must be in")
     p.add_argument("--task", default=None, help="the task of a file's records that name none (gives them a rubric "
                                                 "in eval)")
-    p.add_argument("--num-prompts", type=int, default=None, help="the first N prompts of each set (per language for multilingual), or of the file")
+    p.add_argument("--num-prompts", type=int, default=None,
+                   help="the first N prompts of each set (per language for multilingual), or of the file")
     p.add_argument("--generator", default=None, help="the name written as 'generator' (default: from --model)")
     p.add_argument("--system", default=DEFAULT_SYSTEM, help=f"system message (default {DEFAULT_SYSTEM!r}; '' = none)")
     p.add_argument("--output", "-o", required=True, help="answers file: .json (AlpacaEval's list) or .jsonl")

@@ -175,7 +175,7 @@ def load_prompts(source: str, *, languages: list[str] | None = None, task: str |
 def training_prompt_texts() -> list[str]:
     """Every user prompt shipped outside this package: the pipelines' task prompts (bare and wrapped), the
     cross-lingual parallel set, and both splits of the shipped preference pairs. The held-out sets must
-    share none of them (tests/test_eval_prompts.py)."""
+    share none of them (tests/evaluation/test_eval_prompts.py)."""
     from rdpo_fast.data.shipped import default_path
     from rdpo_fast.data.templates import PARALLEL_PROMPTS, load_templates, read_parallel, task_prompts
 

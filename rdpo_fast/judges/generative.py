@@ -85,7 +85,7 @@ class JudgeSettings:
     # unparsable answer parse, and it must not hold a complete mark itself.
     prefill: str = ""
 
-    def validate(self) -> "JudgeSettings":
+    def validate(self) -> JudgeSettings:
         if self.lo >= self.hi:
             raise ValueError(f"judge score range needs lo < hi, got {self.lo}..{self.hi}")
         if self.max_retries < 0:

@@ -87,7 +87,7 @@ class ProbabilityJudge:
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
 
     @classmethod
-    def load(cls, name: str, *, dtype: str = "auto", **kw) -> "ProbabilityJudge":
+    def load(cls, name: str, *, dtype: str = "auto", **kw) -> ProbabilityJudge:
         """The judge from a local Hugging Face directory, a .gguf file or the embedded default, on the GPU
         when there is one (dtype "auto": bfloat16 there, float32 on CPU)."""
         model, tok = load_with_tokenizer(name, dtype=dtype, attn="sdpa")

@@ -39,7 +39,7 @@ class GenerationSettings:
     seed: int = 0
     progress: bool = True
 
-    def validate(self) -> "GenerationSettings":
+    def validate(self) -> GenerationSettings:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:

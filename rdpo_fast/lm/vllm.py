@@ -31,7 +31,7 @@ class VllmSettings:
     max_model_len: int | None = None
     enforce_eager: bool = False
 
-    def validate(self) -> "VllmSettings":
+    def validate(self) -> VllmSettings:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"vllm gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         return self
@@ -87,9 +87,9 @@ def generate_vllm(model_dir: str, tokenizer: PreTrainedTokenizerBase, conversati
         kw["max_model_len"] = v.max_model_len
     llm = vllm.LLM(**kw)
     try:
-        params = [vllm.SamplingParams(n=num_samples, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
-                                      max_tokens=s.max_new_tokens, seed=s.seed + i, stop_token_ids=stop,
-                                      skip_special_tokens=True)
+        params = [vllm.SamplingParams(n=num_samples, temperature=s.temperature,
+                                      top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_new_tokens,
+                                      seed=s.seed + i, stop_token_ids=stop, skip_special_tokens=True)
                   for i in range(len(ids))]
         outputs = llm.generate([{"prompt_token_ids": list(p)} for p in ids], params, use_tqdm=s.progress)
         return [[to_sample(o, stop) for o in out.outputs] for out in outputs]

@@ -35,8 +35,16 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats
 
 from . import table as lt
-from .fused_pass import (FusedPreferenceFn, PassOptions, check_epilogue, check_nonempty, ld_tail, packed_ld_tail,
-                         parallel_call, parallel_layout)
+from .fused_pass import (
+    FusedPreferenceFn,
+    PassOptions,
+    check_epilogue,
+    check_nonempty,
+    ld_tail,
+    packed_ld_tail,
+    parallel_call,
+    parallel_layout,
+)
 from .head import check_head_options
 
 if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
@@ -293,8 +301,8 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         compute = _compute_dtype(cfg, _input)
         packed = segment_ids is not None
         if packed and (vocab is not None or sp is not None):
-            raise ValueError("segment_ids (a packed row) with process_group or sequence_parallel_group: a packed row in "
-                             "a parallel call is not supported yet; pass the padded [2B, T, H] layout there")
+            raise ValueError("segment_ids (a packed row) with process_group or sequence_parallel_group: a packed "
+                             "row in a parallel call is not supported yet; pass the padded [2B, T, H] layout there")
         _check_batch(_input, lin_weight, target, bias, cfg, compute=compute, vocab=vocab, packed=packed)
         V = lin_weight.shape[0] if vocab is None else vocab.vocab_size
         # A parallel call reads small gathered tensors on the host anyway (its chunk plan must agree

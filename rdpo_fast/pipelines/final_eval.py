@@ -21,12 +21,12 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from rdpo_fast.evaluation.tasks import TASKS, load_prompts
+from rdpo_fast.io import table
+from rdpo_fast.lm.generation import GenerationSettings
 from rdpo_fast.models import loading as modeling
 from rdpo_fast.models.sources import DEFAULT_MODEL
-from rdpo_fast.evaluation.tasks import TASKS, load_prompts
 
-from rdpo_fast.lm.generation import GenerationSettings
-from rdpo_fast.io import table
 from .stages import StageDir
 
 STAGE = "final_eval"
@@ -43,7 +43,7 @@ class FinalEvalSettings:
     batch_size: int = 16  # answers per generate call
     judge_batch_size: int = 8
 
-    def validate(self) -> "FinalEvalSettings":
+    def validate(self) -> FinalEvalSettings:
         for name in ("max_new_tokens", "batch_size", "judge_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"final evaluation: {name} must be >= 1, got {getattr(self, name)}")

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rdpo_fast.lm.chat import completion_text, prompt_text, require_template
 from rdpo_fast.models import loading as modeling
 from rdpo_fast.ops import sequence_logprobs
-
-from rdpo_fast.lm.chat import completion_text, prompt_text, require_template
 
 IGNORE = -100
 

@@ -22,23 +22,24 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from rdpo_fast.data.shipped import default_path
+from rdpo_fast.data.templates import get_template
+from rdpo_fast.io import table, write_json, write_jsonl
+from rdpo_fast.judges.generative import DEFAULT_RUBRIC, JudgeSettings
+from rdpo_fast.lm.chat import DEFAULT_SYSTEM
+from rdpo_fast.lm.generation import GenerationSettings
+from rdpo_fast.losses.head import LOSS_TYPES
 from rdpo_fast.models import loading as modeling
 from rdpo_fast.models.sources import DEFAULT_MODEL
-from rdpo_fast.data.shipped import default_path
-from rdpo_fast.losses.head import LOSS_TYPES
 
 from .baselines import distill_self_critique, sft_records, without_labels
-from rdpo_fast.lm.chat import DEFAULT_SYSTEM
 from .dice import offline_records
-from .final_eval import FinalEval, FinalEvalSettings, default_task_prompts, summary_table as final_eval_table
-from rdpo_fast.lm.generation import GenerationSettings
-from rdpo_fast.judges.generative import DEFAULT_RUBRIC, JudgeSettings
+from .final_eval import FinalEval, FinalEvalSettings, default_task_prompts
+from .final_eval import summary_table as final_eval_table
 from .judge_scales import TargetScorer, scale_temperature
-from rdpo_fast.io import table, write_json, write_jsonl
 from .rounds import Models, TrainSettings, materialise, train_stage
 from .stages import StageDir, read_stage_records
 from .synth import SynthSettings, load_prompts, synthesize
-from rdpo_fast.data.templates import get_template
 
 METHODS = {
     "rdpo": ("rdpo", True, "scored pairs, soft labels (rDPO)"),
@@ -90,7 +91,7 @@ class RdpoSettings:
     def needs_scores(self) -> bool:
         return METHODS[self.method][1]
 
-    def validate(self) -> "RdpoSettings":
+    def validate(self) -> RdpoSettings:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
         loss = self.loss_type()
@@ -271,8 +272,9 @@ class RdpoChain:
     def _probability_judge(self, records: list[dict]):
         """Soft labels from the probability judge (rdpo_fast.evaluation): pairwise P(revision better) with
         the task's pairwise rubric, or pointwise expected scores on the task's scale."""
-        from . import soft_labels as scoring
         from rdpo_fast.judges.probability import ProbabilityJudge
+
+        from . import soft_labels as scoring
 
         s = self.s
         judge = ProbabilityJudge.load(s.judge_model, batch_size=s.score_batch_size, progress=s.generation.progress)

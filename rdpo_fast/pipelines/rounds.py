@@ -13,21 +13,21 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from rdpo_fast.lm.chat import as_messages, as_text, assistant
+from rdpo_fast.lm.generation import GenerationSettings, Sample, generate
+from rdpo_fast.losses.head import LOSS_TYPES
+from rdpo_fast.losses.table import LOSSES
 from rdpo_fast.models import loading as modeling
 from rdpo_fast.training import checkpoint as ckpt
 from rdpo_fast.training.config import TrainConfig, read_config_file
 from rdpo_fast.training.run_dir import TRANSIENT
-from rdpo_fast.losses.table import LOSSES
-from rdpo_fast.losses.head import LOSS_TYPES
 
 from . import filters
-from rdpo_fast.lm.chat import as_messages, as_text, assistant
-from rdpo_fast.lm.generation import GenerationSettings, Sample, generate
 from .implicit import ImplicitReward, encode, sequence_logps
 from .pairing import ALPHA_GRID, choose_alpha, select_pairs
 from .stages import StageDir
@@ -85,7 +85,7 @@ class TrainSettings:
             values["batch_size"] = batch
         return TrainConfig(**values).validate()
 
-    def check(self) -> "TrainSettings":
+    def check(self) -> TrainSettings:
         """Validates the settings before a run starts (the real paths come later)."""
         self.config(model="-", data="-", output_dir="-", cache_dir="-", n_pairs=10**9)
         return self
@@ -148,7 +148,8 @@ def materialise(run: StageDir, models: Models, name: str, path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- candidates
-def sample_groups(model, tokenizer, prompts: list[list[dict]], k: int, settings: GenerationSettings) -> list[list[Sample]]:
+def sample_groups(model, tokenizer, prompts: list[list[dict]], k: int,
+                  settings: GenerationSettings) -> list[list[Sample]]:
     if k < 2:
         raise ValueError(f"K (samples per prompt) must be >= 2: a pair needs two candidates, got {k}")
     return generate(model, tokenizer, prompts, num_samples=k, settings=settings, desc=f"sample K={k}")
@@ -220,8 +221,9 @@ def pair_groups(groups: list[dict], *, length_control: bool = True, min_valid: i
     lengths = [[c["chars"] for c in v] for _, v in usable]
     if usable and length_control:
         choice = choose_alpha(rewards, lengths, grid=grid, rule=alpha_rule)
-        stats.update(alpha=choice.alpha, length_diff=choice.mean_length_diff, length_diff_alpha0=choice.mean_length_diff_at_0,
-                     alpha_rule=choice.rule, alpha_points_tried=choice.points_tried)
+        stats.update(alpha=choice.alpha, length_diff=choice.mean_length_diff,
+                     length_diff_alpha0=choice.mean_length_diff_at_0, alpha_rule=choice.rule,
+                     alpha_points_tried=choice.points_tried)
     else:
         stats.update(alpha=0.0 if usable else None, length_diff=None, length_diff_alpha0=None, alpha_rule=None,
                      alpha_points_tried=0)
@@ -243,7 +245,8 @@ def pair_groups(groups: list[dict], *, length_control: bool = True, min_valid: i
 
 
 # ---------------------------------------------------------------------------------------- training
-def train_stage(run: StageDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int, log=print) -> dict:
+def train_stage(run: StageDir, stage: str, settings: TrainSettings, *, model: str, data: str, n_pairs: int,
+                log=print) -> dict:
     """DPO from `model` with `model` itself as the (precomputed) reference; the trained policy is
     exported to <stage>/final. A stage stopped by a signal left a checkpoint (the training loop wrote
     it): the rerun resumes from it, and reaches the weights the uninterrupted stage would have."""

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rdpo_fast.models import loading as modeling
-
-from rdpo_fast.lm.chat import as_messages, as_text, last_user_text
-from rdpo_fast.judges.generative import Judge, JudgeSettings
 from rdpo_fast.io import table
+from rdpo_fast.judges.generative import Judge, JudgeSettings
+from rdpo_fast.lm.chat import as_messages, as_text, last_user_text
+from rdpo_fast.models import loading as modeling
 
 SCORERS = ("judge", "rm", "implicit")
 
@@ -138,7 +137,8 @@ def score_records(records: list[dict], scorer, *, temperature: float = 1.0, sour
     if temperature <= 0:
         raise ValueError(f"score temperature must be > 0, got {temperature}")
     prompts = [as_messages(r["prompt"]) for r in records]
-    scores = scorer(prompts + prompts, [as_text(r["chosen"]) for r in records] + [as_text(r["rejected"]) for r in records])
+    scores = scorer(prompts + prompts,
+                    [as_text(r["chosen"]) for r in records] + [as_text(r["rejected"]) for r in records])
     n = len(records)
     scored, failed = [], []
     for i, rec in enumerate(records):

@@ -11,12 +11,12 @@ Every pair gets a verdict: nothing is parsed, so nothing fails to parse, and not
 """
 from __future__ import annotations
 
-from rdpo_fast.lm.chat import as_messages, as_text, last_user_text
 from rdpo_fast.io import table
-from .scorers import soft_label
-
 from rdpo_fast.judges.probability import ProbabilityJudge
 from rdpo_fast.judges.rubrics import PairwiseRubric, PointwiseRubric, pairwise_rubric, scale
+from rdpo_fast.lm.chat import as_messages, as_text, last_user_text
+
+from .scorers import soft_label
 
 JUDGE_MODES = ("pairwise", "pointwise", "generate")
 
@@ -74,8 +74,8 @@ def pointwise_soft_labels(records: list[dict], judge: ProbabilityJudge, rubric: 
 def pairwise_from_options(rubric_text: str | None, task: str | None, template_file: str | None = None):
     """The pairwise rubric `rdpo-fast score` options ask for: --rubric text, else --task (a shipped
     pairwise rubric, or one built from a user template's judge_rubric), else None (each record's task)."""
-    from rdpo_fast.judges.rubrics import PAIRWISE
     from rdpo_fast.data.templates import get_template
+    from rdpo_fast.judges.rubrics import PAIRWISE
 
     if rubric_text:
         return PairwiseRubric("custom", rubric_text)

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from rdpo_fast import preemption, run_lock
 from rdpo_fast.errors import Diverged
@@ -27,7 +27,8 @@ from rdpo_fast.training import fault_points
 from rdpo_fast.training.run_dir import check_writable
 
 RUN_FILE = "run.json"
-RERUN_HINT = "rerun the same command to resume (finished stages are skipped, a training stage resumes from its checkpoint)"
+RERUN_HINT = ("rerun the same command to resume (finished stages are skipped, a training stage resumes from its "
+              "checkpoint)")
 
 
 def read_stage_records(path: str) -> list[dict]:

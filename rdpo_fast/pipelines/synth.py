@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rdpo_fast.models import loading as modeling
 from rdpo_fast import run_lock
+from rdpo_fast.data.templates import TaskTemplate, read_prompts, task_prompts
+from rdpo_fast.io import table, write_jsonl
+from rdpo_fast.lm.chat import assistant, user_turn
+from rdpo_fast.lm.generation import GenerationSettings, generate
+from rdpo_fast.models import loading as modeling
 from rdpo_fast.training.run_dir import check_file_writable
 
 from . import filters
-from rdpo_fast.lm.chat import assistant, user_turn
-from rdpo_fast.lm.generation import GenerationSettings, generate
-from rdpo_fast.io import table, write_jsonl
-from rdpo_fast.data.templates import TaskTemplate, read_prompts, task_prompts
 
 
 @dataclass
@@ -49,7 +49,8 @@ def synthesize(model, tokenizer, task: TaskTemplate, prompts: list[str], setting
         return [out[0] for out in generate(model, tokenizer, conversations, settings=s, desc=f"synth: {name}")]
 
     answers = turn(convs, "answer", 0)
-    crit_convs = [c + assistant(a.text) + [{"role": "user", "content": task.critique()}] for c, a in zip(convs, answers)]
+    crit_convs = [c + assistant(a.text) + [{"role": "user", "content": task.critique()}]
+                  for c, a in zip(convs, answers)]
     critiques = turn(crit_convs, "critique", 1)
     rev_convs = [c + assistant(k.text) + [{"role": "user", "content": task.revision()}]
                  for c, k in zip(crit_convs, critiques)]

@@ -25,7 +25,8 @@ import re
 import shutil
 import sys
 import uuid
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file

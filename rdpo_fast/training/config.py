@@ -118,7 +118,7 @@ class TrainConfig:
     logging_dir: str | None = _opt(None, "TensorBoard / W&B directory (default: RUN/runs)")
     run_name: str | None = _opt(None, "run name for TensorBoard / W&B (default: the output directory's name)")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         def need(cond, msg):
             if not cond:
                 raise ValueError(msg)

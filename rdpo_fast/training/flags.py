@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import config as config_mod
 from . import trl_names, typed
@@ -19,8 +19,8 @@ GROUPS = {
     "loss": ("loss_type", "beta", "label_smoothing", "nll_alpha", "gamma", "tau", "ld_alpha", "average_log_prob",
              "workspace_mb"),
     "optimisation": ("epochs", "max_steps", "batch_size", "grad_accum", "eval_batch_size", "lr", "optim",
-                     "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "max_grad_norm", "max_nonfinite_steps",
-                     "seed", "bf16"),
+                     "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "max_grad_norm",
+                     "max_nonfinite_steps", "seed", "bf16"),
     "reference": ("reference", "cache_dir"),
     "checkpoints": ("output_dir", "overwrite", "save_steps", "save_total_limit", "stop_after_steps", "resume",
                     "export"),
@@ -89,7 +89,7 @@ def add_grouped_flags(p: argparse.ArgumentParser) -> None:
     fields = {f.name: f for f in config_mod.fields()}
     placed = [n for names in GROUPS.values() for n in names]
     missing = sorted(set(fields) - set(placed))
-    if missing:  # a new option must be put in a group (tests/test_train_io.py checks this too)
+    if missing:  # a new option must be put in a group (tests/training/test_train_io.py checks this too)
         raise RuntimeError(f"train options without a --help group: {missing}")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.usage = "%(prog)s [--config FILE] [OPTIONS]"

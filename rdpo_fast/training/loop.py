@@ -33,8 +33,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -52,7 +53,6 @@ from .config import TrainConfig
 from .dist import Dist
 from .forward import PreferenceStep, length_sorted, reference_inputs, training_loss
 from .ref_cache import precompute_reference
-
 
 QUANTITIES = {"loss": "loss", "grad_norm": "gradient norm"}  # what a skipped step's outcome names, in words
 

@@ -18,14 +18,14 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from rdpo_fast import run_lock
 from rdpo_fast.errors import OutputError, write_failure_reason
+from rdpo_fast.io import write_json as write_json  # re-exported: the loop writes config.json, summary.json with it
 
 from . import checkpoint as ckpt
 from . import fault_points
-from rdpo_fast.io import write_json as write_json  # re-exported: the loop writes config.json, summary.json with it
 from .config import TrainConfig
 from .dist import Dist
 

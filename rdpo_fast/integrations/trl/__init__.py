@@ -5,8 +5,16 @@ both share (patching.py).
     from rdpo_fast.integrations.trl import patch_dpo_trainer   # pip install 'rdpo_fast[trl]'
     patch_dpo_trainer()
 """
-from .dpo import (TESTED_TRL_VERSION, TRL_LOSS_TYPES, FusedDPOTrainer, check_training_args, is_patched, loss_options,
-                  patch_dpo_trainer, unpatch_dpo_trainer)
+from .dpo import (
+    TESTED_TRL_VERSION,
+    TRL_LOSS_TYPES,
+    FusedDPOTrainer,
+    check_training_args,
+    is_patched,
+    loss_options,
+    patch_dpo_trainer,
+    unpatch_dpo_trainer,
+)
 from .patching import UnsupportedSetting
 
 __all__ = ["FusedCPOTrainer", "FusedDPOTrainer", "TESTED_TRL_VERSION", "TRL_LOSS_TYPES", "UnsupportedSetting",

@@ -103,11 +103,11 @@ from packaging.version import Version
 
 from rdpo_fast.losses import table as lt
 from rdpo_fast.losses.fused import LENGTH_NORMALISED, FusedLinearPreferenceLoss
+from rdpo_fast.losses.metrics import pair_values, token_means
 from rdpo_fast.models import loading as modeling
 
 from .padding_free import MASKED_ATTENTION, PackedPreferenceCollator, loss_layout, real_tokens, sequence_starts
 from .patching import UnsupportedSetting, install_fused_forward, refuse, unwrap
-from rdpo_fast.losses.metrics import pair_values, token_means
 
 TESTED_TRL_VERSION = "1.16.0"
 if Version(trl.__version__).major < 1:

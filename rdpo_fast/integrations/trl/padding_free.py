@@ -7,14 +7,15 @@ The batch keeps TRL's padding-free conventions (its SFT collator's): `input_ids`
 boundaries flash-attention's varlen kernel reads, computed here on the host so no layer syncs to derive
 them) and `seq_idx` (each token's sequence, for linear-attention layers), and no `attention_mask`:
 transformers keeps attention within each sequence only without one. With sdpa, eager and flex attention,
-transformers (5.25, checked by tests/test_trl_padding_free.py) builds that packed-sequence mask itself
+transformers (5.25, checked by tests/integrations/test_trl_padding_free.py) builds that packed-sequence mask itself
 from position_ids, where the position restarts, provided no cache is passed (the fused forward runs with
 use_cache=False). Sequence k of the row is chosen k for k < B and rejected k - B after that (TRL's
 collator order), so `seq_idx` is also the fused loss's segment_ids.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
