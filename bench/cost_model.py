@@ -558,7 +558,8 @@ def _ms(text: str) -> float:
 
 def parse_profile(path: Path = PROFILE) -> dict:
     """torch.profiler key_averages table of bench/profile_loss.py -> per-step milliseconds per component.
-    Device kernels are the rows with no CPU time; steps = calls of _FusedPreferenceFn (one per step)."""
+    Device kernels are the rows with no CPU time; steps = calls of the fused op (one per step), named
+    FusedPreferenceFn since issue 21 and _FusedPreferenceFn in the committed profile, which predates it."""
     rows = {}
     total = None
     for line in path.read_text().splitlines():
@@ -570,7 +571,10 @@ def parse_profile(path: Path = PROFILE) -> dict:
             continue
         name = cells[0]
         rows[name] = {"cpu_total_ms": _ms(cells[4]), "self_cuda_ms": _ms(cells[6]), "calls": int(cells[-1])}
-    steps = rows["_FusedPreferenceFn"]["calls"]
+    op = next((n for n in ("FusedPreferenceFn", "_FusedPreferenceFn") if n in rows), None)
+    if op is None:
+        raise ValueError(f"{path}: no row of the fused op (FusedPreferenceFn); is it profile_loss.py's table?")
+    steps = rows[op]["calls"]
     kernels = {n: r for n, r in rows.items() if r["cpu_total_ms"] == 0.0}
 
     def pick(pred):

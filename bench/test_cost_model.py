@@ -58,6 +58,19 @@ def test_profile_parse_accounts_for_every_kernel():
     assert prof["other kernels"] == pytest.approx(4.1, abs=0.3)
 
 
+def test_profile_parse_reads_todays_op_name(tmp_path):
+    # The op is FusedPreferenceFn since issue 21 (the committed profile names it _FusedPreferenceFn): a
+    # profile taken today must parse to the same numbers, and a table without the op must say so.
+    text = cm.PROFILE.read_text()
+    renamed = tmp_path / "today.txt"
+    renamed.write_text(text.replace("_FusedPreferenceFn", " FusedPreferenceFn"))
+    assert cm.parse_profile(renamed) == cm.parse_profile()
+    alien = tmp_path / "alien.txt"
+    alien.write_text(text.replace("_FusedPreferenceFn", " SomethingElseFn"))
+    with pytest.raises(ValueError, match="FusedPreferenceFn"):
+        cm.parse_profile(alien)
+
+
 def test_same_run_wall_times_within_10_percent(cal):
     # gemm_eff refitted to the loss suite's own cuBLAS time; everything else as fitted to the profile.
     walls = {r["what"]: r for r in cal["same_run_walls"]}

@@ -6,7 +6,7 @@ TRL's loss options: a list of loss types with loss_weights, use_weighting (WPO),
 This module is the Module and its settings: validation of the settings (once, at construction) and of
 each call's inputs, the reference log-probs (given, or from an in-pass reference model, forward only),
 and the host-side token counts. The pass itself, its chunk schedule and its cost in FLOPs are in
-fused_pass.py.
+fused_pass.py; the autograd op over pairs in pair_pass.py.
 
 Layouts: padded, _input [2B, T, H] with chosen rows first; or packed (padding-free), one row [1, N, H]
 whose tokens segment_ids assigns to the 2B sequences (chosen 0..B-1, rejected B..2B-1). The pass groups
@@ -36,7 +36,6 @@ from rdpo_fast.ops.logprobs import linear_stats
 
 from . import table as lt
 from .fused_pass import (
-    FusedPreferenceFn,
     PassOptions,
     check_epilogue,
     check_nonempty,
@@ -46,6 +45,7 @@ from .fused_pass import (
     parallel_layout,
 )
 from .head import check_head_options
+from .pair_pass import FusedPreferenceFn
 
 if TYPE_CHECKING:  # annotations only: a torch build without distributed support has no ProcessGroup
     from torch.distributed import ProcessGroup

@@ -285,7 +285,7 @@ def test_patch_routes_dpo_trainer_through_the_fused_loss(tiny, monkeypatch):
     elements is created during a training step (plain TRL creates one: its head's logits tile)."""
     from trl.kernels import chunked_logprob
 
-    import rdpo_fast.losses.fused_pass as fl
+    import rdpo_fast.losses.pair_pass as fl
 
     monkeypatch.setenv("RDPO_FAST_WORKSPACE_MB", "0.05")  # chunks of a single pair
     V = len(tiny["tok"])
