@@ -256,10 +256,12 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         (or [N, H]), target [1, N] (or [N]), and segment_ids, with target's shape, the sequence of each
         token: chosen sequences 0..B-1, rejected B..2B-1, pair i = (i, B + i). A sequence's tokens are
         ranked in row order (they need not be contiguous); the ids of tokens whose target is
-        ignore_index are not read (padding may carry any id, -1 included). B comes from host_counts (its
-        2B entries, one per sequence) when given, else from the largest id of a completion token (one
-        host read). ref_input, when given, is packed like _input. Results equal the padded layout's
-        (the kept rows are grouped into the same order); gradients reach the packed rows.
+        ignore_index are not read (padding may carry any id, -1 included). host_counts is required with
+        it: its 2B entries say how many sequences there are (the ids cannot: a sequence with no
+        completion token at the end of the row would make B look smaller and pair the wrong sequences,
+        where an empty sequence must be refused). ref_input, when given, is packed like _input. Results
+        equal the padded layout's (the kept rows are grouped into the same order); gradients reach the
+        packed rows.
 
         Vocabulary-parallel (tensor-parallel lm_head): lin_weight (and bias) a DTensor sharded Shard(0)
         over one mesh dimension, or this rank's plain slice with process_group= and vocab_start= (its
@@ -303,6 +305,11 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         if packed and (vocab is not None or sp is not None):
             raise ValueError("segment_ids (a packed row) with process_group or sequence_parallel_group: a packed "
                              "row in a parallel call is not supported yet; pass the padded [2B, T, H] layout there")
+        if packed and host_counts is None:
+            raise ValueError("segment_ids (a packed row) needs host_counts, the completion tokens of each of its "
+                             "2B sequences (chosen 0..B-1, then rejected): the number of sequences cannot be read "
+                             "from the ids, since a trailing sequence with no completion token would pair the "
+                             "wrong sequences instead of being refused")
         _check_batch(_input, lin_weight, target, bias, cfg, compute=compute, vocab=vocab, packed=packed)
         V = lin_weight.shape[0] if vocab is None else vocab.vocab_size
         # A parallel call reads small gathered tensors on the host anyway (its chunk plan must agree
@@ -511,9 +518,12 @@ class _Segments:
     counts (completion tokens per sequence, on the device)."""
 
     def __init__(self, segment_ids, target, ignore_index, host_counts, sync):
-        given = len(host_counts) if isinstance(host_counts, (list, tuple)) else None  # _counts checks them
-        self.ids, self.n_seq = _checks.packed_segments(segment_ids, target, ignore_index, given, paired=True,
-                                                       sync=sync)
+        if not isinstance(host_counts, (list, tuple)):
+            raise ValueError(f"host_counts must be a list of ints (one per packed sequence), got "
+                             f"{type(host_counts).__name__}")
+        # Its length is the number of sequences; _counts checks its entries.
+        self.ids, self.n_seq = _checks.packed_segments(segment_ids, target, ignore_index, len(host_counts),
+                                                       paired=True, sync=sync)
         keep = (target.reshape(-1) != ignore_index).long()
         self.counts = torch.zeros(self.n_seq, device=keep.device, dtype=torch.int64).index_add_(0, self.ids, keep)
 

@@ -122,8 +122,8 @@ class FusedLinearKTOLoss(torch.nn.Module):
     dw_accumulation, epilogue ("two_pass" or "one_pass", as FusedLinearPreferenceLoss's: the same pass).
     kl: None, a number, or a tensor with one value or one per sequence; no gradient.
     segment_ids= (packed input: _input one row [1, N, H] or [N, H], target [1, N] or [N], segment_ids with
-    target's shape naming each token's sequence in [0, B); only completion tokens' ids are read; B is the
-    largest of them + 1; ref_input packed alike; results equal the padded layout's).
+    target's shape naming each token's sequence in [0, B); only completion tokens' ids are read; B is
+    preference_labels' length; ref_input packed alike; results equal the padded layout's).
     process_group=, vocab_start=, sequence_parallel_group=: vocabulary- and sequence-parallel calls, as
     FusedLinearPreferenceLoss.forward documents them (B sequences instead of 2B rows; not with segment_ids).
     `compiled`, `chunk_size`: accepted, no effect."""
@@ -176,17 +176,23 @@ class FusedLinearKTOLoss(torch.nn.Module):
                                     vocab_size=None if vocab is None else vocab.vocab_size)
         V = lin_weight.shape[0] if vocab is None else vocab.vocab_size
         keep = target != ignore_index
-        if segment_ids is None:
-            B, dev_counts = _input.shape[0], keep.sum(1)
-        else:
-            segment_ids, B = _checks.packed_segments(segment_ids, target, ignore_index, paired=False)
-            dev_counts = torch.zeros(B, device=target.device, dtype=torch.int64).index_add_(
-                0, segment_ids, keep.reshape(-1).long())
         if preference_labels is None:
             raise ValueError("preference_labels is required: a bool tensor [B], True for desirable sequences")
+        # A packed row's number of sequences is preference_labels' (its ids cannot tell a trailing sequence
+        # with no completion token from none at all).
+        if segment_ids is None:
+            B = _input.shape[0]
+        else:
+            B = len(preference_labels) if isinstance(preference_labels, torch.Tensor) and preference_labels.dim() else 0
         if (not isinstance(preference_labels, torch.Tensor) or preference_labels.dtype != torch.bool
                 or tuple(preference_labels.shape) != (B,)):
-            raise ValueError(f"preference_labels must be a bool tensor of shape [{B}] (True: desirable)")
+            raise ValueError(f"preference_labels must be a bool tensor of shape [{B or 'B'}] (True: desirable)")
+        if segment_ids is None:
+            dev_counts = keep.sum(1)
+        else:
+            segment_ids, B = _checks.packed_segments(segment_ids, target, ignore_index, B, paired=False)
+            dev_counts = torch.zeros(B, device=target.device, dtype=torch.int64).index_add_(
+                0, segment_ids, keep.reshape(-1).long())
         if preference_labels.device != _input.device:
             raise ValueError(f"preference_labels is on {preference_labels.device} but _input is on {_input.device}")
         host = torch.cat([dev_counts, _checks.out_of_range(target, V, ignore_index).view(1)]).tolist()

@@ -131,26 +131,25 @@ def check_packed_row(_input: torch.Tensor, target: torch.Tensor, name: str = "_i
                          f"(one label per packed token), got {getattr(target, 'shape', type(target).__name__)}")
 
 
-def packed_segments(segment_ids: torch.Tensor, target: torch.Tensor, ignore_index: int, n_seq: int | None = None,
+def packed_segments(segment_ids: torch.Tensor, target: torch.Tensor, ignore_index: int, n_seq: int,
                     *, paired: bool, sync: bool = True) -> tuple[torch.Tensor, int]:
     """The fused losses' packed (padding-free) layout: segment_ids names the sequence of each token of
     target (paired: chosen 0..B-1, then rejected B..2B-1). Only completion tokens' ids are read (prompt and
-    padding may carry any id, -1 included); they must lie in [0, n_seq), n_seq given (the caller's
-    host_counts) or, when None, the largest of them + 1 (one host read). Returns (ids [N] int64 with
-    every entry a valid index: ignored tokens' set to 0, n_seq). sync=False queues the range check on the
-    device (torch._assert_async) instead of reading it back."""
+    padding may carry any id, -1 included); they must lie in [0, n_seq). n_seq comes from the caller (the
+    length of host_counts, or of KTO's preference_labels), never from the ids: a trailing sequence with no
+    completion token would make their largest + 1 too small. Returns (ids [N] int64 with every entry a
+    valid index: ignored tokens' set to 0, n_seq). sync=False queues the range check on the device
+    (torch._assert_async) instead of reading it back."""
     _check_segment_tensor(segment_ids, target, "target")
     if tuple(segment_ids.shape) != tuple(target.shape):
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)} but target has {tuple(target.shape)}: "
                          "one sequence id per packed token")
     keep = target.reshape(-1) != ignore_index
     seg = segment_ids.reshape(-1).long()
-    if n_seq is None:
-        n_seq = int(torch.where(keep, seg, -1).max()) + 1 if seg.numel() else 0
     what = "chosen/rejected pairs need an even, non-zero number" if paired else "there must be at least one"
     if n_seq == 0 or (paired and n_seq % 2):
-        raise ValueError(f"segment_ids name {n_seq} sequences (the largest id of a completion token + 1, or the "
-                         f"number of host_counts): {what}")
+        source = "host_counts" if paired else "preference_labels"
+        raise ValueError(f"{source} names {n_seq} packed sequences: {what}")
     bad = keep & ((seg < 0) | (seg >= n_seq))
     layout = " (2B sequences: chosen 0..B-1, then rejected B..2B-1)" if paired else ""
     msg = f"segment_ids of completion tokens must lie in [0, {n_seq}){layout}"

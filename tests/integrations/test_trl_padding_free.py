@@ -43,7 +43,7 @@ def test_transformers_keeps_attention_within_packed_sequences(attn):
     packed = pack_preference_batch(batch, pad_token_id=0)
     with torch.no_grad():
         padded = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
-        model_kwargs = {k: v for k, v in packed.items() if k != "completion_mask"}
+        model_kwargs = {k: v for k, v in packed.items() if k not in ("completion_mask", "completion_counts")}
         row = model.model(**model_kwargs, use_cache=False).last_hidden_state[0]
         cached = model.model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).last_hidden_state[0]
     assert row.shape == padded.shape
@@ -66,6 +66,7 @@ def test_collator_packs_trls_batch_without_padding():
     assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4]]
     assert out["seq_idx"].tolist() == [[0] * 5 + [1] * 3 + [2] * 4 + [3] * 5]
     assert out["cu_seq_lens_q"].tolist() == [0, 5, 8, 12, 17] and out["max_length_q"] == 5
+    assert out["completion_counts"] == [2, 1, 1, 3]
     assert out["ref_chosen_logps"].tolist() == [-1.0, -3.0]
     padded = PackedPreferenceCollator(DataCollatorForPreference(pad_token_id=0), 0, pad_to_multiple_of=8)(examples)
     assert padded["input_ids"].shape == (1, 24) and padded["position_ids"][0, 17:].tolist() == [0] * 7
@@ -101,6 +102,8 @@ def test_packed_targets_never_cross_a_sequence_boundary():
         got = row_target[0][(seg == s) & (row_target[0] != -100)].tolist()
         assert got == want, (s, got, want)
     assert row_target[0].tolist() == [-100, 3, 4, -100, 7, 8, -100, -100, 5, -100, 10]
+    # The loss's host_counts (the row's number of sequences and what each scores) are the padded rows'.
+    assert layout["host_counts"] == [int(c) for c in (pad_target != -100).sum(1)] == [2, 2, 1, 1]
     # The empty prompts FusedDPOTrainer refuses for length-normalised losses are found in both layouts.
     for batch in (padded, packed):
         assert sequence_starts(batch, batch["completion_mask"]).tolist() == [0, 1, 0, 1]

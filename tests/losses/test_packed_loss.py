@@ -20,7 +20,8 @@ def pack(x, target, *others, order=None, gap=0, interleave=False):
     sequences in `order`, `gap` padding tokens (target ignored, segment id -1, random hidden) after each;
     interleave=True alternates the tokens of consecutive sequence pairs instead (still in order within
     each sequence). Returns (x_row [1, N, H], target_row [1, N], segment_ids [1, N], flat index of each
-    packed token in the padded grid (-1 for padding), the others packed like x)."""
+    packed token in the padded grid (-1 for padding), the others packed like x). host_counts(target) gives
+    the loss's host_counts for it."""
     n, T = target.shape
     keep = target != IGNORE
     last = torch.where(keep, torch.arange(T, device=target.device), -1).max(1).values
@@ -49,6 +50,11 @@ def pack(x, target, *others, order=None, gap=0, interleave=False):
     return (rows(x), tgt, seg, index, *[rows(t) for t in others])
 
 
+def host_counts(target):
+    """Each padded row's completion tokens: the packed row's host_counts (sequence s is row s)."""
+    return [int(c) for c in (target != IGNORE).sum(1)]
+
+
 def unpack_grad(g_row, index, shape):
     """A packed row's input gradient placed back in the padded grid (padding rows must have none)."""
     H = shape[-1]
@@ -66,7 +72,8 @@ def run_packed(opts, x, w, b, target, index_shape, pack_kw=None, ref_x=None, **f
     if ref_x is not None:
         fwd["ref_input"] = packed[4]
     xp, w, b = (t.detach().clone().requires_grad_(True) for t in (xp, w, b))
-    loss, aux = FusedLinearPreferenceLoss(**opts)(w, xp, tp, b, segment_ids=seg, **fwd)
+    loss, aux = FusedLinearPreferenceLoss(**opts)(w, xp, tp, b, segment_ids=seg, host_counts=host_counts(target),
+                                                  **fwd)
     loss.backward()
     return loss, aux, (unpack_grad(xp.grad, index, index_shape), w.grad, b.grad)
 
@@ -148,21 +155,19 @@ def test_packed_host_counts_and_token_stats(device):
     P, T, H, V = 3, 17, 16, 400
     x, w, b, target, _, _ = batch(P, T, H, V, device)
     xp, tp, seg, _ = pack(x, target, gap=1)
-    counts = [int(c) for c in (target != IGNORE).sum(1)]
+    counts = host_counts(target)
     loss_fn = FusedLinearPreferenceLoss(use_ref_model=False, loss_type="simpo")
-    want = loss_fn(w, xp, tp, b, segment_ids=seg, return_token_stats=True)
     got = loss_fn(w, xp, tp, b, segment_ids=seg, return_token_stats=True, host_counts=counts)
     padded = loss_fn(w, x, target, b, return_token_stats=True)
-    for run in (got, padded):
-        assert torch.allclose(run[0], want[0], rtol=1e-6)
-        assert run[2]["num_tokens"] == want[2]["num_tokens"] == sum(counts)
-        assert torch.allclose(run[2]["entropy_sum"], want[2]["entropy_sum"], rtol=1e-6)
-        assert torch.equal(run[2]["chosen_top1"], want[2]["chosen_top1"])
+    assert torch.allclose(got[0], padded[0], rtol=1e-6)
+    assert got[2]["num_tokens"] == padded[2]["num_tokens"] == sum(counts)
+    assert torch.allclose(got[2]["entropy_sum"], padded[2]["entropy_sum"], rtol=1e-6)
+    assert torch.equal(got[2]["chosen_top1"], padded[2]["chosen_top1"])
     # [N, H] / [N] without the leading 1 works too.
-    flat = loss_fn(w, xp[0], tp[0], b, segment_ids=seg[0])
-    assert torch.allclose(flat[0], want[0], rtol=1e-6)
+    flat = loss_fn(w, xp[0], tp[0], b, segment_ids=seg[0], host_counts=counts)
+    assert torch.allclose(flat[0], got[0], rtol=1e-6)
     # host_counts' length says how many sequences there are; a count that disagrees is named.
-    with pytest.raises(ValueError, match="segment_ids name 7 sequences"):
+    with pytest.raises(ValueError, match="host_counts names 7 packed sequences"):
         loss_fn(w, xp, tp, b, segment_ids=seg, host_counts=counts + [1])
     with pytest.raises(ValueError, match=r"host_counts\[6\] = 1 but sequence 6 of target has 0"):
         loss_fn(w, xp, tp, b, segment_ids=seg, host_counts=counts + [1, 1])
@@ -170,12 +175,30 @@ def test_packed_host_counts_and_token_stats(device):
         loss_fn(w, xp, tp, b, segment_ids=seg, host_counts=[counts[0], counts[1] + 1, *counts[2:]])
 
 
+def test_packed_row_needs_host_counts():
+    """The ids cannot say how many sequences a row holds: with the last two sequences (the second pair's
+    rejected, of B = 3) scoring no token, the largest id of a completion token + 1 is 4, an even number,
+    and would pair chosen 2 with chosen 0's rejected... The row is refused without host_counts, and with
+    them the empty sequences are named, as the padded layout names them."""
+    P, T, H, V = 3, 13, 8, 90
+    x, w, b, target, _, _ = batch(P, T, H, V, torch.device("cpu"))
+    target[4:] = IGNORE
+    xp, tp, seg, _ = pack(x, target)
+    loss_fn = FusedLinearPreferenceLoss(use_ref_model=False, loss_type="simpo")
+    with pytest.raises(ValueError, match="segment_ids .* needs host_counts"):
+        loss_fn(w, xp, tp, b, segment_ids=seg)
+    with pytest.raises(ValueError, match="sequence 4 of the batch has no completion token"):
+        loss_fn(w, xp, tp, b, segment_ids=seg, host_counts=host_counts(target))
+    with pytest.raises(ValueError, match="sequence 4 of the batch has no completion token"):
+        loss_fn(w, x, target, b)
+
+
 def test_bad_segment_ids_are_refused_by_name():
     P, T, H, V = 2, 11, 8, 100
     x, w, b, target, ref_x, ref_w = batch(P, T, H, V, torch.device("cpu"))
     xp, tp, seg, _, rxp = pack(x, target, ref_x, gap=1)
     loss_fn = FusedLinearPreferenceLoss()
-    kw = dict(ref_chosen_logps=torch.zeros(P), ref_rejected_logps=torch.zeros(P))
+    kw = dict(ref_chosen_logps=torch.zeros(P), ref_rejected_logps=torch.zeros(P), host_counts=host_counts(target))
     kept = tp != IGNORE
 
     def refused(match, **over):
@@ -185,10 +208,10 @@ def test_bad_segment_ids_are_refused_by_name():
             loss_fn(**args)
 
     refused(r"must lie in \[0, 4\).*got -2", segment_ids=seg.masked_fill(kept & (seg == 1), -2))
-    refused(r"must lie in \[0, 4\).*got 4", segment_ids=seg.masked_fill(kept & (seg == 3), 4),
-            host_counts=[int(c) for c in (target != IGNORE).sum(1)])
-    refused("name 3 sequences.*even", segment_ids=seg.masked_fill(kept & (seg == 3), 2))
-    refused("sequence 1 of the batch has no completion token", segment_ids=seg.masked_fill(kept & (seg == 1), 0))
+    refused(r"must lie in \[0, 4\).*got 4", segment_ids=seg.masked_fill(kept & (seg == 3), 4))
+    refused("host_counts names 3 packed sequences.*even", host_counts=host_counts(target)[:3])
+    refused(r"host_counts\[1\] = \d+ but sequence 1 of target has 0", segment_ids=seg.masked_fill(kept & (seg == 1), 0))
+    refused("needs host_counts", host_counts=None)
     refused("integer tensor", segment_ids=seg.float())
     n = tp.numel()  # the packed row's length follows the batch's random lengths
     refused(f"segment_ids has {n - 1} entries but target has {n}", segment_ids=seg[:, :-1])
@@ -223,3 +246,9 @@ def test_kto_packed_equals_padded(use_ref, avg, device):
         assert torch.equal(a, c) if device.type == "cpu" else torch.allclose(a, c, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"must lie in \[0, 5\).*got -1"):
         kto(xp, w, tp, b, labels, segment_ids=seg.masked_fill((tp != IGNORE) & (seg == 2), -1))
+    # The number of sequences is preference_labels': a trailing sequence scoring nothing is named, not dropped.
+    empty_last = tp.masked_fill(seg == 2, IGNORE)
+    with pytest.raises(ValueError, match="sequence 2 of the batch has no completion token"):
+        kto(xp, w, empty_last, b, labels, segment_ids=seg)
+    with pytest.raises(ValueError, match=r"preference_labels must be a bool tensor of shape \[B\]"):
+        kto(xp, w, tp, b, labels[0], segment_ids=seg)

@@ -121,7 +121,7 @@ TRL_LOSS_TYPES = {n: n for n in (
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")}
 # The loss types TRL 1.16 reads label_smoothing in.
 _READS_LABEL_SMOOTHING = ("robust", "exo_pair", "aot", "aot_unpaired")
-_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+_NON_MODEL_KEYS = {"completion_mask", "completion_counts", "ref_chosen_logps", "ref_rejected_logps"}
 
 
 def _refuse(name, value, why):

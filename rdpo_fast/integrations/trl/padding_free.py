@@ -10,7 +10,10 @@ transformers keeps attention within each sequence only without one. With sdpa, e
 transformers (5.25, checked by tests/integrations/test_trl_padding_free.py) builds that packed-sequence mask itself
 from position_ids, where the position restarts, provided no cache is passed (the fused forward runs with
 use_cache=False). Sequence k of the row is chosen k for k < B and rejected k - B after that (TRL's
-collator order), so `seq_idx` is also the fused loss's segment_ids.
+collator order), so `seq_idx` is also the fused loss's segment_ids. The batch also carries
+`completion_counts` (host ints, one per sequence: the completion tokens the loss scores, all but one at a
+sequence's first position), which the fused loss needs with segment ids: the ids alone cannot say how many
+sequences a row holds when the last ones score no token.
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ def pack_preference_batch(batch: dict[str, Any], pad_token_id: int, pad_to_multi
     completion = batch["completion_mask"][mask]
     position_ids = torch.cat([torch.arange(int(n)) for n in lengths])
     seq_idx = torch.repeat_interleave(torch.arange(n_seq), lengths)
+    # A token is scored when it is a completion token predicted from within its sequence (loss_layout).
+    scored = (completion != 0) & (position_ids > 0)
+    completion_counts = torch.bincount(seq_idx[scored], minlength=n_seq).tolist()
     n_pad = (-input_ids.numel()) % pad_to_multiple_of if pad_to_multiple_of else 0
     if n_pad:
         input_ids = torch.cat([input_ids, input_ids.new_full((n_pad,), pad_token_id)])
@@ -57,7 +63,7 @@ def pack_preference_batch(batch: dict[str, Any], pad_token_id: int, pad_to_multi
     max_length = int(cu_seq_lens.diff().max())
     out = {"input_ids": input_ids[None], "completion_mask": completion[None], "position_ids": position_ids[None],
            "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length,
-           "max_length_k": max_length, "seq_idx": seq_idx.to(torch.int32)[None]}
+           "max_length_k": max_length, "seq_idx": seq_idx.to(torch.int32)[None], "completion_counts": completion_counts}
     for key in ("ref_chosen_logps", "ref_rejected_logps"):
         if key in batch:
             out[key] = batch[key]
@@ -90,7 +96,8 @@ def loss_layout(hidden: torch.Tensor, labels: torch.Tensor, inputs: dict[str, An
         return hidden[:, :-1], labels[:, 1:], {}
     restart = inputs["position_ids"][:, 1:] == 0
     target = labels[:, 1:].masked_fill(restart.to(labels.device), -100)
-    return hidden[:, :-1], target, {"segment_ids": inputs["seq_idx"][:, :-1].to(labels.device)}
+    return hidden[:, :-1], target, {"segment_ids": inputs["seq_idx"][:, :-1].to(labels.device),
+                                    "host_counts": list(inputs["completion_counts"])}
 
 
 def sequence_starts(inputs: dict[str, Any], column: torch.Tensor) -> torch.Tensor:
