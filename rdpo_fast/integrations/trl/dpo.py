@@ -288,12 +288,13 @@ class FusedDPOTrainer(DPOTrainer):
                                                           self.args.pad_to_multiple_of)
 
     # -- the reference ------------------------------------------------------------------------------
-    def _rdpo_score(self, model, model_kwargs, labels):
-        """(chosen, rejected) sequence log-probs of `model`, forward only, through the fused op."""
+    def _rdpo_score(self, model, model_kwargs, labels, inputs):
+        """(chosen, rejected) sequence log-probs of `model`, forward only, through the fused op. inputs:
+        the whole batch (a packed one's layout and completion_counts are read from it)."""
         install_fused_forward(model)
 
         def score(module, hidden, labels, weight, bias):
-            return _score_sequences(module, hidden, labels, weight, bias, self.ld_alpha, model_kwargs)
+            return _score_sequences(module, hidden, labels, weight, bias, self.ld_alpha, inputs)
 
         with torch.no_grad():
             return model(**model_kwargs, labels=labels, rdpo_fused=score)
@@ -317,7 +318,7 @@ class FusedDPOTrainer(DPOTrainer):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         with (disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
               self._rdpo_adapter_context(), self.accelerator.autocast()):
-            return self._rdpo_score(model, model_kwargs, labels)
+            return self._rdpo_score(model, model_kwargs, labels, inputs)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         # TRL caches the precomputed column under (dataset, model hash) alone: a column computed by
@@ -342,8 +343,8 @@ class FusedDPOTrainer(DPOTrainer):
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             if self.ref_model is None:  # PEFT: the policy with its adapters off (or TRL's "ref" adapter)
                 with self._rdpo_adapter_context():
-                    return self._rdpo_score(self.model, model_kwargs, labels)
-            return self._rdpo_score(self.ref_model, model_kwargs, labels)
+                    return self._rdpo_score(self.model, model_kwargs, labels, inputs)
+            return self._rdpo_score(self.ref_model, model_kwargs, labels, inputs)
 
     # -- the loss -----------------------------------------------------------------------------------
     def _compute_loss(self, model, inputs, return_outputs):
