@@ -5,6 +5,7 @@ A checkpoint is a directory RUN/checkpoints/step-NNNNNNN holding
     optimizer.pt          the optimizer state, full, keyed by parameter name
     scheduler.pt          the LR scheduler state
     rng-rank{R}.pt        each rank's torch (and CUDA) and Python RNG states
+    scaler.pt             the fp16 loss scaler's state (--dtype fp16 only): its scale and growth count
     trainer_state.json    step, epoch, position in the epoch, the run's config
     complete.json         the completion marker, written last: every file above with its size
 It is assembled in a hidden temporary directory (.tmp-*) beside its final name and renamed into place;
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 STATE_FILE = "trainer_state.json"
+SCALER_FILE = "scaler.pt"
 WEIGHTS_FILE = "model.safetensors"
 COMPLETE_FILE = "complete.json"
 # What a checkpoint written before the completion marker existed must hold to count as complete.
@@ -162,9 +164,12 @@ def _write_marker(folder: str) -> None:
 
 
 def save_checkpoint(run_dir: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict, keep: int = 0) -> str:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict, keep: int = 0,
+                    scaler: torch.amp.GradScaler | None = None) -> str:
     """Writes RUN/checkpoints/step-N atomically (collective: every rank calls it). keep > 0 keeps only the
-    newest `keep` checkpoints. Returns the checkpoint's path."""
+    newest `keep` checkpoints. scaler: the fp16 loss scaler, saved when enabled (a resumed run that
+    started again from the initial scale would overflow, and skip, steps the uninterrupted run applied).
+    Returns the checkpoint's path."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     step = int(state["global_step"])
@@ -187,6 +192,8 @@ def save_checkpoint(run_dir: str, *, model: torch.nn.Module, optimizer: torch.op
             save(WEIGHTS_FILE, lambda p: save_file(weights, p, metadata={"format": "pt"}))
             save("optimizer.pt", lambda p: torch.save(optim, p))
             save("scheduler.pt", lambda p: torch.save(scheduler.state_dict(), p), point="checkpoint-write")
+            if scaler is not None and scaler.is_enabled():
+                save(SCALER_FILE, lambda p: torch.save(scaler.state_dict(), p))
             save(STATE_FILE, lambda p: _dump_json(state, p))
     if keep > 0 and _rank() == 0:
         for old in list_checkpoints(run_dir)[:-keep]:
@@ -249,12 +256,22 @@ def list_checkpoints(run_dir: str) -> list[str]:
     return [p for _, p in _step_dirs(run_dir) if checkpoint_problem(p) is None]
 
 
+# A complete directory moved aside by _rename_into_place while its replacement is renamed in.
+_MOVED_ASIDE = re.compile(r"\.tmp-(?P<name>.+)-(?:[0-9a-f]{8}|dist)\.old")
+
+
 def remove_stale_temporaries(run_dir: str) -> None:
     """Deletes the .tmp-* leftovers (half-written or half-deleted checkpoints, probe files) of a process
-    killed while writing."""
+    killed while writing. A directory moved aside to be replaced (a checkpoint saved again at the same
+    step, the final export written again) whose replacement never arrived is renamed back instead: it
+    was complete, and the crash would otherwise lose it."""
     for parent in (os.path.join(run_dir, "checkpoints"), run_dir):
         if os.path.isdir(parent):
             for name in os.listdir(parent):
+                moved = _MOVED_ASIDE.fullmatch(name)
+                if moved and not os.path.exists(os.path.join(parent, moved["name"])):
+                    os.rename(os.path.join(parent, name), os.path.join(parent, moved["name"]))
+                    continue
                 if name.startswith(".tmp-"):
                     p = os.path.join(parent, name)
                     if os.path.isdir(p) and not os.path.islink(p):
@@ -316,8 +333,10 @@ def read_state(ckpt: str) -> dict:
 
 
 def load_checkpoint(ckpt: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
-    """Restores weights, optimizer, scheduler and this rank's RNG; returns the trainer state."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None = None,
+                    log: Callable[[str], None] = _stderr) -> dict:
+    """Restores weights, optimizer, scheduler, the fp16 loss scaler (when enabled) and this rank's RNG;
+    returns the trainer state."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     weights = _reading(ckpt, WEIGHTS_FILE, load_file)
@@ -333,6 +352,12 @@ def load_checkpoint(ckpt: str, *, model: torch.nn.Module, optimizer: torch.optim
     optim = _reading(ckpt, "optimizer.pt", lambda p: torch.load(p, map_location="cpu", weights_only=False))
     set_optimizer_state_dict(model, optimizer, optim_state_dict=optim, options=_sd_options())
     scheduler.load_state_dict(_reading(ckpt, "scheduler.pt", lambda p: torch.load(p, weights_only=False)))
+    if scaler is not None and scaler.is_enabled():
+        if os.path.isfile(os.path.join(ckpt, SCALER_FILE)):
+            scaler.load_state_dict(_reading(ckpt, SCALER_FILE, lambda p: torch.load(p, weights_only=True)))
+        else:  # written by a run without loss scaling, or before the scaler was saved
+            log(f"note: {ckpt} holds no loss-scaler state; fp16 loss scaling starts again from "
+                f"{scaler.get_scale():g}")
     rng_file = f"rng-rank{_rank()}.pt"
     if os.path.isfile(os.path.join(ckpt, rng_file)):
         set_rng_state(_reading(ckpt, rng_file, lambda p: torch.load(p, weights_only=False)))

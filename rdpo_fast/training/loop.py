@@ -111,11 +111,13 @@ class Progress:
         return cls(state["global_step"], state["epoch"], state["step_in_epoch"], state.get("skipped_steps", 0),
                    state.get("nonfinite_streak", 0), tuple(start) if start else None)
 
-    def state(self, cfg: TrainConfig) -> dict:
-        """The trainer state a checkpoint saves (with the run's settings, for resume)."""
+    def state(self, cfg: TrainConfig, data_world: int) -> dict:
+        """The trainer state a checkpoint saves (with the run's settings, for resume). data_world: the
+        data-parallel processes, which fix the order the pairs are dealt in and the steps per epoch."""
         return {"global_step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "skipped_steps": self.skipped_steps, "nonfinite_streak": self.nonfinite_streak,
-                "streak_start": list(self.streak_start) if self.streak_start else None, "config": cfg.to_dict()}
+                "streak_start": list(self.streak_start) if self.streak_start else None, "data_world": data_world,
+                "config": cfg.to_dict()}
 
     def upcoming(self, per_epoch: int) -> tuple[int, int]:
         """(epoch, step within it) of the next step."""
@@ -255,6 +257,8 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
     started = time.time()
     log = print if dist.main else _quiet
     resume_from = ckpt.find_checkpoint(cfg.resume) if cfg.resume is not None else None
+    if resume_from is not None:
+        _check_same_data_world(resume_from, dist.data_world)
     run_dir.prepare_output_dir(cfg, dist.main)  # no other run's checkpoints: before anything loads
     _seed_everything(cfg.seed)
     precision = optim.resolve_precision(cfg.dtype, cfg.bf16, dist.device)
@@ -305,7 +309,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
 
     if resume_from is not None:
         progress = Progress.from_state(ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer,
-                                                            scheduler=scheduler))
+                                                            scheduler=scheduler, scaler=stepper.scaler, log=log))
         log(f"resumed from {resume_from} at step {progress.global_step}")
     if dist.main:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -329,6 +333,18 @@ def setup(cfg: TrainConfig, dist: Dist) -> Run:
                step_module=step_module, wrapped=wrapped, optimizer=optimizer, stepper=stepper, scheduler=scheduler,
                per_epoch=per_epoch, total=total, pad_id=_pad_id(tokenizer), progress=progress, metrics=metrics,
                bar=bar, saved=None if resume_from is None else (progress.global_step, resume_from))
+
+
+def _check_same_data_world(resume_from: str, data_world: int) -> None:
+    """An exact resume needs the checkpoint's number of data-parallel processes: the pairs each step
+    takes, where the epoch stands and the schedule's length all follow from it (checkpoints written
+    before it was saved are not checked)."""
+    saved = ckpt.read_state(resume_from).get("data_world")
+    if saved is not None and saved != data_world:
+        raise ValueError(f"cannot resume {resume_from} exactly with {data_world} data-parallel process(es): it was "
+                         f"written by {saved} (processes / --tp), and the pairs of each step, the position in the "
+                         f"epoch and the schedule's length depend on that number. Resume with {saved}, or start a "
+                         "new run from its weights (--model RUN/final after an export)")
 
 
 def step(run: Run) -> dict | None:
@@ -405,7 +421,8 @@ def checkpoint(run: Run) -> str:
     returns its path."""
     _check_finite_weights(run, "checkpoint")
     path = ckpt.save_checkpoint(run.cfg.output_dir, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
-                                state=run.progress.state(run.cfg), keep=run.cfg.save_total_limit)
+                                state=run.progress.state(run.cfg, run.dist.data_world), keep=run.cfg.save_total_limit,
+                                scaler=run.stepper.scaler)
     run.saved = (run.progress.global_step, path)
     return path
 

@@ -143,7 +143,20 @@ def _trim(path: str, step: int) -> None:
     if step == 0:
         os.remove(path)
         return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, encoding="utf-8") as f:
+        rows = f.readlines()
+    if rows and not rows[-1].endswith("\n"):
+        rows.pop()  # an append cut short (killed, disk full): after the checkpoint, so dropped anyway
+    keep = []
+    for lineno, line in enumerate(rows, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); this run's metrics "
+                             "log is damaged: repair or remove that line to resume") from None
+        if row.get("step", 0) <= step:
+            keep.append(line)
     with textio.atomic_open(path) as f:  # whole or not at all: a signal may end setup here
         f.writelines(keep)

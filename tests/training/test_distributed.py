@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(setup, strategy):
+def test_two_processes_match_one(setup, strategy, capsys):
     root = setup["root"]
     out = root / f"{strategy}.json"
     run_dir = root / f"run_{strategy}"
@@ -55,5 +55,9 @@ def test_two_processes_match_one(setup, strategy):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     assert r["train_summary"]["processes"] == 2 and os.path.isdir(r["train_summary"]["checkpoint"])
     assert r["resumed_equal"], "a 2-process run stopped and resumed must end where the uninterrupted one does"
+    # Its checkpoint resumed by one process would deal the pairs differently: refused, naming both counts.
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "with 1 data-parallel process(es): it was written by 2" in err, err[-2000:]
     if strategy == "fsdp":  # the head really is sharded, and gathered whole for the fused loss
         assert r["head_sharded"] and r["gathered_shape"] == r["head_shape"]

@@ -88,6 +88,78 @@ def _check_resumes_exactly(files, reference, run, capsys):
     assert leftovers == []
 
 
+def test_fp16_loss_scaler_state_is_saved_and_restored(files, tmp_path, capsys):
+    """--dtype fp16's loss scale (lowered by overflows) and growth count travel with the checkpoint: a
+    resumed run that began again at the initial scale would overflow, and skip, steps the uninterrupted
+    run applied. A CPU scaler stands in for the CUDA one (the same class and state)."""
+    from transformers import get_scheduler
+
+    model = modeling.load_model(files["model"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = get_scheduler("constant", opt)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0 ** 9, "_growth_tracker": 37})
+    state = {"global_step": 3, "epoch": 0, "step_in_epoch": 3, "data_world": 1, "config": {}}
+    path = ckpt.save_checkpoint(str(tmp_path), model=model, optimizer=opt, scheduler=sched, state=state, scaler=scaler)
+    assert ckpt.checkpoint_problem(path) is None and os.path.isfile(os.path.join(path, ckpt.SCALER_FILE))
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    ckpt.load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.get_scale() == 2.0 ** 9
+    # A checkpoint without one (fp32/bf16 runs, or written before scalers were saved) says so.
+    bare = ckpt.save_checkpoint(str(tmp_path / "bare"), model=model, optimizer=opt, scheduler=sched, state=state)
+    assert not os.path.exists(os.path.join(bare, ckpt.SCALER_FILE))
+    capsys.readouterr()
+    ckpt.load_checkpoint(bare, model=model, optimizer=opt, scheduler=sched,
+                         scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    assert "holds no loss-scaler state; fp16 loss scaling starts again from 65536" in capsys.readouterr().err
+
+
+def test_a_replacement_cut_between_its_renames_keeps_the_old_checkpoint(files, tmp_path):
+    """Saving a step again (a finished run resumed with --save-steps) moves the old directory aside, then
+    renames the new one in: killed between the two renames, the next run puts the old one back (it was
+    complete) rather than deleting it with the other .tmp-* leftovers. Once both renames are done, the
+    moved-aside copy is only a leftover."""
+    from transformers import get_scheduler
+
+    model = modeling.load_model(files["model"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = get_scheduler("constant", opt)
+    state = {"global_step": 2, "epoch": 0, "step_in_epoch": 2, "data_world": 1, "config": {}}
+    path = ckpt.save_checkpoint(str(tmp_path), model=model, optimizer=opt, scheduler=sched, state=state)
+    parent, name = os.path.split(path)
+    aside = os.path.join(parent, f".tmp-{name}-0123abcd.old")
+    half_new = os.path.join(parent, f".tmp-{name}-0123abcd")
+    os.rename(path, aside)  # the first rename done, the second never happened
+    os.makedirs(half_new)
+    assert ckpt.list_checkpoints(str(tmp_path)) == []
+    ckpt.remove_stale_temporaries(str(tmp_path))
+    assert ckpt.list_checkpoints(str(tmp_path)) == [path]
+    assert sorted(os.listdir(parent)) == [name]
+    shutil.copytree(path, aside)  # both renames done, the old copy not yet deleted
+    ckpt.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(parent)) == [name] and ckpt.list_checkpoints(str(tmp_path)) == [path]
+
+
+def test_metrics_log_cut_mid_row_resumes(tmp_path):
+    """A metrics row cut short by a kill or a full disk (no newline) is after the checkpoint's step and
+    dropped with the rows the resumed run logs again; a damaged row before it is named by file and line."""
+    from rdpo_fast.training import reporting
+
+    def open_log(step):
+        reporter = reporting.Reporter(None, log_dir=str(tmp_path), run_name="r", config={})
+        return reporting.MetricsLog(str(tmp_path), reporter, enabled=True, resume_step=step)
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": 0.5}) + "\n" for s in (1, 2, 3)]
+    path.write_text("".join(rows) + '{"step": 4, "lo')
+    open_log(2)
+    assert path.read_text() == "".join(rows[:2])
+    path.write_text(rows[0] + "{not json\n" + rows[2])
+    with pytest.raises(ValueError, match=f"{path}:2: malformed JSON"):
+        open_log(2)
+
+
 # ---------------------------------------------------------------------------------------- SIGKILL
 def _kill_at(files, out, point, timeout=240):
     """Starts `python -m rdpo_fast train` and SIGKILLs it once it is paused at `point`."""
