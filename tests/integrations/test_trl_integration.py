@@ -159,7 +159,7 @@ def test_precomputed_reference_is_read_never_rescored(tiny, torch_twins):
         model.forward = forward
     assert len(calls) == 1  # the policy's own pass; no reference pass at all
     c, r = trainer._rdpo_score(model, {k: v for k, v in batch.items() if k not in rtrl._NON_MODEL_KEYS},
-                               batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100))
+                               batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100), batch)
     want, _, _ = rdpo_fast.preference_loss(c, r, batch["ref_chosen_logps"].float(),
                                            batch["ref_rejected_logps"].float(), beta=0.1)
     assert loss.item() == pytest.approx(want.mean().item(), rel=1e-5)
