@@ -3,6 +3,7 @@ brute-force reference, skip counting, and experience replay (counts, prompt disj
 import random
 
 import pytest
+from candidates import candidate_group
 
 from rdpo_fast.pipelines.pairing import ALPHA_GRID, choose_alpha, mix_replay, prompt_key, replay_count, select_pairs
 from rdpo_fast.pipelines.rounds import pair_groups
@@ -75,30 +76,20 @@ def test_pairing_rejects_bad_input():
         choose_alpha([[1.0, float("nan")]], [[3, 4]])
 
 
-def _group(prompt, cands):
-    out = []
-    for text, reward, reason in cands:
-        c = {"text": text, "reason": reason}
-        if reason is None:
-            c.update(reward=reward, chars=len(text))
-        out.append(c)
-    return {"prompt": [{"role": "user", "content": prompt}], "candidates": out}
-
-
 def test_prompts_without_two_valid_candidates_are_skipped_and_counted():
     groups = [
-        _group("a", [("x" * 5, None, "truncated"), ("", None, "empty")]),  # no valid sample
-        _group("b", [("yy", 1.0, None), ("zz zz", None, "repetitive")]),  # one valid
-        _group("c", [("same", 1.0, None), ("same", 2.0, None)]),  # duplicates: one candidate left
-        _group("d", [("short", 2.0, None), ("a longer one", 0.5, None), ("mid len", 1.0, None)]),
-        _group("e", [("p", 1.0, None), ("q", 1.0, None)]),  # equal rewards, equal lengths: tied
+        candidate_group("a", [("x" * 5, None, "truncated"), ("", None, "empty")]),  # no valid sample
+        candidate_group("b", [("yy", 1.0, None), ("zz zz", None, "repetitive")]),  # one valid
+        candidate_group("c", [("same", 1.0, None), ("same", 2.0, None)]),  # duplicates: one candidate left
+        candidate_group("d", [("short", 2.0, None), ("a longer one", 0.5, None), ("mid len", 1.0, None)]),
+        candidate_group("e", [("p", 1.0, None), ("q", 1.0, None)]),  # equal rewards, equal lengths: tied
     ]
     pairs, st = pair_groups(groups)
     assert st["skipped_no_valid"] == 1 and st["skipped_one_valid"] == 2 and st["skipped_tied"] == 1
     assert st["dropped_truncated"] == 1 and st["dropped_empty"] == 1 and st["dropped_repetitive"] == 1
     assert st["duplicate_candidates"] == 1 and st["pairs"] == 1 == len(pairs)
     assert pairs[0]["chosen"][0]["content"] == "short" and pairs[0]["rejected"][0]["content"] == "a longer one"
-    none, st = pair_groups([_group("a", [("x", None, "truncated"), ("y", None, "truncated")])])
+    none, st = pair_groups([candidate_group("a", [("x", None, "truncated"), ("y", None, "truncated")])])
     assert none == [] and st["pairs"] == 0 and st["alpha"] is None and st["skipped_no_valid"] == 1
 
 

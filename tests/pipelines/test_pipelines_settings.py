@@ -5,6 +5,7 @@ loss/schedule/sampling settings reaching the training stage."""
 import random
 
 import pytest
+from candidates import candidate_group
 
 from rdpo_fast.pipelines.crosslingual import build_groups, language_prefix, scoring_instruction
 from rdpo_fast.pipelines.driver import REWARD_PAIRS, reward_pair, round_indices
@@ -90,23 +91,13 @@ def test_alpha_grid_is_configurable_and_checked():
         choose_alpha([[1.0, 2.0]], [[1, 2]], rule="closest")
 
 
-def _group(prompt, cands):
-    out = []
-    for text, reward, reason in cands:
-        c = {"text": text, "reason": reason}
-        if reason is None:
-            c.update(reward=reward, chars=len(text))
-        out.append(c)
-    return {"prompt": [{"role": "user", "content": prompt}], "candidates": out}
-
-
 def test_prompts_below_min_valid_are_skipped_and_counted():
     ok = [("a" * n, r, None) for n, r in ((3, 1.0), (5, 4.0), (8, 2.0), (13, 3.0))]
     groups = [
-        _group("four valid", ok),
-        _group("three valid", ok[:3] + [("cut", None, "truncated")]),
-        _group("two valid", ok[:2] + [("x", None, "empty"), ("y", None, "truncated")]),
-        _group("three with a duplicate", ok[:2] + [ok[1]] + [("z", None, "truncated")]),
+        candidate_group("four valid", ok),
+        candidate_group("three valid", ok[:3] + [("cut", None, "truncated")]),
+        candidate_group("two valid", ok[:2] + [("x", None, "empty"), ("y", None, "truncated")]),
+        candidate_group("three with a duplicate", ok[:2] + [ok[1]] + [("z", None, "truncated")]),
     ]
     pairs, st = pair_groups(groups, min_valid=3)
     assert st["min_valid"] == 3 and st["skipped_few_valid"] == 1 and st["pairs"] == 3
